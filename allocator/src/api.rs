@@ -1,0 +1,274 @@
+//! The allocator's semantics, shared by the C ABI and `GlobalAlloc`: allocate, free, resize
+//! and query blocks of any size and power-of-two alignment. Results are
+//! `Option<NonNull<u8>>`; C conventions (errno, `realloc(p, 0)`, overflow) belong to `ffi`.
+//!
+//! Every block is at least 16-byte aligned. Alignments up to a page are served from the size
+//! classes (a class whose size is a multiple of the alignment), up to a chunk (4 MiB) from
+//! the buddy layer's naturally aligned runs, and beyond that from an aligned mapping.
+
+use core::ptr::{self, NonNull};
+
+use crate::heap::{self, Block};
+use crate::large;
+use crate::size_class::{class_of, class_of_aligned, SMALL_MAX};
+
+/// Alignment every block has without asking (glibc's `MALLOC_ALIGNMENT` on x86-64).
+pub const MIN_ALIGN: usize = 16;
+
+/// The largest request ever served: larger sizes fail, as `PTRDIFF_MAX` bounds C objects.
+pub const MAX_SIZE: usize = isize::MAX as usize - (1 << 24);
+
+/// Allocates `size` bytes aligned to `align` (a power of two). `None` when memory is exhausted.
+#[inline(always)]
+pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
+    if size <= SMALL_MAX && align <= MIN_ALIGN {
+        return NonNull::new(heap::alloc_small(class_of(size)));
+    }
+    alloc_other(size, align, false)
+}
+
+/// Allocates `size` zeroed bytes aligned to `align`.
+#[inline]
+pub fn alloc_zeroed(size: usize, align: usize) -> Option<NonNull<u8>> {
+    if size <= SMALL_MAX && align <= MIN_ALIGN {
+        let p = NonNull::new(heap::alloc_small(class_of(size)))?;
+        // SAFETY: the block holds at least `size` bytes.
+        unsafe { ptr::write_bytes(p.as_ptr(), 0, size) };
+        return Some(p);
+    }
+    alloc_other(size, align, true)
+}
+
+/// Aligned small blocks and large ones.
+#[cold]
+#[inline(never)]
+fn alloc_other(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
+    if size > MAX_SIZE || !align.is_power_of_two() {
+        return None;
+    }
+    if let Some(class) = class_of_aligned(size, align) {
+        let p = NonNull::new(heap::alloc_small(class))?;
+        if zero {
+            // SAFETY: the block holds at least `size` bytes.
+            unsafe { ptr::write_bytes(p.as_ptr(), 0, size) };
+        }
+        return Some(p);
+    }
+    large::alloc(size, align, zero)
+}
+
+/// Frees a block.
+///
+/// # Safety
+/// `p` was returned by this allocator and not freed since. Pointers that were not are
+/// reported where the checks can see them (see `heap::free`).
+#[inline(always)]
+pub unsafe fn free(p: NonNull<u8>) {
+    // SAFETY: per the contract.
+    unsafe { heap::free(p.as_ptr()) }
+}
+
+/// The number of usable bytes of a block (at least what was asked for).
+///
+/// # Safety
+/// `p` was returned by this allocator and not freed since.
+pub unsafe fn usable_size(p: NonNull<u8>) -> usize {
+    // SAFETY: per the contract.
+    unsafe { heap::usable_size(p.as_ptr()) }
+}
+
+/// Resizes a block to `new_size` bytes keeping its alignment `align`, in place where it can,
+/// else by moving it (copying `min(old_size, new_size)` bytes, where `old_size` is what the
+/// caller knows of the old block's size, or its usable size). On `None` the old block is
+/// untouched and still owned by the caller.
+///
+/// # Safety
+/// `p` was returned by this allocator with alignment `align` and not freed since; `old_size`,
+/// if given, is no more than its usable size.
+pub unsafe fn realloc(
+    p: NonNull<u8>,
+    old_size: Option<usize>,
+    new_size: usize,
+    align: usize,
+) -> Option<NonNull<u8>> {
+    if new_size > MAX_SIZE {
+        return None;
+    }
+    // SAFETY: per the contract.
+    let usable = match unsafe { heap::classify(p.as_ptr()) } {
+        Block::Small(span) => {
+            let size = span.block_size as usize;
+            // Keep the block while the new size fits and wastes at most half of it.
+            if new_size <= size && (size <= 64 || new_size >= size / 2) {
+                return Some(p);
+            }
+            size
+        }
+        Block::Large(s) => {
+            // SAFETY: `s` is the caller's live run.
+            let cap = large::run_capacity(unsafe { s.as_ref() });
+            // SAFETY: as above.
+            if new_size > SMALL_MAX && unsafe { large::resize_run(s, new_size) } {
+                return Some(p);
+            }
+            cap
+        }
+        Block::Huge(h) => {
+            // SAFETY: `h` is the caller's live huge block.
+            let len = unsafe { h.as_ref().len };
+            // SAFETY: as above.
+            if new_size > crate::pages::CHUNK_SIZE / 2 && unsafe { large::resize_huge(h, new_size) }
+            {
+                // SAFETY: as above; the block may have moved.
+                return NonNull::new(unsafe { h.as_ref().base } as *mut u8);
+            }
+            len
+        }
+    };
+    let q = alloc(new_size, align)?;
+    let n = old_size.unwrap_or(usable).min(usable).min(new_size);
+    // SAFETY: both blocks hold at least `n` bytes and are distinct.
+    unsafe {
+        ptr::copy_nonoverlapping(p.as_ptr(), q.as_ptr(), n);
+        heap::free(p.as_ptr());
+    }
+    Some(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_large_huge_round_trip() {
+        for &(size, align) in &[
+            (1, 1),
+            (16, 16),
+            (100, 64),
+            (5000, 4096),
+            (32 * 1024, 16),
+            (32 * 1024 + 1, 16),
+            (100_000, 8192),
+            (3 << 20, 1 << 20),
+            (5 << 20, 16),
+            (1000, 8 << 20),
+            (64 << 20, 64 << 20),
+        ] {
+            let p = alloc(size, align).unwrap();
+            assert_eq!(
+                p.as_ptr() as usize % align.max(MIN_ALIGN),
+                0,
+                "{size} {align}"
+            );
+            // SAFETY: p is a live block of `size` bytes.
+            unsafe {
+                ptr::write_bytes(p.as_ptr(), 0xab, size);
+                assert!(usable_size(p) >= size);
+                free(p);
+            }
+            heap::validate_current_thread();
+        }
+    }
+
+    #[test]
+    fn zeroed_blocks_are_zero_after_reuse() {
+        for &size in &[24, 4000, 40_000, 1 << 20, 6 << 20] {
+            for _ in 0..3 {
+                let p = alloc(size, 16).unwrap();
+                // SAFETY: live block.
+                unsafe {
+                    ptr::write_bytes(p.as_ptr(), 0xff, size);
+                    free(p);
+                }
+                let z = alloc_zeroed(size, 16).unwrap();
+                // SAFETY: live block of `size` bytes.
+                let bytes = unsafe { core::slice::from_raw_parts(z.as_ptr(), size) };
+                assert!(bytes.iter().all(|&b| b == 0), "size {size}");
+                // SAFETY: live block.
+                unsafe { free(z) };
+            }
+        }
+    }
+
+    #[test]
+    fn realloc_keeps_contents_across_all_kinds() {
+        let mut p = alloc(8, 16).unwrap();
+        let mut size = 8usize;
+        // SAFETY: p is live with `size` bytes.
+        unsafe { ptr::write_bytes(p.as_ptr(), 0x5a, size) };
+        while size < 24 << 20 {
+            let new = size * 3;
+            // SAFETY: p is live.
+            p = unsafe { realloc(p, Some(size), new, 16) }.unwrap();
+            // SAFETY: p holds `new` bytes, the first `size` of them written.
+            unsafe {
+                let old = core::slice::from_raw_parts(p.as_ptr(), size);
+                assert!(
+                    old.iter().all(|&b| b == 0x5a),
+                    "lost contents growing to {new}"
+                );
+                ptr::write_bytes(p.as_ptr(), 0x5a, new);
+            }
+            size = new;
+        }
+        while size > 8 {
+            let new = size / 5;
+            // SAFETY: p is live.
+            p = unsafe { realloc(p, Some(size), new, 16) }.unwrap();
+            // SAFETY: p holds `new` bytes.
+            let kept = unsafe { core::slice::from_raw_parts(p.as_ptr(), new) };
+            assert!(
+                kept.iter().all(|&b| b == 0x5a),
+                "lost contents shrinking to {new}"
+            );
+            size = new;
+        }
+        // SAFETY: live.
+        unsafe { free(p) };
+    }
+
+    #[test]
+    fn large_runs_grow_in_place_when_the_next_pages_are_free() {
+        let p = alloc(40_000, 16).unwrap();
+        // SAFETY: live blocks.
+        unsafe {
+            let q = realloc(p, None, 60_000, 16).unwrap();
+            assert_eq!(p, q, "the pages after a fresh run are free");
+            let r = realloc(q, None, 50_000, 16).unwrap();
+            assert_eq!(q, r);
+            free(r);
+        }
+    }
+
+    #[test]
+    fn impossible_requests_fail_cleanly() {
+        assert!(alloc(usize::MAX, 16).is_none());
+        assert!(alloc(MAX_SIZE + 1, 16).is_none());
+        assert!(alloc(1 << 47, 16).is_none(), "128 TiB cannot be mapped");
+    }
+
+    #[test]
+    fn blocks_freed_by_another_thread_are_reused() {
+        let blocks: Vec<usize> = (0..10_000)
+            .map(|i| alloc(16 + i % 200, 16).unwrap().as_ptr() as usize)
+            .collect();
+        std::thread::spawn(move || {
+            for b in blocks {
+                // SAFETY: live blocks handed to this thread.
+                unsafe { free(NonNull::new(b as *mut u8).unwrap()) };
+            }
+        })
+        .join()
+        .unwrap();
+        // The owner collects the remote frees on its slow path.
+        let again: Vec<_> = (0..10_000)
+            .map(|i| alloc(16 + i % 200, 16).unwrap())
+            .collect();
+        heap::validate_current_thread();
+        for p in again {
+            // SAFETY: live.
+            unsafe { free(p) };
+        }
+        heap::validate_current_thread();
+    }
+}

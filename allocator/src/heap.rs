@@ -1,0 +1,579 @@
+//! Thread-local heaps: the malloc and free paths of small blocks.
+//!
+//! ```text
+//! alloc_small(class)                       free(p)
+//!   └ alloc_fast: pop current span's list    └ free_fast: page map → span; owner == me?
+//!       └ alloc_slow (#[cold])                    push on span's list; used -= 1
+//!           ├ thread_init (first call)            └ free_slow (#[cold])
+//!           ├ collect_remote                          ├ other owner → remote_push (1 CAS)
+//!           ├ carve never-used blocks                 ├ span full/empty → span_attention
+//!           ├ next span of the partial list           ├ large run / huge → large
+//!           └ new span from the page layer            └ anything else → invalid-free report
+//! ```
+//!
+//! A heap belongs to one thread, which alone touches its lists and its spans' local free
+//! lists: same-thread malloc and free take no lock and no atomic. A block freed by another
+//! thread is pushed with one CAS onto the owner heap's `remote` list; the owner collects the
+//! list on its slow path. When a thread exits, a `pthread` key destructor empties what it
+//! can back to the page layer and parks the heap on an abandoned list; the next new thread
+//! adopts it (spans, remote list and all), so its pages are reused and blocks freed after the
+//! owner exited are collected then.
+//!
+//! Per class, a heap's spans are in one of three places: `current[class]` (the span blocks are
+//! taken from; holds [`slab::CURRENT_REF`]), the `partial[class]` list (spans with free
+//! blocks), or nowhere (full spans, marked with [`slab::FULL_BIAS`]). A span found empty on a
+//! free that is not current goes back to the page layer at once.
+
+use core::cell::{Cell, UnsafeCell};
+use core::ffi::c_void;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::large;
+use crate::os;
+use crate::pages::{Chunk, Owner, PageMap, Span, SpanList, State, MAP, PAGES, PAGES_PER_CHUNK};
+use crate::size_class::{span_order, NUM_CLASSES};
+use crate::slab::{self, CURRENT_REF, FULL_BIAS};
+use crate::util::{fatal, FutexLock};
+
+/// A thread's heap.
+#[repr(C)]
+pub struct Heap {
+    /// The span each class allocates from ([`EMPTY_SPAN`] when none).
+    current: [*mut Span; NUM_CLASSES],
+    /// Spans with free blocks, other than the current one.
+    partial: [SpanList; NUM_CLASSES],
+    /// Blocks freed by other threads, linked through their first word.
+    remote: AtomicUsize,
+    /// Next heap on the abandoned list.
+    next_abandoned: *mut Heap,
+}
+
+/// A `Sync` cell for the static sentinels below (never written through).
+#[repr(transparent)]
+struct Sentinel<T>(UnsafeCell<T>);
+// SAFETY: the sentinels are never written: every path that would write them first sees that
+// they are the sentinel (an empty free list, a foreign owner) and goes elsewhere.
+unsafe impl<T> Sync for Sentinel<T> {}
+
+/// A span with no free block and no owner: the current span of every class of a heap that
+/// has none, so the fast path needs no null test.
+static EMPTY_SPAN: Sentinel<Span> = Sentinel(UnsafeCell::new(Span::EMPTY));
+
+const EMPTY_SPAN_PTR: *mut Span = EMPTY_SPAN.0.get();
+
+/// The heap of a thread that has not allocated yet (or has exited): its fast paths always
+/// fall through to the slow paths, which set up a real heap.
+static EMPTY_HEAP: Sentinel<Heap> = Sentinel(UnsafeCell::new(Heap {
+    current: [EMPTY_SPAN_PTR; NUM_CLASSES],
+    partial: [const { SpanList::new() }; NUM_CLASSES],
+    remote: AtomicUsize::new(0),
+    next_abandoned: ptr::null_mut(),
+}));
+
+const EMPTY_HEAP_PTR: *mut Heap = EMPTY_HEAP.0.get();
+
+std::thread_local! {
+    /// The calling thread's heap. Const-initialised with no destructor, as design.md requires:
+    /// touching it never allocates and never registers anything.
+    static HEAP: Cell<*mut Heap> = const { Cell::new(EMPTY_HEAP_PTR) };
+}
+
+/// Heaps not owned by any thread, and where new heaps come from.
+struct Registry {
+    abandoned: *mut Heap,
+    /// Unused room for new heaps in the current metadata block.
+    next: usize,
+    end: usize,
+    key: Option<os::ThreadKey>,
+    key_tried: bool,
+    /// Heaps ever made, and adoptions of abandoned heaps (statistics).
+    created: usize,
+    adopted: usize,
+}
+
+// SAFETY: the raw pointers are to heap metadata owned by the registry; access is locked.
+unsafe impl Send for Registry {}
+
+static REGISTRY: FutexLock<Registry> = FutexLock::new(Registry {
+    abandoned: ptr::null_mut(),
+    next: 0,
+    end: 0,
+    key: None,
+    key_tried: false,
+    created: 0,
+    adopted: 0,
+});
+
+/// Bytes of metadata mapped at a time for new heaps.
+const HEAP_BLOCK: usize = 64 * 1024;
+
+/// Allocates a block of `class`, or returns null when memory is exhausted.
+#[inline(always)]
+pub fn alloc_small(class: usize) -> *mut u8 {
+    let heap = HEAP.get();
+    // SAFETY: `heap` is this thread's heap or the sentinel; `current` always holds a valid span.
+    unsafe {
+        let s = *(*heap).current.get_unchecked(class);
+        let b = (*s).free;
+        if !b.is_null() {
+            (*s).free = *(b as *mut *mut u8);
+            (*s).used += 1;
+            return b;
+        }
+        alloc_slow(heap, class)
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn alloc_slow(mut heap: *mut Heap, class: usize) -> *mut u8 {
+    if heap == EMPTY_HEAP_PTR {
+        heap = thread_init();
+        if heap.is_null() {
+            return ptr::null_mut();
+        }
+    }
+    // SAFETY: `heap` is the calling thread's own heap.
+    let h = unsafe { &mut *heap };
+    if h.remote.load(Ordering::Relaxed) != 0 {
+        // SAFETY: as above.
+        unsafe { collect_remote(h) };
+    }
+    let s = h.current[class];
+    if s != EMPTY_SPAN_PTR {
+        // SAFETY: the current span is a live slab of this heap.
+        let span = unsafe { &mut *s };
+        // SAFETY: as above; its free list is ours.
+        if !span.free.is_null() || unsafe { slab::carve(span) } {
+            return pop(span);
+        }
+        // Exhausted: it leaves `current` and becomes full (in no list).
+        span.used = span.used - CURRENT_REF + FULL_BIAS;
+        h.current[class] = EMPTY_SPAN_PTR;
+    }
+    let mut s = h.partial[class].pop();
+    if s.is_null() {
+        let order = span_order(class);
+        let Some(run) = PAGES.lock().alloc_run(1 << order, order, State::Slab) else {
+            return ptr::null_mut();
+        };
+        s = run.as_ptr();
+        // SAFETY: a fresh run of the class's span size.
+        unsafe { slab::init(s, class, heap as usize) };
+    }
+    // SAFETY: `s` is a live slab of this heap with room (partial spans always have some).
+    let span = unsafe { &mut *s };
+    span.used += CURRENT_REF;
+    h.current[class] = s;
+    // SAFETY: as above.
+    if span.free.is_null() && !unsafe { slab::carve(span) } {
+        fatal(
+            "internal-error",
+            "span in the partial list has no free block",
+            span.addr,
+        );
+    }
+    pop(span)
+}
+
+#[inline(always)]
+fn pop(span: &mut Span) -> *mut u8 {
+    let b = span.free;
+    // SAFETY: `b` is a free block of the span; its first word links the list.
+    span.free = unsafe { *(b as *mut *mut u8) };
+    span.used += 1;
+    b
+}
+
+/// The span holding `p`, if `p` is in a chunk (any state; the caller checks).
+///
+/// # Safety
+/// `chunk_entry` is `MAP.entry(p)` and odd.
+#[inline(always)]
+unsafe fn span_in_chunk(chunk_entry: usize, p: usize) -> *mut Span {
+    let chunk = (chunk_entry - 1) as *mut Chunk;
+    let idx = (p >> 12) & (PAGES_PER_CHUNK - 1);
+    // SAFETY: the entry names a live chunk; idx is in range; head indices are in range.
+    unsafe {
+        let h = *(*chunk).head.get_unchecked(idx) as usize;
+        (&raw mut (*chunk).spans).cast::<Span>().add(h)
+    }
+}
+
+/// Frees any block rampart returned (small, large or huge). A pointer rampart never returned
+/// is reported as an invalid free and the process aborts.
+///
+/// # Safety
+/// `p` is non-null and was returned by this allocator and not freed since (other pointers are
+/// detected where the checks below can see them).
+#[inline(always)]
+pub unsafe fn free(p: *mut u8) {
+    let entry = MAP.entry(p as usize);
+    if entry & 1 != 0 {
+        // SAFETY: the entry is a chunk's.
+        let s = unsafe { span_in_chunk(entry, p as usize) };
+        let heap = HEAP.get();
+        // SAFETY: `s` is a descriptor of a live chunk.
+        let span = unsafe { &mut *s };
+        if span.owner.load(Ordering::Relaxed) == heap as usize {
+            // SAFETY: the span is a slab of this thread's heap and `p` one of its blocks.
+            unsafe { *(p as *mut *mut u8) = span.free };
+            span.free = p;
+            span.used -= 1;
+            if slab::needs_attention(span.used) {
+                // SAFETY: `heap` is this thread's heap and owns the span.
+                unsafe { span_attention(&mut *heap, s) };
+            }
+            return;
+        }
+        // SAFETY: as above.
+        return unsafe { free_slow_chunk(s, p) };
+    }
+    // SAFETY: per the contract.
+    unsafe { free_slow_other(p, entry) }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn free_slow_chunk(s: *mut Span, p: *mut u8) {
+    // SAFETY: `s` is a descriptor of a live chunk.
+    let span = unsafe { &*s };
+    match span.state {
+        State::Slab if slab::is_block_start(span, p as usize) => {
+            let owner = span.owner.load(Ordering::Relaxed) as *mut Heap;
+            // SAFETY: a slab's owner heap lives for ever (heaps are recycled, never unmapped).
+            unsafe { remote_push(owner, p) };
+        }
+        State::Large if span.addr == p as usize => {
+            // SAFETY: `p` is the start of a live large run.
+            unsafe { large::free_run(NonNull::new_unchecked(s)) };
+        }
+        _ => invalid_free(p, span),
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn free_slow_other(p: *mut u8, entry: usize) {
+    match PageMap::decode(entry) {
+        // SAFETY: the map names a live huge block; the check confirms `p` is its start.
+        Owner::Huge(h) if unsafe { (*h).base } == p as usize => unsafe {
+            large::free_huge(NonNull::new_unchecked(h))
+        },
+        _ => fatal(
+            "invalid-free",
+            "free of a pointer rampart did not allocate",
+            p as usize,
+        ),
+    }
+}
+
+#[cold]
+fn invalid_free(p: *mut u8, span: &Span) -> ! {
+    if span.state == State::Free {
+        fatal(
+            "invalid-free",
+            "free of a pointer into free pages (double free?)",
+            p as usize,
+        )
+    }
+    fatal(
+        "invalid-free",
+        "free of a pointer that is not the start of a block",
+        p as usize,
+    )
+}
+
+/// Pushes a block onto another heap's remote list: one CAS (retried under contention).
+///
+/// # Safety
+/// `owner` is a heap and `p` a block of one of its spans, no longer used by the caller.
+unsafe fn remote_push(owner: *mut Heap, p: *mut u8) {
+    // SAFETY: heaps are never unmapped.
+    let remote = unsafe { &(*owner).remote };
+    let mut head = remote.load(Ordering::Relaxed);
+    loop {
+        // SAFETY: the block is ours to write until published.
+        unsafe { *(p as *mut usize) = head };
+        match remote.compare_exchange_weak(head, p as usize, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(now) => head = now,
+        }
+    }
+}
+
+/// A free made a span empty or un-full: move it between the heap's lists, or back to the
+/// page layer.
+///
+/// # Safety
+/// `s` is a live slab owned by `h`, the calling thread's heap.
+#[cold]
+#[inline(never)]
+unsafe fn span_attention(h: &mut Heap, s: *mut Span) {
+    // SAFETY: per the contract.
+    let span = unsafe { &mut *s };
+    let class = span.class as usize;
+    if span.used >= FULL_BIAS {
+        span.used -= FULL_BIAS;
+        if span.used == 0 {
+            // SAFETY: empty, in no list.
+            unsafe { retire(s) };
+        } else {
+            // SAFETY: in no list.
+            unsafe { h.partial[class].push(s) };
+        }
+    } else if span.used == 0 {
+        // Not current (it would hold CURRENT_REF), so in the partial list.
+        // SAFETY: as above.
+        unsafe {
+            h.partial[class].remove(s);
+            retire(s);
+        }
+    }
+}
+
+/// Gives an empty span back to the page layer.
+///
+/// # Safety
+/// `s` is a live empty slab in no list.
+unsafe fn retire(s: *mut Span) {
+    // SAFETY: per the contract.
+    unsafe {
+        (*s).owner.store(0, Ordering::Relaxed);
+        (*s).free = ptr::null_mut();
+        PAGES.lock().free_run(NonNull::new_unchecked(s));
+    }
+}
+
+/// Takes the heap's remote list and frees each block to its span.
+///
+/// # Safety
+/// `h` is the calling thread's heap.
+unsafe fn collect_remote(h: &mut Heap) {
+    let mut b = h.remote.swap(0, Ordering::Acquire);
+    while b != 0 {
+        // SAFETY: remote blocks are blocks of this heap's spans, linked through their first word.
+        unsafe {
+            let next = *(b as *const usize);
+            let entry = MAP.entry(b);
+            if entry & 1 == 0 {
+                fatal("internal-error", "remote block outside any chunk", b);
+            }
+            let s = span_in_chunk(entry, b);
+            let span = &mut *s;
+            *(b as *mut *mut u8) = span.free;
+            span.free = b as *mut u8;
+            span.used -= 1;
+            if slab::needs_attention(span.used) {
+                span_attention(h, s);
+            }
+            b = next;
+        }
+    }
+}
+
+/// Sets up the calling thread's heap: adopts an abandoned one or makes a new one. Null when
+/// memory is exhausted.
+#[cold]
+fn thread_init() -> *mut Heap {
+    let (heap, key) = {
+        let mut r = REGISTRY.lock();
+        if !r.key_tried {
+            r.key_tried = true;
+            r.key = os::thread_key_create(thread_exit);
+        }
+        let heap = if !r.abandoned.is_null() {
+            let h = r.abandoned;
+            // SAFETY: abandoned heaps are valid and owned by the registry.
+            r.abandoned = unsafe { (*h).next_abandoned };
+            r.adopted += 1;
+            h
+        } else {
+            if r.next + size_of::<Heap>() > r.end {
+                let Some(block) = os::map(HEAP_BLOCK) else {
+                    return ptr::null_mut();
+                };
+                r.next = block.as_ptr() as usize;
+                r.end = r.next + HEAP_BLOCK;
+            }
+            let h = r.next as *mut Heap;
+            r.next += size_of::<Heap>().next_multiple_of(64);
+            r.created += 1;
+            // SAFETY: fresh metadata memory, big enough and aligned.
+            unsafe {
+                h.write(Heap {
+                    current: [EMPTY_SPAN_PTR; NUM_CLASSES],
+                    partial: [const { SpanList::new() }; NUM_CLASSES],
+                    remote: AtomicUsize::new(0),
+                    next_abandoned: ptr::null_mut(),
+                })
+            };
+            h
+        };
+        (heap, r.key)
+    };
+    HEAP.set(heap);
+    if let Some(key) = key {
+        // SAFETY: the key's destructor is `thread_exit`, which takes this heap.
+        unsafe { os::thread_key_set(key, heap.cast()) };
+    }
+    heap
+}
+
+use core::mem::size_of;
+
+/// The `pthread` key destructor: the thread is exiting.
+unsafe extern "C" fn thread_exit(heap: *mut c_void) {
+    let heap = heap.cast::<Heap>();
+    if heap.is_null() || heap == EMPTY_HEAP_PTR {
+        return;
+    }
+    // From now on this thread's frees go through the remote path and a malloc (by a later
+    // destructor) sets up a heap again.
+    HEAP.set(EMPTY_HEAP_PTR);
+    // SAFETY: the heap was this thread's and nobody else touches its lists.
+    unsafe { abandon(&mut *heap) };
+    let mut r = REGISTRY.lock();
+    // SAFETY: as above.
+    unsafe { (*heap).next_abandoned = r.abandoned };
+    r.abandoned = heap;
+}
+
+/// Empties what it can of a heap whose thread is leaving: remote blocks are collected, empty
+/// spans go back to the page layer, and the current spans join the partial lists.
+///
+/// # Safety
+/// `h` is owned by the calling thread, which will not use it again.
+unsafe fn abandon(h: &mut Heap) {
+    // SAFETY: per the contract.
+    unsafe { collect_remote(h) };
+    for class in 0..NUM_CLASSES {
+        let s = h.current[class];
+        if s != EMPTY_SPAN_PTR {
+            h.current[class] = EMPTY_SPAN_PTR;
+            // SAFETY: the current span is a live slab of this heap, in no list.
+            unsafe {
+                (*s).used -= CURRENT_REF;
+                if (*s).used == 0 {
+                    retire(s);
+                } else if (*s).free.is_null() && !slab::can_carve(&*s) {
+                    (*s).used += FULL_BIAS;
+                } else {
+                    h.partial[class].push(s);
+                }
+            }
+        }
+    }
+}
+
+/// The usable size of a block from [`alloc_small`], or of any block rampart returned; reports
+/// and aborts on a pointer rampart did not return.
+///
+/// # Safety
+/// `p` is non-null.
+pub unsafe fn usable_size(p: *mut u8) -> usize {
+    let entry = MAP.entry(p as usize);
+    if entry & 1 != 0 {
+        // SAFETY: the entry is a chunk's.
+        let span = unsafe { &*span_in_chunk(entry, p as usize) };
+        match span.state {
+            State::Slab if slab::is_block_start(span, p as usize) => {
+                return span.block_size as usize
+            }
+            State::Large if span.addr == p as usize => return large::run_capacity(span),
+            _ => invalid_free(p, span),
+        }
+    }
+    match PageMap::decode(entry) {
+        // SAFETY: the map names a live huge block.
+        Owner::Huge(h) if unsafe { (*h).base } == p as usize => unsafe { (*h).len },
+        _ => fatal(
+            "invalid-free",
+            "size query of a pointer rampart did not allocate",
+            p as usize,
+        ),
+    }
+}
+
+/// What the page map says about a block: for `realloc` and other callers above.
+pub enum Block<'a> {
+    /// A small block of the given size class.
+    Small(&'a Span),
+    /// A large run.
+    Large(NonNull<Span>),
+    /// A huge mapping.
+    Huge(NonNull<crate::pages::Huge>),
+}
+
+/// Classifies a block rampart returned; reports and aborts on any other pointer.
+///
+/// # Safety
+/// `p` is non-null.
+pub unsafe fn classify<'a>(p: *mut u8) -> Block<'a> {
+    let entry = MAP.entry(p as usize);
+    if entry & 1 != 0 {
+        // SAFETY: the entry is a chunk's.
+        let s = unsafe { span_in_chunk(entry, p as usize) };
+        // SAFETY: a live chunk's descriptor.
+        let span = unsafe { &*s };
+        return match span.state {
+            State::Slab if slab::is_block_start(span, p as usize) => Block::Small(span),
+            // SAFETY: non-null.
+            State::Large if span.addr == p as usize => {
+                Block::Large(unsafe { NonNull::new_unchecked(s) })
+            }
+            _ => invalid_free(p, span),
+        };
+    }
+    match PageMap::decode(entry) {
+        // SAFETY: the map names a live huge block.
+        Owner::Huge(h) if unsafe { (*h).base } == p as usize => {
+            // SAFETY: non-null.
+            Block::Huge(unsafe { NonNull::new_unchecked(h) })
+        }
+        _ => fatal(
+            "invalid-free",
+            "realloc of a pointer rampart did not allocate",
+            p as usize,
+        ),
+    }
+}
+
+/// Counts of the heap registry, for statistics and tests.
+pub fn registry_counts() -> (usize, usize) {
+    let r = REGISTRY.lock();
+    (r.created, r.adopted)
+}
+
+/// Checks the calling thread's heap: every span in its lists and current slots satisfies the
+/// slab invariant and belongs to it. Panics on a violation (tests).
+pub fn validate_current_thread() {
+    let heap = HEAP.get();
+    if heap == EMPTY_HEAP_PTR {
+        return;
+    }
+    // SAFETY: the calling thread's own heap.
+    let h = unsafe { &*heap };
+    for class in 0..NUM_CLASSES {
+        let c = h.current[class];
+        if c != EMPTY_SPAN_PTR {
+            // SAFETY: live span of this heap.
+            unsafe {
+                assert_eq!((*c).owner.load(Ordering::Relaxed), heap as usize);
+                assert_eq!((*c).class as usize, class);
+                slab::validate(&*c, true);
+            }
+        }
+        let mut s = h.partial[class].head;
+        while !s.is_null() {
+            // SAFETY: live span of this heap.
+            unsafe {
+                assert_eq!((*s).owner.load(Ordering::Relaxed), heap as usize);
+                assert!((*s).used < FULL_BIAS);
+                slab::validate(&*s, false);
+                s = (*s).next;
+            }
+        }
+    }
+}

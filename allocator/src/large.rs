@@ -1,0 +1,97 @@
+//! Large blocks: above the largest size class.
+//!
+//! Up to a chunk (4 MiB) a block is a page-granular run of the buddy layer, so the waste is
+//! under a page; alignment up to a chunk comes from the buddy blocks' natural alignment. Above
+//! that (or for larger alignments) a block is its own mapping with a guard page after it
+//! ("huge"), which `realloc` resizes with `mremap`: in place where the address space allows,
+//! else by moving the pages, never by copying.
+//!
+//! Memory fresh from the OS is known to be zero (a chunk page never handed out, a new
+//! mapping), so zeroed allocations skip the memset there.
+
+use core::ptr::{self, NonNull};
+
+use crate::os::PAGE_SIZE;
+use crate::pages::{Huge, Span, State, CHUNK_SIZE, FLAG_CLEAN, PAGES, PAGES_PER_CHUNK};
+use crate::util::checked_align_up;
+
+/// Allocates a large block of `size` bytes aligned to `align` (a power of two); zeroed if
+/// `zero`. `None` when memory is exhausted or the size is impossible.
+pub fn alloc(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
+    let bytes = checked_align_up(size.max(1), PAGE_SIZE)?;
+    let npages = bytes / PAGE_SIZE;
+    if npages <= PAGES_PER_CHUNK && align <= CHUNK_SIZE {
+        let align_order = (align.max(PAGE_SIZE) / PAGE_SIZE).trailing_zeros();
+        let s = PAGES.lock().alloc_run(npages, align_order, State::Large)?;
+        // SAFETY: a fresh run we own.
+        let span = unsafe { &mut *s.as_ptr() };
+        span.owner.store(0, core::sync::atomic::Ordering::Relaxed);
+        let p = span.addr as *mut u8;
+        if zero && span.flags & FLAG_CLEAN == 0 {
+            // SAFETY: the run is ours and `size` bytes long at least.
+            unsafe { ptr::write_bytes(p, 0, size) };
+        }
+        return NonNull::new(p);
+    }
+    let h = PAGES.lock().huge_alloc(bytes, align)?;
+    // SAFETY: a live huge descriptor; its mapping is fresh (zeroed).
+    NonNull::new(unsafe { h.as_ref().base } as *mut u8)
+}
+
+/// Frees a large run.
+///
+/// # Safety
+/// `s` is a live large run that nobody uses any more.
+pub unsafe fn free_run(s: NonNull<Span>) {
+    // SAFETY: per the contract.
+    unsafe { PAGES.lock().free_run(s) };
+}
+
+/// Frees a huge block.
+///
+/// # Safety
+/// `h` is a live huge block that nobody uses any more.
+pub unsafe fn free_huge(h: NonNull<Huge>) {
+    // SAFETY: per the contract.
+    unsafe { PAGES.lock().huge_free(h) };
+}
+
+/// Bytes usable in a large run.
+pub fn run_capacity(s: &Span) -> usize {
+    s.npages as usize * PAGE_SIZE
+}
+
+/// Resizes a large run in place to hold `new_size` bytes (growing into free pages after it,
+/// or freeing its tail). Returns whether the block now holds `new_size` bytes at its address.
+///
+/// # Safety
+/// `s` is a live large run owned by the caller.
+pub unsafe fn resize_run(s: NonNull<Span>, new_size: usize) -> bool {
+    let Some(bytes) = checked_align_up(new_size.max(1), PAGE_SIZE) else {
+        return false;
+    };
+    let npages = bytes / PAGE_SIZE;
+    // SAFETY: per the contract.
+    let old = unsafe { s.as_ref().npages } as usize;
+    if npages == old {
+        return true;
+    }
+    let mut pages = PAGES.lock();
+    if npages < old {
+        // SAFETY: per the contract; the tail is beyond the new size.
+        unsafe { pages.shrink_run(s, npages) };
+        return true;
+    }
+    // SAFETY: per the contract.
+    npages <= PAGES_PER_CHUNK && unsafe { pages.grow_run(s, npages) }
+}
+
+/// Resizes a huge block without copying (mremap). Returns whether it now holds `new_size`
+/// bytes; its address may have changed (read it from the descriptor).
+///
+/// # Safety
+/// `h` is a live huge block owned by the caller.
+pub unsafe fn resize_huge(h: NonNull<Huge>, new_size: usize) -> bool {
+    // SAFETY: per the contract.
+    unsafe { PAGES.lock().huge_resize(h, new_size) }
+}

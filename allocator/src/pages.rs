@@ -1,0 +1,1205 @@
+//! The page layer: a binary buddy allocator of page runs inside chunks, and the page map.
+//!
+//! A chunk is [`CHUNK_SIZE`] bytes (4 MiB, 1024 pages) aligned to its size, taken from a
+//! [`PageSource`]; the source puts a guard region after it. Runs of pages are buddy blocks:
+//! a block of order `k` is `2^k` pages aligned to `2^k` pages inside its chunk; allocation
+//! splits larger blocks, freeing merges a block with its buddy while the buddy is free too.
+//! A run of any page count is served from the smallest block that holds it and the unused
+//! tail is freed back at once, so runs are page-granular.
+//!
+//! Metadata lives outside the chunk (so no header sits in front of any block, and free pages
+//! are never touched): a [`Chunk`] holds one [`Span`] descriptor per page (meaningful at the
+//! first page of a run) and, per page, the index of its run's first page. The page map is a
+//! two-level radix tree over address bits 22..47 that finds any address's chunk in O(1) with
+//! two loads; chunks are tagged in it so the free path tells them from huge mappings in one
+//! test.
+//!
+//! Invariants (checked by [`Pages::validate`] in debug builds and tests):
+//! - per chunk: `free_pages + used_pages == PAGES_PER_CHUNK`, where `free_pages` is the sum of
+//!   `2^order` over the chunk's free blocks, and `used_pages` the sum of `npages` over its runs;
+//! - a free block of order `k` starts at a page index that is a multiple of `2^k` and is in
+//!   exactly one free list, the one of order `k`; two free buddies never both exist (merged);
+//! - every page of a live run has `head == ` the run's first page.
+
+use core::mem::size_of;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::os::{self, PAGE_SIZE};
+use crate::util::{align_up, log2_ceil};
+
+/// log2 of the pages in a chunk.
+pub const CHUNK_ORDER: u32 = 10;
+/// Pages in a chunk.
+pub const PAGES_PER_CHUNK: usize = 1 << CHUNK_ORDER;
+/// Bytes in a chunk (4 MiB); chunks are aligned to this.
+pub const CHUNK_SIZE: usize = PAGES_PER_CHUNK * PAGE_SIZE;
+/// Bytes of the guard region after every mapping.
+pub const GUARD_SIZE: usize = PAGE_SIZE;
+/// Number of buddy orders (1 page ..= a whole chunk).
+pub const ORDERS: usize = CHUNK_ORDER as usize + 1;
+
+const CHUNK_SHIFT: u32 = 22;
+const _: () = assert!(1 << CHUNK_SHIFT == CHUNK_SIZE);
+
+/// Where the page layer gets chunks and metadata memory. The real source is [`OsSource`];
+/// unit tests use a fake over the system allocator.
+pub trait PageSource {
+    /// A zeroed, read-write region of [`CHUNK_SIZE`] bytes aligned to [`CHUNK_SIZE`], or `None`
+    /// when memory is exhausted.
+    fn chunk_alloc(&self) -> Option<NonNull<u8>>;
+    /// Gives back a region from [`PageSource::chunk_alloc`].
+    ///
+    /// # Safety
+    /// `chunk` came from `chunk_alloc` and nothing in it is used any more.
+    unsafe fn chunk_free(&self, chunk: NonNull<u8>);
+    /// Zeroed, page-aligned memory of `len` bytes (a multiple of the page size) for metadata.
+    fn meta_alloc(&self, len: usize) -> Option<NonNull<u8>>;
+}
+
+/// The real page source: chunks are mmap'd with a guard page after them.
+pub struct OsSource;
+
+impl PageSource for OsSource {
+    fn chunk_alloc(&self) -> Option<NonNull<u8>> {
+        let p = os::map_aligned(CHUNK_SIZE + GUARD_SIZE, CHUNK_SIZE)?;
+        // SAFETY: the guard page is the last page of the mapping just made, unused.
+        // A failed guard only loses the protection, never memory safety.
+        unsafe { os::guard_install(p.as_ptr().add(CHUNK_SIZE), GUARD_SIZE) };
+        Some(p)
+    }
+
+    unsafe fn chunk_free(&self, chunk: NonNull<u8>) {
+        // SAFETY: the caller gives the chunk (and its guard) back; it came from chunk_alloc.
+        unsafe { os::unmap(chunk.as_ptr(), CHUNK_SIZE + GUARD_SIZE) };
+    }
+
+    fn meta_alloc(&self, len: usize) -> Option<NonNull<u8>> {
+        os::map(len)
+    }
+}
+
+/// What a page run is used for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum State {
+    /// A free buddy block (only its first page's descriptor is meaningful).
+    Free = 0,
+    /// Carved into small blocks of one size class.
+    Slab = 1,
+    /// One large block.
+    Large = 2,
+}
+
+/// `Span::flags`: all pages of the run were untouched since the chunk was mapped.
+pub const FLAG_CLEAN: u8 = 1;
+
+/// The descriptor of a run of pages, kept for the run's first page. 64 bytes, one cache line.
+///
+/// The fields above `next` belong to whoever owns the run (the slab and heap layers); the page
+/// layer sets `addr`, `npages`, `state`, `order` and reads the rest never.
+#[repr(C, align(64))]
+pub struct Span {
+    /// Slab: head of the local free list (linked through the blocks' first word).
+    pub free: *mut u8,
+    /// Slab: blocks handed out and not yet freed back to this span.
+    pub used: u32,
+    /// Slab: blocks the span holds.
+    pub capacity: u32,
+    /// Slab: the owning heap's address (0 for none). Read by other threads to route frees.
+    pub owner: AtomicUsize,
+    /// Slab: byte offset of the first never-carved block.
+    pub bump: u32,
+    /// Slab: block size; large: bytes requested (capped to u32::MAX, see `large`).
+    pub block_size: u32,
+    /// List links (buddy free list when free, heap list when a slab).
+    pub next: *mut Span,
+    /// List links.
+    pub prev: *mut Span,
+    /// Address of the run's first byte.
+    pub addr: usize,
+    /// Pages in the run (for a free block `1 << order`).
+    pub npages: u32,
+    /// What the run is.
+    pub state: State,
+    /// Buddy order of a free block.
+    pub order: u8,
+    /// Slab: size class.
+    pub class: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+}
+
+const _: () = assert!(size_of::<Span>() == 64);
+
+impl Span {
+    /// An unused descriptor (what zeroed metadata memory holds).
+    #[allow(clippy::declare_interior_mutable_const)] // only used to initialise statics
+    pub const EMPTY: Span = Span {
+        free: ptr::null_mut(),
+        used: 0,
+        capacity: 0,
+        owner: AtomicUsize::new(0),
+        bump: 0,
+        block_size: 0,
+        next: ptr::null_mut(),
+        prev: ptr::null_mut(),
+        addr: 0,
+        npages: 0,
+        state: State::Free,
+        order: 0,
+        class: 0,
+        flags: 0,
+    };
+
+    /// Whether `addr` lies inside the run.
+    #[inline]
+    pub fn contains(&self, addr: usize) -> bool {
+        addr.wrapping_sub(self.addr) < self.npages as usize * PAGE_SIZE
+    }
+}
+
+/// An intrusive doubly linked list of spans (through `next`/`prev`).
+pub struct SpanList {
+    /// The first span, or null.
+    pub head: *mut Span,
+}
+
+impl SpanList {
+    /// An empty list.
+    pub const fn new() -> Self {
+        Self {
+            head: ptr::null_mut(),
+        }
+    }
+
+    /// Whether the list is empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.head.is_null()
+    }
+
+    /// Pushes `s` at the front.
+    ///
+    /// # Safety
+    /// `s` is a valid span in no list.
+    #[inline]
+    pub unsafe fn push(&mut self, s: *mut Span) {
+        // SAFETY: `s` and the old head are valid spans (caller; list invariant).
+        unsafe {
+            (*s).prev = ptr::null_mut();
+            (*s).next = self.head;
+            if !self.head.is_null() {
+                (*self.head).prev = s;
+            }
+        }
+        self.head = s;
+    }
+
+    /// Unlinks `s`.
+    ///
+    /// # Safety
+    /// `s` is in this list.
+    #[inline]
+    pub unsafe fn remove(&mut self, s: *mut Span) {
+        // SAFETY: `s` is in this list, so its neighbours are valid spans of it.
+        unsafe {
+            let (prev, next) = ((*s).prev, (*s).next);
+            if prev.is_null() {
+                self.head = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            (*s).next = ptr::null_mut();
+            (*s).prev = ptr::null_mut();
+        }
+    }
+
+    /// Unlinks and returns the first span, or null.
+    #[inline]
+    pub fn pop(&mut self) -> *mut Span {
+        let s = self.head;
+        if !s.is_null() {
+            // SAFETY: `s` is the head of this list.
+            unsafe { self.remove(s) };
+        }
+        s
+    }
+}
+
+impl Default for SpanList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The metadata of one chunk.
+#[repr(C)]
+pub struct Chunk {
+    /// One descriptor per page; meaningful at the first page of each run or free block.
+    pub spans: [Span; PAGES_PER_CHUNK],
+    /// Per page, the index of the first page of its run (stale on free pages).
+    pub head: [u16; PAGES_PER_CHUNK],
+    /// Per page, set once the page has been handed out (it may hold non-zero bytes).
+    dirty: [u64; PAGES_PER_CHUNK / 64],
+    /// The chunk's first byte.
+    pub base: usize,
+    /// Pages in free blocks.
+    free_pages: usize,
+    /// Next chunk metadata in the recycling list.
+    next_spare_meta: *mut Chunk,
+}
+
+/// The metadata of a huge block mapped straight from the OS (above the chunk size).
+#[repr(C)]
+pub struct Huge {
+    /// The mapping's first byte (the block's start).
+    pub base: usize,
+    /// Usable bytes of the mapping (a multiple of the page size; the guard page follows).
+    pub len: usize,
+    /// Next descriptor in the recycling list.
+    next_spare: *mut Huge,
+}
+
+/// What the page map holds for an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// Nothing of ours.
+    None,
+    /// A chunk.
+    Chunk(*mut Chunk),
+    /// A huge mapping.
+    Huge(*mut Huge),
+}
+
+const L1_BITS: u32 = 13;
+const L2_BITS: u32 = 12;
+const ADDR_BITS: u32 = CHUNK_SHIFT + L1_BITS + L2_BITS; // 47: the x86-64 user address space
+const L2_LEN: usize = 1 << L2_BITS;
+const L2_BYTES: usize = L2_LEN * size_of::<usize>();
+
+/// Tag of chunk entries in the page map: odd entries are chunks, even non-zero ones are huge.
+const TAG_CHUNK: usize = 1;
+
+/// The page map: a two-level radix tree from an address's 4 MiB slot to its owner.
+pub struct PageMap {
+    l1: [AtomicUsize; 1 << L1_BITS],
+}
+
+impl PageMap {
+    /// An empty map.
+    pub const fn new() -> Self {
+        Self {
+            l1: [const { AtomicUsize::new(0) }; 1 << L1_BITS],
+        }
+    }
+
+    /// The raw entry for `addr`: odd for a chunk (its metadata address plus one), even and
+    /// non-zero for a huge mapping, zero for nothing of ours. Safe on any address.
+    #[inline(always)]
+    pub fn entry(&self, addr: usize) -> usize {
+        let slot = addr >> CHUNK_SHIFT;
+        let Some(l1) = self.l1.get(slot >> L2_BITS) else {
+            return 0;
+        };
+        let l2 = l1.load(Ordering::Acquire) as *const AtomicUsize;
+        if l2.is_null() {
+            return 0;
+        }
+        // SAFETY: L2 nodes are L2_LEN entries long and never freed; the index is masked.
+        unsafe { (*l2.add(slot & (L2_LEN - 1))).load(Ordering::Acquire) }
+    }
+
+    /// Decodes an entry.
+    #[inline(always)]
+    pub fn decode(entry: usize) -> Owner {
+        if entry & TAG_CHUNK != 0 {
+            Owner::Chunk((entry - TAG_CHUNK) as *mut Chunk)
+        } else if entry != 0 {
+            Owner::Huge(entry as *mut Huge)
+        } else {
+            Owner::None
+        }
+    }
+
+    /// The owner of `addr`.
+    #[inline]
+    pub fn lookup(&self, addr: usize) -> Owner {
+        Self::decode(self.entry(addr))
+    }
+
+    /// Sets the entries of every slot of `[addr, addr + len)` to `value`; false if an L2 node
+    /// could not be allocated (nothing is then changed for the slots not yet set).
+    fn set(&self, source: &impl PageSource, addr: usize, len: usize, value: usize) -> bool {
+        let first = addr >> CHUNK_SHIFT;
+        let last = (addr + len - 1) >> CHUNK_SHIFT;
+        if last >> (ADDR_BITS - CHUNK_SHIFT) != 0 {
+            return false;
+        }
+        for slot in first..=last {
+            let l1 = &self.l1[slot >> L2_BITS];
+            let mut l2 = l1.load(Ordering::Acquire) as *const AtomicUsize;
+            if l2.is_null() {
+                match source.meta_alloc(L2_BYTES) {
+                    Some(p) => {
+                        l2 = p.as_ptr() as *const AtomicUsize;
+                        l1.store(l2 as usize, Ordering::Release);
+                    }
+                    None => return false,
+                }
+            }
+            // SAFETY: l2 is a live node of L2_LEN entries; the index is masked.
+            unsafe { (*l2.add(slot & (L2_LEN - 1))).store(value, Ordering::Release) };
+        }
+        true
+    }
+}
+
+impl Default for PageMap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The buddy allocator over all chunks, plus huge mappings. Callers serialise access (the
+/// global instance sits behind a `FutexLock`); only [`PageMap::entry`] is read without it.
+pub struct Pages<S: PageSource> {
+    source: S,
+    /// The page map (a separate static for the real allocator, read lock-free by the free
+    /// path).
+    pub map: &'static PageMap,
+    /// Free blocks of each order, over all chunks.
+    free: [SpanList; ORDERS],
+    /// One wholly free chunk kept mapped, so a workload that frees and reallocates a chunk's
+    /// worth of memory in a loop does not mmap/munmap each time.
+    spare: *mut Chunk,
+    /// Recycled chunk metadata.
+    spare_meta: *mut Chunk,
+    /// Recycled huge descriptors.
+    spare_huge: *mut Huge,
+    /// Chunks currently mapped (spare included).
+    pub chunks: usize,
+    /// Bytes currently mapped for huge blocks.
+    pub huge_bytes: usize,
+}
+
+// SAFETY: the raw pointers are into metadata owned by this value; access is serialised.
+unsafe impl<S: PageSource + Send> Send for Pages<S> {}
+
+const CHUNK_META_BYTES: usize = align_up(size_of::<Chunk>(), PAGE_SIZE);
+const HUGE_META_BYTES: usize = PAGE_SIZE;
+
+impl<S: PageSource> Pages<S> {
+    /// An empty page layer over `source`, recording its chunks in `map`.
+    pub const fn new(source: S, map: &'static PageMap) -> Self {
+        Self {
+            source,
+            map,
+            free: [const { SpanList::new() }; ORDERS],
+            spare: ptr::null_mut(),
+            spare_meta: ptr::null_mut(),
+            spare_huge: ptr::null_mut(),
+            chunks: 0,
+            huge_bytes: 0,
+        }
+    }
+
+    /// Maps a new chunk and adds it whole to the free lists. `false` when memory is exhausted.
+    fn grow(&mut self) -> bool {
+        let meta = if self.spare_meta.is_null() {
+            match self.source.meta_alloc(CHUNK_META_BYTES) {
+                Some(p) => p.as_ptr().cast::<Chunk>(),
+                None => return false,
+            }
+        } else {
+            let m = self.spare_meta;
+            // SAFETY: recycled metadata is valid and unused.
+            self.spare_meta = unsafe { (*m).next_spare_meta };
+            // SAFETY: as above; it is reset to all-zero, the state of fresh metadata.
+            unsafe { ptr::write_bytes(m.cast::<u8>(), 0, size_of::<Chunk>()) };
+            m
+        };
+        let Some(base) = self.source.chunk_alloc() else {
+            self.recycle_meta(meta);
+            return false;
+        };
+        let base = base.as_ptr() as usize;
+        if !self
+            .map
+            .set(&self.source, base, CHUNK_SIZE, meta as usize | TAG_CHUNK)
+        {
+            // SAFETY: the chunk was just mapped and holds nothing.
+            unsafe {
+                self.source
+                    .chunk_free(NonNull::new_unchecked(base as *mut u8))
+            };
+            self.recycle_meta(meta);
+            return false;
+        }
+        // SAFETY: meta is zeroed metadata we own.
+        unsafe {
+            (*meta).base = base;
+            (*meta).free_pages = 0;
+            for (i, s) in (*meta).spans.iter_mut().enumerate() {
+                s.addr = base + i * PAGE_SIZE;
+            }
+            self.push_free(meta, 0, CHUNK_ORDER);
+        }
+        self.chunks += 1;
+        true
+    }
+
+    fn recycle_meta(&mut self, meta: *mut Chunk) {
+        // SAFETY: the metadata is no longer referenced by the map or any list.
+        unsafe { (*meta).next_spare_meta = self.spare_meta };
+        self.spare_meta = meta;
+    }
+
+    /// # Safety
+    /// `chunk` is live and `[idx, idx + 2^order)` is a free, unlisted, aligned block of it.
+    unsafe fn push_free(&mut self, chunk: *mut Chunk, idx: usize, order: u32) {
+        // SAFETY: per the contract.
+        unsafe {
+            let s = &raw mut (*chunk).spans[idx];
+            (*s).state = State::Free;
+            (*s).order = order as u8;
+            (*s).npages = 1 << order;
+            (*s).flags = 0;
+            (*chunk).head[idx] = idx as u16;
+            (*chunk).free_pages += 1 << order;
+            self.free[order as usize].push(s);
+        }
+    }
+
+    /// # Safety
+    /// `[idx, idx + 2^order)` is a free block of `chunk` in the list of `order`.
+    unsafe fn take_free(&mut self, chunk: *mut Chunk, idx: usize, order: u32) {
+        // SAFETY: per the contract.
+        unsafe {
+            self.free[order as usize].remove(&raw mut (*chunk).spans[idx]);
+            (*chunk).free_pages -= 1 << order;
+        }
+    }
+
+    /// Frees the block `[idx, idx + 2^order)`, merging it with free buddies.
+    ///
+    /// # Safety
+    /// The block is aligned, in use by nobody, and not in any list.
+    unsafe fn free_block(&mut self, chunk: *mut Chunk, mut idx: usize, mut order: u32) {
+        while order < CHUNK_ORDER {
+            let buddy = idx ^ (1 << order);
+            // SAFETY: buddy < PAGES_PER_CHUNK since the block is aligned inside the chunk.
+            let b = unsafe { &(*chunk).spans[buddy] };
+            // SAFETY: as above.
+            let is_head = unsafe { (*chunk).head[buddy] } as usize == buddy;
+            if !(is_head && b.state == State::Free && b.order as u32 == order) {
+                break;
+            }
+            // SAFETY: the buddy is a free block of this order, so it is in that list.
+            unsafe { self.take_free(chunk, buddy, order) };
+            idx &= !(1 << order);
+            order += 1;
+        }
+        // SAFETY: the merged block is free and unlisted.
+        unsafe { self.push_free(chunk, idx, order) };
+        // SAFETY: chunk is live.
+        if unsafe { (*chunk).free_pages } == PAGES_PER_CHUNK {
+            // SAFETY: the whole chunk is one free block of the top order.
+            unsafe { self.release_chunk(chunk) };
+        }
+    }
+
+    /// Frees the pages `[idx, end)` of a chunk, as the maximal aligned buddy blocks they split
+    /// into.
+    ///
+    /// # Safety
+    /// The pages are in use by nobody and in no free block.
+    unsafe fn free_range(&mut self, chunk: *mut Chunk, mut idx: usize, end: usize) {
+        while idx < end {
+            let align_order = if idx == 0 {
+                CHUNK_ORDER
+            } else {
+                idx.trailing_zeros()
+            };
+            let fit_order = usize::BITS - 1 - (end - idx).leading_zeros();
+            let order = align_order.min(fit_order);
+            // The chunk may be released by the last free_block; stop touching it then.
+            let last = idx + (1 << order) >= end;
+            // SAFETY: the block is aligned to its order and inside the range.
+            unsafe { self.free_block(chunk, idx, order) };
+            if last {
+                break;
+            }
+            idx += 1 << order;
+        }
+    }
+
+    /// A wholly free chunk: keep it as the spare, or give it back to the source.
+    ///
+    /// # Safety
+    /// `chunk` is one free block of order `CHUNK_ORDER`, in the free list.
+    unsafe fn release_chunk(&mut self, chunk: *mut Chunk) {
+        if self.spare.is_null() {
+            self.spare = chunk;
+            return;
+        }
+        if self.spare == chunk {
+            return;
+        }
+        // SAFETY: per the contract.
+        unsafe {
+            self.take_free(chunk, 0, CHUNK_ORDER);
+            let base = (*chunk).base;
+            self.map.set(&self.source, base, CHUNK_SIZE, 0);
+            self.source
+                .chunk_free(NonNull::new_unchecked(base as *mut u8));
+        }
+        self.recycle_meta(chunk);
+        self.chunks -= 1;
+    }
+
+    /// Allocates a run of `npages` pages (1 ..= PAGES_PER_CHUNK) whose first page is aligned to
+    /// `2^align_order` pages (`align_order <= CHUNK_ORDER`). The span comes back with `addr`,
+    /// `npages`, `state`, the `FLAG_CLEAN` bit and every page's `head` set. `None` when memory
+    /// is exhausted.
+    pub fn alloc_run(
+        &mut self,
+        npages: usize,
+        align_order: u32,
+        state: State,
+    ) -> Option<NonNull<Span>> {
+        debug_assert!(state != State::Free);
+        debug_assert!((1..=PAGES_PER_CHUNK).contains(&npages));
+        let want = log2_ceil(npages).max(align_order);
+        let mut order = want;
+        while (order as usize) < ORDERS && self.free[order as usize].is_empty() {
+            order += 1;
+        }
+        if order as usize == ORDERS {
+            if !self.grow() {
+                return None;
+            }
+            order = CHUNK_ORDER;
+        }
+        let s = self.free[order as usize].head;
+        // SAFETY: s is the head of a non-empty free list, so a live free block.
+        let (chunk, idx) = unsafe { self.locate(s) };
+        if chunk == self.spare {
+            self.spare = ptr::null_mut();
+        }
+        // SAFETY: the block is free and listed under `order`.
+        unsafe {
+            self.take_free(chunk, idx, order);
+            // Split down to the wanted order, freeing the upper halves.
+            while order > want {
+                order -= 1;
+                self.push_free(chunk, idx + (1 << order), order);
+            }
+            // Claim the run first (so no page of it looks like a free buddy), then free the
+            // unused tail past npages.
+            let s = self.claim(chunk, idx, npages);
+            (*chunk).spans[idx].state = state;
+            let end = idx + (1 << want);
+            if idx + npages < end {
+                self.free_range(chunk, idx + npages, end);
+            }
+            s
+        }
+    }
+
+    /// Marks `[idx, idx + npages)` as one run in use and returns its descriptor.
+    ///
+    /// # Safety
+    /// The pages were just taken out of the free lists.
+    unsafe fn claim(
+        &mut self,
+        chunk: *mut Chunk,
+        idx: usize,
+        npages: usize,
+    ) -> Option<NonNull<Span>> {
+        // SAFETY: per the contract; all indices are inside the chunk.
+        unsafe {
+            let c = &mut *chunk;
+            let mut clean = true;
+            for p in idx..idx + npages {
+                c.head[p] = idx as u16;
+                let (w, b) = (p / 64, p % 64);
+                clean &= c.dirty[w] & (1 << b) == 0;
+                c.dirty[w] |= 1 << b;
+            }
+            let s = &mut c.spans[idx];
+            s.npages = npages as u32;
+            s.flags = if clean { FLAG_CLEAN } else { 0 };
+            s.next = ptr::null_mut();
+            s.prev = ptr::null_mut();
+            Some(NonNull::from(s))
+        }
+    }
+
+    /// The chunk and page index of a span.
+    ///
+    /// # Safety
+    /// `s` is a descriptor inside a live chunk's metadata.
+    #[inline]
+    pub unsafe fn locate(&self, s: *const Span) -> (*mut Chunk, usize) {
+        // SAFETY: the span's addr is inside its chunk, which the map knows.
+        let addr = unsafe { (*s).addr };
+        match self.map.lookup(addr) {
+            Owner::Chunk(c) => (c, (addr >> 12) & (PAGES_PER_CHUNK - 1)),
+            _ => crate::util::fatal("internal-error", "span outside any chunk", addr),
+        }
+    }
+
+    /// Frees a run from [`Pages::alloc_run`].
+    ///
+    /// # Safety
+    /// `s` is a live run that nobody uses any more.
+    pub unsafe fn free_run(&mut self, s: NonNull<Span>) {
+        // SAFETY: per the contract.
+        unsafe {
+            let (chunk, idx) = self.locate(s.as_ptr());
+            let n = s.as_ref().npages as usize;
+            (*chunk).spans[idx].state = State::Free;
+            self.free_range(chunk, idx, idx + n);
+        }
+    }
+
+    /// Grows a run in place to `new_npages` if the pages after it are free. Returns whether
+    /// it did; the added pages may hold old bytes.
+    ///
+    /// # Safety
+    /// `s` is a live run.
+    pub unsafe fn grow_run(&mut self, s: NonNull<Span>, new_npages: usize) -> bool {
+        // SAFETY: per the contract.
+        unsafe {
+            let (chunk, idx) = self.locate(s.as_ptr());
+            let old = s.as_ref().npages as usize;
+            let end = idx + new_npages;
+            if end > PAGES_PER_CHUNK {
+                return false;
+            }
+            // Every page in [idx + old, end) must lie in a free block.
+            let c = &*chunk;
+            let mut p = idx + old;
+            while p < end {
+                let h = c.head[p] as usize;
+                let b = &c.spans[h];
+                if h != p || b.state != State::Free {
+                    return false;
+                }
+                p += b.npages as usize;
+            }
+            // Take those blocks; give back the part of the last one past `end`.
+            let mut p = idx + old;
+            while p < end {
+                let order = c.spans[p].order as u32;
+                self.take_free(chunk, p, order);
+                p += 1 << order;
+            }
+            let state = (*chunk).spans[idx].state;
+            let flags = (*chunk).spans[idx].flags;
+            self.claim(chunk, idx, new_npages);
+            (*chunk).spans[idx].state = state;
+            (*chunk).spans[idx].flags = flags & !FLAG_CLEAN;
+            if p > end {
+                self.free_range(chunk, end, p);
+            }
+            true
+        }
+    }
+
+    /// Shrinks a run in place to `new_npages` (at least 1), freeing its tail.
+    ///
+    /// # Safety
+    /// `s` is a live run; its pages from `new_npages` on are no longer used.
+    pub unsafe fn shrink_run(&mut self, mut s: NonNull<Span>, new_npages: usize) {
+        // SAFETY: per the contract.
+        unsafe {
+            let (chunk, idx) = self.locate(s.as_ptr());
+            let old = s.as_ref().npages as usize;
+            if new_npages >= old {
+                return;
+            }
+            s.as_mut().npages = new_npages as u32;
+            self.free_range(chunk, idx + new_npages, idx + old);
+        }
+    }
+
+    /// Maps a huge block of at least `len` bytes aligned to `align` (a power of two), with a
+    /// guard page after it. Returns its descriptor, or `None` when memory is exhausted.
+    pub fn huge_alloc(&mut self, len: usize, align: usize) -> Option<NonNull<Huge>>
+    where
+        S: HugeSource,
+    {
+        let len = crate::util::checked_align_up(len, PAGE_SIZE)?;
+        let h = self.huge_desc()?;
+        let Some(base) = self.source.huge_map(len, align.max(CHUNK_SIZE)) else {
+            self.recycle_huge(h);
+            return None;
+        };
+        let base = base.as_ptr() as usize;
+        if !self.map.set(&self.source, base, len, h as usize) {
+            // SAFETY: the mapping was just made and holds nothing.
+            unsafe { self.source.huge_unmap(base, len) };
+            self.recycle_huge(h);
+            return None;
+        }
+        // SAFETY: h is a descriptor we own.
+        unsafe {
+            (*h).base = base;
+            (*h).len = len;
+        }
+        self.huge_bytes += len;
+        NonNull::new(h)
+    }
+
+    fn huge_desc(&mut self) -> Option<*mut Huge> {
+        if self.spare_huge.is_null() {
+            let page = self
+                .source
+                .meta_alloc(HUGE_META_BYTES)?
+                .as_ptr()
+                .cast::<Huge>();
+            for i in 0..HUGE_META_BYTES / size_of::<Huge>() {
+                // SAFETY: the page holds this many descriptors.
+                self.recycle_huge(unsafe { page.add(i) });
+            }
+        }
+        let h = self.spare_huge;
+        // SAFETY: recycled descriptors are valid.
+        self.spare_huge = unsafe { (*h).next_spare };
+        Some(h)
+    }
+
+    fn recycle_huge(&mut self, h: *mut Huge) {
+        // SAFETY: the descriptor is unused.
+        unsafe { (*h).next_spare = self.spare_huge };
+        self.spare_huge = h;
+    }
+
+    /// Unmaps a huge block.
+    ///
+    /// # Safety
+    /// `h` is a live huge descriptor whose block nobody uses any more.
+    pub unsafe fn huge_free(&mut self, h: NonNull<Huge>)
+    where
+        S: HugeSource,
+    {
+        // SAFETY: per the contract.
+        let (base, len) = unsafe { (h.as_ref().base, h.as_ref().len) };
+        self.map.set(&self.source, base, len, 0);
+        // SAFETY: the block is no longer used or mapped to an owner.
+        unsafe { self.source.huge_unmap(base, len) };
+        self.huge_bytes -= len;
+        self.recycle_huge(h.as_ptr());
+    }
+
+    /// Resizes a huge block to hold `new_len` bytes, in place or by moving its pages (never by
+    /// copying). Returns whether it worked; on failure the block is unchanged.
+    ///
+    /// # Safety
+    /// `h` is a live huge descriptor; the caller owns its block.
+    pub unsafe fn huge_resize(&mut self, mut h: NonNull<Huge>, new_len: usize) -> bool
+    where
+        S: HugeSource,
+    {
+        let Some(new_len) = crate::util::checked_align_up(new_len, PAGE_SIZE) else {
+            return false;
+        };
+        // SAFETY: per the contract.
+        let (base, len) = unsafe { (h.as_ref().base, h.as_ref().len) };
+        if new_len == len {
+            return true;
+        }
+        // SAFETY: the caller owns the block.
+        let Some(new_base) = (unsafe { self.source.huge_remap(base, len, new_len) }) else {
+            return false;
+        };
+        let new_base = new_base.as_ptr() as usize;
+        let hv = h.as_ptr() as usize;
+        self.map.set(&self.source, base, len, 0);
+        if !self.map.set(&self.source, new_base, new_len, hv) {
+            // The pages have moved and no map node could be had for their new place: the
+            // block can be neither described nor moved back safely.
+            crate::util::fatal(
+                "out-of-memory",
+                "page map node for a moved huge block",
+                new_base,
+            );
+        }
+        // SAFETY: per the contract.
+        unsafe {
+            h.as_mut().base = new_base;
+            h.as_mut().len = new_len;
+        }
+        self.huge_bytes = self.huge_bytes - len + new_len;
+        true
+    }
+
+    /// Checks the invariants in the module doc; panics (tests) on a violation.
+    pub fn validate(&self) {
+        for (order, list) in self.free.iter().enumerate() {
+            let mut s = list.head;
+            while !s.is_null() {
+                // SAFETY: listed spans are live descriptors.
+                let span = unsafe { &*s };
+                assert_eq!(span.state, State::Free);
+                assert_eq!(span.order as usize, order);
+                // SAFETY: as above.
+                let (chunk, idx) = unsafe { self.locate(s) };
+                assert_eq!(idx % (1 << order), 0, "misaligned free block");
+                // SAFETY: chunk is live.
+                assert_eq!(unsafe { (*chunk).head[idx] } as usize, idx);
+                if order < CHUNK_ORDER as usize {
+                    let buddy = idx ^ (1 << order);
+                    // SAFETY: chunk is live.
+                    let b = unsafe { &(*chunk).spans[buddy] };
+                    // SAFETY: chunk is live.
+                    let bh = unsafe { (*chunk).head[buddy] } as usize;
+                    assert!(
+                        !(bh == buddy && b.state == State::Free && b.order as usize == order),
+                        "unmerged buddies"
+                    );
+                }
+                s = span.next;
+            }
+        }
+    }
+
+    /// Walks one chunk's pages and checks `free_pages + used_pages == PAGES_PER_CHUNK` and the
+    /// `head` links of every run.
+    ///
+    /// # Safety
+    /// `chunk` is live.
+    pub unsafe fn validate_chunk(&self, chunk: *const Chunk) {
+        // SAFETY: per the contract.
+        let c = unsafe { &*chunk };
+        let (mut free, mut used, mut p) = (0, 0, 0);
+        while p < PAGES_PER_CHUNK {
+            assert_eq!(c.head[p] as usize, p, "page {p} is not a run head");
+            let s = &c.spans[p];
+            let n = s.npages as usize;
+            assert!(n >= 1);
+            if s.state == State::Free {
+                free += n;
+            } else {
+                assert!(
+                    (p..p + n).all(|q| c.head[q] as usize == p),
+                    "run at page {p}"
+                );
+                used += n;
+            }
+            p += n;
+        }
+        assert_eq!(free, c.free_pages);
+        assert_eq!(free + used, PAGES_PER_CHUNK);
+    }
+}
+
+/// The process's page map, read without a lock by every free.
+pub static MAP: PageMap = PageMap::new();
+
+/// The process's page layer; every caller takes its lock.
+pub static PAGES: crate::util::FutexLock<Pages<OsSource>> =
+    crate::util::FutexLock::new(Pages::new(OsSource, &MAP));
+
+/// A page source that can also map huge blocks (above the chunk size).
+pub trait HugeSource: PageSource {
+    /// Maps `len` bytes (a page multiple) aligned to `align`, with a guard after them.
+    fn huge_map(&self, len: usize, align: usize) -> Option<NonNull<u8>>;
+    /// Unmaps a block from [`HugeSource::huge_map`] or [`HugeSource::huge_remap`].
+    ///
+    /// # Safety
+    /// The block is unused.
+    unsafe fn huge_unmap(&self, base: usize, len: usize);
+    /// Resizes a block, moving its pages (without copying) to a new chunk-aligned place if it
+    /// cannot grow where it is. `None` (block unchanged) when memory is exhausted.
+    ///
+    /// # Safety
+    /// The block is live and owned by the caller.
+    unsafe fn huge_remap(&self, base: usize, len: usize, new_len: usize) -> Option<NonNull<u8>>;
+}
+
+impl HugeSource for OsSource {
+    fn huge_map(&self, len: usize, align: usize) -> Option<NonNull<u8>> {
+        let p = os::map_aligned(len.checked_add(GUARD_SIZE)?, align)?;
+        // SAFETY: the guard is the last page of the mapping just made.
+        unsafe { os::guard_install(p.as_ptr().add(len), GUARD_SIZE) };
+        Some(p)
+    }
+
+    unsafe fn huge_unmap(&self, base: usize, len: usize) {
+        // SAFETY: the caller gives the block and its guard back.
+        unsafe { os::unmap(base as *mut u8, len + GUARD_SIZE) };
+    }
+
+    unsafe fn huge_remap(&self, base: usize, len: usize, new_len: usize) -> Option<NonNull<u8>> {
+        let p = base as *mut u8;
+        // SAFETY: the caller owns the block; its guard page is ours.
+        unsafe {
+            if new_len < len {
+                // Shrink: guard the new end, unmap the rest.
+                os::guard_install(p.add(new_len), GUARD_SIZE);
+                os::unmap(p.add(new_len + GUARD_SIZE), len - new_len);
+                return NonNull::new(p);
+            }
+            // Grow: the guard page becomes data; guard again at the new end.
+            os::guard_remove(p.add(len), GUARD_SIZE);
+            let total = new_len + GUARD_SIZE;
+            if os::remap_in_place(p, len + GUARD_SIZE, total) {
+                os::guard_install(p.add(new_len), GUARD_SIZE);
+                return NonNull::new(p);
+            }
+            // Move to a fresh chunk-aligned reservation, without copying.
+            let Some(dest) = os::map_aligned(total, CHUNK_SIZE) else {
+                os::guard_install(p.add(len), GUARD_SIZE);
+                return None;
+            };
+            if !os::remap_to(p, len + GUARD_SIZE, total, dest.as_ptr()) {
+                os::unmap(dest.as_ptr(), total);
+                os::guard_install(p.add(len), GUARD_SIZE);
+                return None;
+            }
+            os::guard_install(dest.as_ptr().add(new_len), GUARD_SIZE);
+            Some(dest)
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    /// A page source over the system allocator: "chunks" are aligned heap blocks.
+    pub struct FakeSource {
+        pub live_chunks: Cell<usize>,
+        pub limit: Cell<usize>,
+    }
+
+    impl FakeSource {
+        pub fn new(limit: usize) -> Self {
+            Self {
+                live_chunks: Cell::new(0),
+                limit: Cell::new(limit),
+            }
+        }
+    }
+
+    const CHUNK_LAYOUT: Layout = match Layout::from_size_align(CHUNK_SIZE, CHUNK_SIZE) {
+        Ok(l) => l,
+        Err(_) => panic!(),
+    };
+
+    impl PageSource for FakeSource {
+        fn chunk_alloc(&self) -> Option<NonNull<u8>> {
+            if self.live_chunks.get() == self.limit.get() {
+                return None;
+            }
+            self.live_chunks.set(self.live_chunks.get() + 1);
+            // SAFETY: non-zero layout.
+            NonNull::new(unsafe { System.alloc_zeroed(CHUNK_LAYOUT) })
+        }
+        unsafe fn chunk_free(&self, chunk: NonNull<u8>) {
+            self.live_chunks.set(self.live_chunks.get() - 1);
+            // SAFETY: allocated above with this layout.
+            unsafe { System.dealloc(chunk.as_ptr(), CHUNK_LAYOUT) }
+        }
+        fn meta_alloc(&self, len: usize) -> Option<NonNull<u8>> {
+            // Leaked on purpose: metadata lives as long as the test.
+            // SAFETY: non-zero layout.
+            NonNull::new(unsafe {
+                System.alloc_zeroed(Layout::from_size_align(len, PAGE_SIZE).unwrap())
+            })
+        }
+    }
+
+    pub fn fake_map() -> &'static PageMap {
+        Box::leak(Box::new(PageMap::new()))
+    }
+
+    fn chunk_of(p: &Pages<FakeSource>, s: NonNull<Span>) -> *mut Chunk {
+        // SAFETY: s is live.
+        unsafe { p.locate(s.as_ptr()).0 }
+    }
+
+    #[test]
+    fn split_and_merge_back_to_one_chunk() {
+        let mut p = Pages::new(FakeSource::new(4), fake_map());
+        let a = p.alloc_run(1, 0, State::Large).unwrap();
+        let chunk = chunk_of(&p, a);
+        // SAFETY: a is live.
+        let base = unsafe { a.as_ref().addr };
+        assert_eq!(base % CHUNK_SIZE, 0);
+        let b = p.alloc_run(3, 0, State::Large).unwrap();
+        let c = p.alloc_run(16, 4, State::Large).unwrap();
+        // SAFETY: spans are live.
+        unsafe {
+            assert_eq!(c.as_ref().addr % (16 * PAGE_SIZE), 0);
+            assert_eq!(b.as_ref().npages, 3);
+            assert!(a.as_ref().flags & FLAG_CLEAN != 0);
+            p.validate();
+            p.validate_chunk(chunk);
+            p.free_run(b);
+            p.validate_chunk(chunk);
+            p.free_run(a);
+            p.free_run(c);
+        }
+        p.validate();
+        assert_eq!(p.free[CHUNK_ORDER as usize].head, chunk.cast::<Span>());
+        assert_eq!(p.chunks, 1, "the last free chunk stays as the spare");
+    }
+
+    #[test]
+    fn runs_do_not_overlap_and_reuse_is_dirty() {
+        let mut p = Pages::new(FakeSource::new(8), fake_map());
+        let mut runs = Vec::new();
+        let mut seed = 12345u64;
+        for _ in 0..2000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            if runs.len() > 40 || (seed.is_multiple_of(3) && !runs.is_empty()) {
+                let i = (seed as usize / 3) % runs.len();
+                let s: NonNull<Span> = runs.swap_remove(i);
+                // SAFETY: s is live.
+                unsafe { p.free_run(s) };
+            } else {
+                let n = 1 + (seed as usize >> 20) % 300;
+                if let Some(s) = p.alloc_run(n, 0, State::Large) {
+                    runs.push(s);
+                }
+            }
+            p.validate();
+        }
+        let mut ranges: Vec<(usize, usize)> = runs
+            .iter()
+            // SAFETY: live spans.
+            .map(|s| unsafe {
+                (
+                    s.as_ref().addr,
+                    s.as_ref().addr + s.as_ref().npages as usize * PAGE_SIZE,
+                )
+            })
+            .collect();
+        ranges.sort();
+        for w in ranges.windows(2) {
+            assert!(w[0].1 <= w[1].0, "overlap {w:?}");
+        }
+        for s in runs {
+            // SAFETY: live.
+            unsafe { p.free_run(s) };
+        }
+        p.validate();
+        assert_eq!(p.chunks, 1);
+        let again = p.alloc_run(1, 0, State::Large).unwrap();
+        // SAFETY: live.
+        assert_eq!(unsafe { again.as_ref().flags } & FLAG_CLEAN, 0);
+    }
+
+    #[test]
+    fn whole_free_chunks_go_back_but_one_spare() {
+        let mut p = Pages::new(FakeSource::new(8), fake_map());
+        let runs: Vec<_> = (0..4)
+            .map(|_| p.alloc_run(PAGES_PER_CHUNK, 0, State::Large).unwrap())
+            .collect();
+        assert_eq!(p.source.live_chunks.get(), 4);
+        for s in runs {
+            // SAFETY: live.
+            unsafe { p.free_run(s) };
+        }
+        assert_eq!(p.source.live_chunks.get(), 1);
+        assert_eq!(p.chunks, 1);
+    }
+
+    #[test]
+    fn exhaustion_is_none_not_a_crash() {
+        let mut p = Pages::new(FakeSource::new(1), fake_map());
+        let a = p.alloc_run(600, 0, State::Large).unwrap();
+        assert!(p.alloc_run(600, 0, State::Large).is_none());
+        // The tail past 600 pages was freed as blocks of at most 256 pages.
+        assert!(p.alloc_run(300, 0, State::Large).is_none());
+        let b = p.alloc_run(256, 0, State::Large).unwrap();
+        // SAFETY: live.
+        unsafe {
+            p.free_run(a);
+            p.free_run(b);
+        }
+        assert!(p.alloc_run(PAGES_PER_CHUNK, 0, State::Large).is_some());
+    }
+
+    #[test]
+    fn grow_and_shrink_in_place() {
+        let mut p = Pages::new(FakeSource::new(2), fake_map());
+        let a = p.alloc_run(10, 0, State::Large).unwrap();
+        let chunk = chunk_of(&p, a);
+        // SAFETY: spans are live.
+        unsafe {
+            assert!(p.grow_run(a, 100));
+            assert_eq!(a.as_ref().npages, 100);
+            assert_eq!(a.as_ref().state, State::Large);
+            p.validate();
+            p.validate_chunk(chunk);
+            // The pages freed past the grown run's end are reused first.
+            let b = p.alloc_run(1, 0, State::Large).unwrap();
+            assert_eq!(b.as_ref().addr, a.as_ref().addr + 100 * PAGE_SIZE);
+            assert!(!p.grow_run(a, 101), "b is in the way");
+            p.shrink_run(a, 3);
+            p.validate();
+            p.validate_chunk(chunk);
+            assert!(p.grow_run(a, 100));
+            assert_eq!(a.as_ref().flags & FLAG_CLEAN, 0);
+            p.validate();
+            p.validate_chunk(chunk);
+            p.free_run(a);
+            p.free_run(b);
+            p.validate();
+        }
+    }
+
+    #[test]
+    fn page_map_lookup() {
+        let mut p = Pages::new(FakeSource::new(2), fake_map());
+        let a = p.alloc_run(1, 0, State::Large).unwrap();
+        // SAFETY: live.
+        let base = unsafe { a.as_ref().addr };
+        let chunk = chunk_of(&p, a);
+        assert_eq!(p.map.lookup(base), Owner::Chunk(chunk));
+        assert_eq!(p.map.lookup(base + CHUNK_SIZE - 1), Owner::Chunk(chunk));
+        assert_eq!(p.map.lookup(base + CHUNK_SIZE), Owner::None);
+        assert_eq!(p.map.lookup(usize::MAX), Owner::None);
+        assert_eq!(p.map.lookup(0), Owner::None);
+        assert_eq!(p.map.lookup(1 << 47), Owner::None);
+    }
+
+    #[test]
+    fn huge_blocks_on_the_real_os() {
+        let mut p = Pages::new(OsSource, fake_map());
+        let h = p.huge_alloc(10 * CHUNK_SIZE + 5, 1).unwrap();
+        // SAFETY: live descriptor.
+        let (base, len) = unsafe { (h.as_ref().base, h.as_ref().len) };
+        assert_eq!(base % CHUNK_SIZE, 0);
+        assert!(len >= 10 * CHUNK_SIZE + 5);
+        assert_eq!(p.map.lookup(base + len - 1), Owner::Huge(h.as_ptr()));
+        // SAFETY: the block is ours.
+        unsafe {
+            *(base as *mut u8).add(len - 1) = 7;
+            assert!(p.huge_resize(h, 40 * CHUNK_SIZE));
+            let (nb, nl) = (h.as_ref().base, h.as_ref().len);
+            assert_eq!(
+                *(nb as *mut u8).add(len - 1),
+                7,
+                "contents move with the pages"
+            );
+            assert_eq!(p.map.lookup(nb + nl - 1), Owner::Huge(h.as_ptr()));
+            assert!(p.huge_resize(h, CHUNK_SIZE + 1));
+            assert_eq!(*(h.as_ref().base as *mut u8).add(4096), 0);
+            p.huge_free(h);
+        }
+        assert_eq!(p.huge_bytes, 0);
+    }
+}

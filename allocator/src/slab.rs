@@ -1,0 +1,197 @@
+//! Slabs: a page run carved into blocks of one size class.
+//!
+//! Free blocks are linked through their first word, inside the span's own memory: no header
+//! sits in front of any block. A span's blocks are in one of four places:
+//! - handed out to the program (`used` counts them, together with the next two);
+//! - on the owner heap's remote list, freed by another thread and not yet collected;
+//! - on the span's local free list `free` (freed by the owner, or carved);
+//! - never carved yet: the bytes from `bump` to the end, touched only when carved, so a new
+//!   span costs no page faults for blocks never used.
+//!
+//! `used` also carries two marks of the heap layer, so that the free fast path needs one
+//! compare to notice both "the span became empty" and "the span was full":
+//! - [`CURRENT_REF`]: the heap allocating from the span holds one reference while it is its
+//!   class's current span, so `used` cannot reach 0 under a steady malloc/free loop;
+//! - [`FULL_BIAS`]: added while the span is full and in no heap list.
+//!
+//! Invariant (checked by [`validate`]):
+//! `used == (capacity - len(free) - uncarved) + CURRENT_REF·[current] + FULL_BIAS·[full]`
+//! where `uncarved = capacity - bump / block_size`, and every block on `free` is a carved
+//! block boundary.
+
+use core::ptr;
+
+use crate::os::PAGE_SIZE;
+use crate::pages::{Span, State};
+use crate::size_class::{blocks_per_span, class_size, span_order};
+
+/// Held in `used` by the heap while the span is its current span.
+pub const CURRENT_REF: u32 = 1;
+/// Added to `used` while the span is full and in no heap list.
+pub const FULL_BIAS: u32 = 1 << 30;
+
+/// After a block was freed to a span and `used` decremented: does the span need the slow path
+/// (it became empty, or it was full)? One compare for both cases.
+#[inline(always)]
+pub fn needs_attention(used: u32) -> bool {
+    used.wrapping_sub(1) >= FULL_BIAS - 1
+}
+
+/// How many bytes of fresh blocks one carve touches at most (one page, like the kernel's
+/// fault granule; at least one block is always carved).
+const CARVE_BYTES: usize = PAGE_SIZE;
+
+/// Turns a fresh run into an empty slab of `class` owned by `owner`.
+///
+/// # Safety
+/// `s` is a run of `2^span_order(class)` pages just taken from the page layer.
+pub unsafe fn init(s: *mut Span, class: usize, owner: usize) {
+    // SAFETY: the caller hands us the descriptor of a run we now own.
+    let s = unsafe { &mut *s };
+    debug_assert_eq!(s.npages as usize, 1 << span_order(class));
+    s.state = State::Slab;
+    s.class = class as u8;
+    s.block_size = class_size(class) as u32;
+    s.capacity = blocks_per_span(class) as u32;
+    s.used = 0;
+    s.bump = 0;
+    s.free = ptr::null_mut();
+    s.owner.store(owner, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the span has blocks that were never carved.
+#[inline]
+pub fn can_carve(s: &Span) -> bool {
+    s.bump < s.capacity * s.block_size
+}
+
+/// Carves up to a page's worth of never-used blocks onto the (empty) free list. Returns
+/// whether any block was carved.
+///
+/// # Safety
+/// `s` is a live slab owned by the calling thread, with an empty local free list.
+pub unsafe fn carve(s: &mut Span) -> bool {
+    debug_assert!(s.free.is_null());
+    let size = s.block_size as usize;
+    let end = s.capacity as usize * size;
+    let start = s.bump as usize;
+    if start >= end {
+        return false;
+    }
+    let n = (CARVE_BYTES / size).clamp(1, (end - start) / size);
+    let base = s.addr + start;
+    // Link blocks in address order: block i points to block i + 1, the last to null.
+    for i in 0..n {
+        let b = (base + i * size) as *mut *mut u8;
+        let next = if i + 1 < n {
+            (base + (i + 1) * size) as *mut u8
+        } else {
+            ptr::null_mut()
+        };
+        // SAFETY: the block lies inside the span's never-used range, which we own.
+        unsafe { b.write(next) };
+    }
+    s.free = base as *mut u8;
+    s.bump = (start + n * size) as u32;
+    true
+}
+
+/// Whether `p` is the start of a block of the slab `s` (for invalid-free checks).
+#[inline]
+pub fn is_block_start(s: &Span, p: usize) -> bool {
+    let off = p.wrapping_sub(s.addr);
+    off < s.bump as usize && off.is_multiple_of(s.block_size as usize)
+}
+
+/// Checks the slab invariant; panics on a violation.
+///
+/// # Safety
+/// `s` is a live slab owned by the calling thread.
+pub unsafe fn validate(s: &Span, current: bool) {
+    assert_eq!(s.state, State::Slab);
+    let size = s.block_size as usize;
+    let carved = s.bump as usize / size;
+    let mut on_free = 0;
+    let mut b = s.free;
+    while !b.is_null() {
+        assert!(
+            is_block_start(s, b as usize),
+            "free list entry {b:p} is not a block"
+        );
+        on_free += 1;
+        assert!(on_free <= carved, "free list cycle");
+        // SAFETY: b is a free block of the span; its first word is the link.
+        b = unsafe { *(b as *mut *mut u8) };
+    }
+    // Blocks on a remote list still count as used until collected.
+    let marks =
+        if current { CURRENT_REF } else { 0 } + if s.used >= FULL_BIAS { FULL_BIAS } else { 0 };
+    assert_eq!((s.used - marks) as usize, carved - on_free);
+    assert!(s.used - marks <= s.capacity);
+    if s.used >= FULL_BIAS {
+        assert!(
+            s.free.is_null() && !can_carve(s),
+            "a full span has free blocks"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pages::tests::{fake_map, FakeSource};
+    use crate::pages::Pages;
+    use crate::size_class::NUM_CLASSES;
+
+    #[test]
+    fn carve_pop_push_keeps_the_invariant() {
+        let mut pages = Pages::new(FakeSource::new(4), fake_map());
+        for class in 0..NUM_CLASSES {
+            let order = span_order(class);
+            let s = pages
+                .alloc_run(1 << order, order, State::Slab)
+                .unwrap()
+                .as_ptr();
+            // SAFETY: s is a fresh run of the right size.
+            unsafe { init(s, class, 1) };
+            // SAFETY: s is live and ours.
+            let span = unsafe { &mut *s };
+            let mut got = Vec::new();
+            loop {
+                if span.free.is_null() {
+                    // SAFETY: free list is empty.
+                    if !unsafe { carve(span) } {
+                        break;
+                    }
+                }
+                let b = span.free;
+                // SAFETY: b is a free block.
+                span.free = unsafe { *(b as *mut *mut u8) };
+                span.used += 1;
+                got.push(b as usize);
+                // SAFETY: the span is ours.
+                unsafe { validate(span, false) };
+            }
+            assert_eq!(got.len(), blocks_per_span(class));
+            assert_eq!(span.used, span.capacity);
+            got.sort();
+            for w in got.windows(2) {
+                assert_eq!(w[1] - w[0], class_size(class));
+            }
+            assert!(got.iter().all(|b| b % 16 == 0));
+            for &b in got.iter().rev() {
+                // SAFETY: b is a block we hold.
+                unsafe { *(b as *mut *mut u8) = span.free };
+                span.free = b as *mut u8;
+                span.used -= 1;
+            }
+            // SAFETY: the span is ours.
+            unsafe { validate(span, false) };
+            assert!(!is_block_start(span, got[0] + 1));
+            assert!(!is_block_start(span, span.addr + span.bump as usize));
+            // SAFETY: the span is empty and ours.
+            unsafe { pages.free_run(core::ptr::NonNull::new_unchecked(s)) };
+        }
+        pages.validate();
+    }
+}

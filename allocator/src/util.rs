@@ -1,0 +1,281 @@
+//! Small leaf helpers used by every layer: bit arithmetic, the allocator's own lock, and
+//! allocation-free error reports.
+
+use core::cell::UnsafeCell;
+use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use crate::os;
+
+/// Rounds `x` up to a multiple of `align` (a power of two). The caller rules out overflow.
+#[inline(always)]
+pub const fn align_up(x: usize, align: usize) -> usize {
+    (x + align - 1) & !(align - 1)
+}
+
+/// Rounds `x` up to a multiple of `align` (a power of two), or `None` on overflow.
+#[inline(always)]
+pub const fn checked_align_up(x: usize, align: usize) -> Option<usize> {
+    match x.checked_add(align - 1) {
+        Some(v) => Some(v & !(align - 1)),
+        None => None,
+    }
+}
+
+/// The base-2 logarithm of the smallest power of two `>= x` (`x >= 1`).
+#[inline(always)]
+pub const fn log2_ceil(x: usize) -> u32 {
+    if x <= 1 {
+        0
+    } else {
+        usize::BITS - (x - 1).leading_zeros()
+    }
+}
+
+/// A mutual-exclusion lock that never allocates: a spin phase, then `futex` sleeps
+/// (Drepper's three-state mutex: 0 free, 1 locked, 2 locked with waiters).
+///
+/// parking_lot cannot be used on a malloc path: its contended path allocates its parking
+/// table and so recurses into malloc (design.md).
+pub struct FutexLock<T> {
+    state: AtomicU32,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the lock hands out `&mut T` to one thread at a time.
+unsafe impl<T: Send> Sync for FutexLock<T> {}
+// SAFETY: moving the lock moves the value; no thread-affine state.
+unsafe impl<T: Send> Send for FutexLock<T> {}
+
+impl<T> FutexLock<T> {
+    /// A new unlocked lock holding `value`.
+    pub const fn new(value: T) -> Self {
+        Self {
+            state: AtomicU32::new(0),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    /// Takes the lock, sleeping while another thread holds it.
+    #[inline]
+    pub fn lock(&self) -> FutexGuard<'_, T> {
+        if self
+            .state
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            self.lock_contended();
+        }
+        FutexGuard { lock: self }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_contended(&self) {
+        for _ in 0..100 {
+            core::hint::spin_loop();
+            if self.state.load(Ordering::Relaxed) == 0
+                && self
+                    .state
+                    .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return;
+            }
+        }
+        while self.state.swap(2, Ordering::Acquire) != 0 {
+            os::futex_wait(&self.state, 2);
+        }
+    }
+
+    /// Releases the lock without a guard: used by the `fork` handlers, which take locks in
+    /// the parent's prepare step and release them in a different function.
+    ///
+    /// # Safety
+    /// The calling thread (or its forked child) must hold the lock through a guard that was
+    /// forgotten with `core::mem::forget`.
+    pub unsafe fn force_unlock(&self) {
+        if self.state.swap(0, Ordering::Release) == 2 {
+            os::futex_wake_one(&self.state);
+        }
+    }
+
+    /// Resets the lock to unlocked in a child after `fork`, whatever the parent's state.
+    ///
+    /// # Safety
+    /// Only the single thread of a freshly forked child may call this.
+    pub unsafe fn reset_after_fork(&self) {
+        self.state.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Access to the value of a held [`FutexLock`]; releases it when dropped.
+pub struct FutexGuard<'a, T> {
+    lock: &'a FutexLock<T>,
+}
+
+impl<T> Deref for FutexGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard proves the lock is held, so no other reference exists.
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<T> DerefMut for FutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard proves the lock is held, so no other reference exists.
+        unsafe { &mut *self.lock.value.get() }
+    }
+}
+
+impl<T> Drop for FutexGuard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.lock.state.swap(0, Ordering::Release) == 2 {
+            os::futex_wake_one(&self.lock.state);
+        }
+    }
+}
+
+/// A fixed buffer for composing one report line without allocating.
+pub struct Line {
+    buf: [u8; 512],
+    len: usize,
+}
+
+impl Line {
+    /// An empty line.
+    pub const fn new() -> Self {
+        Self {
+            buf: [0; 512],
+            len: 0,
+        }
+    }
+
+    /// Appends text (truncated at the buffer's end).
+    pub fn str(&mut self, s: &str) -> &mut Self {
+        for &b in s.as_bytes() {
+            if self.len == self.buf.len() {
+                break;
+            }
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+        self
+    }
+
+    /// Appends a decimal number.
+    pub fn dec(&mut self, mut v: u64) -> &mut Self {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        // ASCII digits are valid UTF-8.
+        self.str(core::str::from_utf8(&digits[i..]).unwrap_or("?"))
+    }
+
+    /// Appends a hexadecimal number with a `0x` prefix.
+    pub fn hex(&mut self, v: u64) -> &mut Self {
+        let mut digits = [0u8; 16];
+        let mut i = digits.len();
+        let mut v = v;
+        loop {
+            i -= 1;
+            digits[i] = b"0123456789abcdef"[(v & 15) as usize];
+            v >>= 4;
+            if v == 0 {
+                break;
+            }
+        }
+        self.str("0x");
+        self.str(core::str::from_utf8(&digits[i..]).unwrap_or("?"))
+    }
+
+    /// The bytes written so far.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Writes the line (plus a newline) to stderr.
+    pub fn emit(&mut self) {
+        self.str("\n");
+        os::write_stderr(self.as_bytes());
+    }
+}
+
+impl Default for Line {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Reports an impossible internal state or a detected heap corruption and aborts.
+#[cold]
+#[inline(never)]
+pub fn fatal(kind: &str, what: &str, addr: usize) -> ! {
+    let mut line = Line::new();
+    line.str("rampart: ")
+        .str(kind)
+        .str(": ")
+        .str(what)
+        .str(" at ")
+        .hex(addr as u64);
+    line.emit();
+    os::abort()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding() {
+        assert_eq!(align_up(0, 16), 0);
+        assert_eq!(align_up(17, 16), 32);
+        assert_eq!(checked_align_up(usize::MAX, 16), None);
+        assert_eq!(log2_ceil(1), 0);
+        assert_eq!(log2_ceil(2), 1);
+        assert_eq!(log2_ceil(3), 2);
+        assert_eq!(log2_ceil(4096), 12);
+        assert_eq!(log2_ceil(4097), 13);
+    }
+
+    #[test]
+    fn line_formats_numbers() {
+        let mut l = Line::new();
+        l.str("a=")
+            .dec(0)
+            .str(" b=")
+            .dec(1234567890123)
+            .str(" c=")
+            .hex(0xdead_beef);
+        assert_eq!(l.as_bytes(), b"a=0 b=1234567890123 c=0xdeadbeef");
+    }
+
+    #[test]
+    fn lock_excludes() {
+        use std::sync::Arc;
+        let lock = Arc::new(FutexLock::new(0u64));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let lock = lock.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        *lock.lock() += 1;
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(*lock.lock(), 80_000);
+    }
+}
