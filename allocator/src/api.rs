@@ -10,7 +10,7 @@ use core::ptr::{self, NonNull};
 
 use crate::heap::{self, Block};
 use crate::large;
-use crate::size_class::{class_of, class_of_aligned, SMALL_MAX};
+use crate::size_class::{class_of, class_of_aligned, class_of_table, SMALL_MAX, SMALL_TABLE_MAX};
 
 /// Alignment every block has without asking (glibc's `MALLOC_ALIGNMENT` on x86-64).
 pub const MIN_ALIGN: usize = 16;
@@ -21,8 +21,8 @@ pub const MAX_SIZE: usize = isize::MAX as usize - (1 << 24);
 /// Allocates `size` bytes aligned to `align` (a power of two). `None` when memory is exhausted.
 #[inline(always)]
 pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
-    if size <= SMALL_MAX && align <= MIN_ALIGN {
-        return NonNull::new(heap::alloc_small(class_of(size)));
+    if size <= SMALL_TABLE_MAX && align <= MIN_ALIGN {
+        return NonNull::new(heap::alloc_small(class_of_table(size)));
     }
     alloc_other(size, align, false)
 }
@@ -30,19 +30,21 @@ pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
 /// Allocates `size` zeroed bytes aligned to `align`.
 #[inline]
 pub fn alloc_zeroed(size: usize, align: usize) -> Option<NonNull<u8>> {
-    if size <= SMALL_MAX && align <= MIN_ALIGN {
-        let p = NonNull::new(heap::alloc_small(class_of(size)))?;
-        // SAFETY: the block holds at least `size` bytes.
-        unsafe { ptr::write_bytes(p.as_ptr(), 0, size) };
-        return Some(p);
-    }
     alloc_other(size, align, true)
 }
 
-/// Aligned small blocks and large ones.
-#[cold]
+/// Everything but the small unaligned sizes of the fast path: the other small sizes, aligned
+/// small blocks, large ones, and zeroed blocks of any kind.
 #[inline(never)]
 fn alloc_other(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
+    if size <= SMALL_MAX && align <= MIN_ALIGN {
+        let p = NonNull::new(heap::alloc_small(class_of(size)))?;
+        if zero {
+            // SAFETY: the block holds at least `size` bytes.
+            unsafe { ptr::write_bytes(p.as_ptr(), 0, size) };
+        }
+        return Some(p);
+    }
     if size > MAX_SIZE || !align.is_power_of_two() {
         return None;
     }

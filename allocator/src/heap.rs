@@ -21,7 +21,7 @@
 //!
 //! Per class, a heap's spans are in one of three places: `current[class]` (the span blocks are
 //! taken from; holds [`slab::CURRENT_REF`]), the `partial[class]` list (spans with free
-//! blocks), or nowhere (full spans, marked with [`slab::FULL_BIAS`]). A span found empty on a
+//! blocks), or nowhere (full spans, marked with [`slab::FULL_MARK`]). A span found empty on a
 //! free that is not current goes back to the page layer at once.
 
 use core::cell::{Cell, UnsafeCell};
@@ -33,7 +33,7 @@ use crate::large;
 use crate::os;
 use crate::pages::{Chunk, Owner, PageMap, Span, SpanList, State, MAP, PAGES, PAGES_PER_CHUNK};
 use crate::size_class::{span_order, NUM_CLASSES};
-use crate::slab::{self, CURRENT_REF, FULL_BIAS};
+use crate::slab::{self, CURRENT_REF, FULL_MARK};
 use crate::util::{fatal, FutexLock};
 
 /// A thread's heap.
@@ -149,7 +149,7 @@ unsafe fn alloc_slow(mut heap: *mut Heap, class: usize) -> *mut u8 {
             return pop(span);
         }
         // Exhausted: it leaves `current` and becomes full (in no list).
-        span.used = span.used - CURRENT_REF + FULL_BIAS;
+        span.used = span.used - CURRENT_REF + FULL_MARK;
         h.current[class] = EMPTY_SPAN_PTR;
     }
     let mut s = h.partial[class].pop();
@@ -314,8 +314,8 @@ unsafe fn span_attention(h: &mut Heap, s: *mut Span) {
     // SAFETY: per the contract.
     let span = unsafe { &mut *s };
     let class = span.class as usize;
-    if span.used >= FULL_BIAS {
-        span.used -= FULL_BIAS;
+    if span.used < 0 {
+        span.used -= FULL_MARK;
         if span.used == 0 {
             // SAFETY: empty, in no list.
             unsafe { retire(s) };
@@ -458,7 +458,7 @@ unsafe fn abandon(h: &mut Heap) {
                 if (*s).used == 0 {
                     retire(s);
                 } else if (*s).free.is_null() && !slab::can_carve(&*s) {
-                    (*s).used += FULL_BIAS;
+                    (*s).used += FULL_MARK;
                 } else {
                     h.partial[class].push(s);
                 }
@@ -519,8 +519,8 @@ pub unsafe fn classify<'a>(p: *mut u8) -> Block<'a> {
         let span = unsafe { &*s };
         return match span.state {
             State::Slab if slab::is_block_start(span, p as usize) => Block::Small(span),
-            // SAFETY: non-null.
             State::Large if span.addr == p as usize => {
+                // SAFETY: a descriptor's address is non-null.
                 Block::Large(unsafe { NonNull::new_unchecked(s) })
             }
             _ => invalid_free(p, span),
@@ -570,7 +570,7 @@ pub fn validate_current_thread() {
             // SAFETY: live span of this heap.
             unsafe {
                 assert_eq!((*s).owner.load(Ordering::Relaxed), heap as usize);
-                assert!((*s).used < FULL_BIAS);
+                assert!((*s).used > 0);
                 slab::validate(&*s, false);
                 s = (*s).next;
             }

@@ -23,7 +23,7 @@
 
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use crate::os::{self, PAGE_SIZE};
 use crate::util::{align_up, log2_ceil};
@@ -102,8 +102,9 @@ pub const FLAG_CLEAN: u8 = 1;
 pub struct Span {
     /// Slab: head of the local free list (linked through the blocks' first word).
     pub free: *mut u8,
-    /// Slab: blocks handed out and not yet freed back to this span.
-    pub used: u32,
+    /// Slab: blocks handed out and not yet freed back to this span, plus the heap's marks
+    /// (see `slab`); signed so that one decrement-and-test catches both "empty" and "full".
+    pub used: i32,
     /// Slab: blocks the span holds.
     pub capacity: u32,
     /// Slab: the owning heap's address (0 for none). Read by other threads to route frees.
@@ -285,30 +286,42 @@ const L2_BYTES: usize = L2_LEN * size_of::<usize>();
 const TAG_CHUNK: usize = 1;
 
 /// The page map: a two-level radix tree from an address's 4 MiB slot to its owner.
+///
+/// Every L1 slot starts out pointing at [`ZERO_L2`], a shared node of zero entries that is
+/// never written, so a lookup needs no null test. The L1 index is masked rather than bounds
+/// checked: an address at or above 2^47 (never one of ours: [`PageMap::set`] refuses them)
+/// aliases a low slot, and every slow path confirms the block with the span's own bounds,
+/// while the fast path's first write through such a pointer faults (it is non-canonical or
+/// kernel space on x86-64).
 pub struct PageMap {
-    l1: [AtomicUsize; 1 << L1_BITS],
+    l1: [AtomicPtr<AtomicUsize>; 1 << L1_BITS],
 }
+
+/// The shared all-zero L2 node (see [`PageMap`]).
+static ZERO_L2: [AtomicUsize; L2_LEN] = [const { AtomicUsize::new(0) }; L2_LEN];
+
+const ZERO_L2_PTR: *mut AtomicUsize = (&raw const ZERO_L2).cast_mut().cast();
 
 impl PageMap {
     /// An empty map.
     pub const fn new() -> Self {
         Self {
-            l1: [const { AtomicUsize::new(0) }; 1 << L1_BITS],
+            l1: [const { AtomicPtr::new(ZERO_L2_PTR) }; 1 << L1_BITS],
         }
     }
 
     /// The raw entry for `addr`: odd for a chunk (its metadata address plus one), even and
-    /// non-zero for a huge mapping, zero for nothing of ours. Safe on any address.
+    /// non-zero for a huge mapping, zero for nothing of ours. Safe on any address; addresses
+    /// from 2^47 up alias low ones (see the type's doc).
     #[inline(always)]
     pub fn entry(&self, addr: usize) -> usize {
         let slot = addr >> CHUNK_SHIFT;
-        let Some(l1) = self.l1.get(slot >> L2_BITS) else {
-            return 0;
+        // SAFETY: the index is masked to the L1 length.
+        let l1 = unsafe {
+            self.l1
+                .get_unchecked((slot >> L2_BITS) & ((1 << L1_BITS) - 1))
         };
-        let l2 = l1.load(Ordering::Acquire) as *const AtomicUsize;
-        if l2.is_null() {
-            return 0;
-        }
+        let l2 = l1.load(Ordering::Acquire);
         // SAFETY: L2 nodes are L2_LEN entries long and never freed; the index is masked.
         unsafe { (*l2.add(slot & (L2_LEN - 1))).load(Ordering::Acquire) }
     }
@@ -341,12 +354,15 @@ impl PageMap {
         }
         for slot in first..=last {
             let l1 = &self.l1[slot >> L2_BITS];
-            let mut l2 = l1.load(Ordering::Acquire) as *const AtomicUsize;
-            if l2.is_null() {
+            let mut l2 = l1.load(Ordering::Acquire);
+            if l2 == ZERO_L2_PTR {
+                if value == 0 {
+                    continue;
+                }
                 match source.meta_alloc(L2_BYTES) {
                     Some(p) => {
-                        l2 = p.as_ptr() as *const AtomicUsize;
-                        l1.store(l2 as usize, Ordering::Release);
+                        l2 = p.as_ptr().cast::<AtomicUsize>();
+                        l1.store(l2, Ordering::Release);
                     }
                     None => return false,
                 }
@@ -1173,6 +1189,7 @@ pub(crate) mod tests {
         assert_eq!(p.map.lookup(base + CHUNK_SIZE), Owner::None);
         assert_eq!(p.map.lookup(usize::MAX), Owner::None);
         assert_eq!(p.map.lookup(0), Owner::None);
+        // Addresses from 2^47 alias low slots (see PageMap); this one aliases slot 0.
         assert_eq!(p.map.lookup(1 << 47), Owner::None);
     }
 

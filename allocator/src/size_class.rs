@@ -24,8 +24,9 @@ pub const SMALL_MAX: usize = 32 * 1024;
 /// Number of size classes.
 pub const NUM_CLASSES: usize = 40;
 
-/// Sizes up to this are classified by one table load.
-const TABLE_MAX: usize = 1024;
+/// Sizes up to this are classified by one table load ([`class_of_table`]).
+pub const SMALL_TABLE_MAX: usize = 1024;
+const TABLE_MAX: usize = SMALL_TABLE_MAX;
 
 /// The block size of class `class` (`class < NUM_CLASSES`).
 #[inline(always)]
@@ -69,6 +70,13 @@ const fn build_table() -> [u8; TABLE_MAX / 16 + 1] {
 
 /// `TABLE[(size + 15) / 16]` is the class of `size` for `size <= TABLE_MAX`.
 static TABLE: [u8; TABLE_MAX / 16 + 1] = build_table();
+
+/// The class of `size` for `size <= SMALL_TABLE_MAX`: one table load.
+#[inline(always)]
+pub fn class_of_table(size: usize) -> usize {
+    debug_assert!(size <= TABLE_MAX);
+    TABLE[(size + 15) >> 4] as usize
+}
 
 /// The smallest class whose blocks hold `size` bytes (`size <= SMALL_MAX`).
 #[inline(always)]

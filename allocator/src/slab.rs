@@ -8,14 +8,16 @@
 //! - never carved yet: the bytes from `bump` to the end, touched only when carved, so a new
 //!   span costs no page faults for blocks never used.
 //!
-//! `used` also carries two marks of the heap layer, so that the free fast path needs one
-//! compare to notice both "the span became empty" and "the span was full":
+//! `used` also carries two marks of the heap layer, so that the free fast path notices both
+//! "the span became empty" and "the span was full" with one decrement and one signed test
+//! (`used <= 0`):
 //! - [`CURRENT_REF`]: the heap allocating from the span holds one reference while it is its
 //!   class's current span, so `used` cannot reach 0 under a steady malloc/free loop;
-//! - [`FULL_BIAS`]: added while the span is full and in no heap list.
+//! - [`FULL_MARK`] (`i32::MIN`): added while the span is full and in no heap list, making
+//!   `used` negative.
 //!
 //! Invariant (checked by [`validate`]):
-//! `used == (capacity - len(free) - uncarved) + CURRENT_REF·[current] + FULL_BIAS·[full]`
+//! `used == (capacity - len(free) - uncarved) + CURRENT_REF·[current] + FULL_MARK·[full]`
 //! where `uncarved = capacity - bump / block_size`, and every block on `free` is a carved
 //! block boundary.
 
@@ -26,15 +28,15 @@ use crate::pages::{Span, State};
 use crate::size_class::{blocks_per_span, class_size, span_order};
 
 /// Held in `used` by the heap while the span is its current span.
-pub const CURRENT_REF: u32 = 1;
+pub const CURRENT_REF: i32 = 1;
 /// Added to `used` while the span is full and in no heap list.
-pub const FULL_BIAS: u32 = 1 << 30;
+pub const FULL_MARK: i32 = i32::MIN;
 
 /// After a block was freed to a span and `used` decremented: does the span need the slow path
-/// (it became empty, or it was full)? One compare for both cases.
+/// (it became empty, or it was full)? One signed test for both cases.
 #[inline(always)]
-pub fn needs_attention(used: u32) -> bool {
-    used.wrapping_sub(1) >= FULL_BIAS - 1
+pub fn needs_attention(used: i32) -> bool {
+    used <= 0
 }
 
 /// How many bytes of fresh blocks one carve touches at most (one page, like the kernel's
@@ -124,11 +126,12 @@ pub unsafe fn validate(s: &Span, current: bool) {
         b = unsafe { *(b as *mut *mut u8) };
     }
     // Blocks on a remote list still count as used until collected.
-    let marks =
-        if current { CURRENT_REF } else { 0 } + if s.used >= FULL_BIAS { FULL_BIAS } else { 0 };
-    assert_eq!((s.used - marks) as usize, carved - on_free);
-    assert!(s.used - marks <= s.capacity);
-    if s.used >= FULL_BIAS {
+    let full = s.used < 0;
+    let marks = if current { CURRENT_REF } else { 0 } + if full { FULL_MARK } else { 0 };
+    let out = s.used - marks;
+    assert_eq!(out as usize, carved - on_free);
+    assert!(out as u32 <= s.capacity);
+    if full {
         assert!(
             s.free.is_null() && !can_carve(s),
             "a full span has free blocks"
@@ -173,7 +176,7 @@ mod tests {
                 unsafe { validate(span, false) };
             }
             assert_eq!(got.len(), blocks_per_span(class));
-            assert_eq!(span.used, span.capacity);
+            assert_eq!(span.used as u32, span.capacity);
             got.sort();
             for w in got.windows(2) {
                 assert_eq!(w[1] - w[0], class_size(class));
