@@ -23,8 +23,18 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use rampart_suite::{check_pattern, fill_pattern, XorShift64};
 
+// Built with `--features system-allocator`, the same program runs on glibc's malloc, for
+// side-by-side measurements.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: rampart::Rampart = rampart::Rampart;
+
+/// The allocator this build runs on.
+const ALLOCATOR: &str = if cfg!(feature = "system-allocator") {
+    "glibc"
+} else {
+    "rampart"
+};
 
 const WORKERS: usize = 4;
 const SHARDS: usize = 16;
@@ -230,7 +240,7 @@ fn main() {
     let sum = |f: fn(&Tally) -> u64| tallies.iter().map(f).sum::<u64>();
     let ops = (WORKERS * OPS_PER_WORKER) as u64;
     println!(
-        "rampart global_allocator example: {WORKERS} workers, {ops} ops \
+        "global_allocator example on {ALLOCATOR}: {WORKERS} workers, {ops} ops \
          ({} inserts, {} lookups with {} hits, {} deletes, {moved_out} moved between threads)",
         sum(|t| t.inserts),
         sum(|t| t.lookups),
@@ -241,4 +251,6 @@ fn main() {
         "final store: {live} keys, {bytes} bytes, checksum {checksum:#018x} (verified against the owners' records)"
     );
     println!("elapsed: {:.2?}", start.elapsed());
+    #[cfg(not(feature = "system-allocator"))]
+    println!("rampart pages: {:?}", rampart::pages::PAGES.lock().usage());
 }

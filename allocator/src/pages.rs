@@ -252,6 +252,9 @@ pub struct Chunk {
     free_pages: usize,
     /// Next chunk metadata in the recycling list.
     next_spare_meta: *mut Chunk,
+    /// Neighbours in the list of live chunks.
+    next_chunk: *mut Chunk,
+    prev_chunk: *mut Chunk,
 }
 
 /// The metadata of a huge block mapped straight from the OS (above the chunk size).
@@ -263,6 +266,26 @@ pub struct Huge {
     pub len: usize,
     /// Next descriptor in the recycling list.
     next_spare: *mut Huge,
+}
+
+/// Pages of the live chunks by state (see [`Pages::usage`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageUsage {
+    /// Chunks mapped.
+    pub chunks: usize,
+    /// Pages in free buddy blocks.
+    pub free: usize,
+    /// Free buddy blocks of each order.
+    pub free_blocks: [usize; ORDERS],
+    /// Pages of slab spans.
+    pub slab: usize,
+    /// Bytes of slab blocks counted as handed out (including blocks on remote lists) — an
+    /// approximate figure, read without the owners' cooperation.
+    pub slab_used_bytes: usize,
+    /// Pages of large runs.
+    pub large: usize,
+    /// Bytes mapped for huge blocks.
+    pub huge_bytes: usize,
 }
 
 /// What the page map holds for an address.
@@ -396,6 +419,8 @@ pub struct Pages<S: PageSource> {
     spare_meta: *mut Chunk,
     /// Recycled huge descriptors.
     spare_huge: *mut Huge,
+    /// Live chunks, linked through `next_chunk` / `prev_chunk`.
+    all: *mut Chunk,
     /// Chunks currently mapped (spare included).
     pub chunks: usize,
     /// Bytes currently mapped for huge blocks.
@@ -418,6 +443,7 @@ impl<S: PageSource> Pages<S> {
             spare: ptr::null_mut(),
             spare_meta: ptr::null_mut(),
             spare_huge: ptr::null_mut(),
+            all: ptr::null_mut(),
             chunks: 0,
             huge_bytes: 0,
         }
@@ -463,7 +489,12 @@ impl<S: PageSource> Pages<S> {
                 s.addr = base + i * PAGE_SIZE;
             }
             self.push_free(meta, 0, CHUNK_ORDER);
+            (*meta).next_chunk = self.all;
+            if !self.all.is_null() {
+                (*self.all).prev_chunk = meta;
+            }
         }
+        self.all = meta;
         self.chunks += 1;
         true
     }
@@ -568,6 +599,15 @@ impl<S: PageSource> Pages<S> {
         // SAFETY: per the contract.
         unsafe {
             self.take_free(chunk, 0, CHUNK_ORDER);
+            let (prev, next) = ((*chunk).prev_chunk, (*chunk).next_chunk);
+            if prev.is_null() {
+                self.all = next;
+            } else {
+                (*prev).next_chunk = next;
+            }
+            if !next.is_null() {
+                (*next).prev_chunk = prev;
+            }
             let base = (*chunk).base;
             self.map.set(&self.source, base, CHUNK_SIZE, 0);
             self.source
@@ -855,8 +895,53 @@ impl<S: PageSource> Pages<S> {
         true
     }
 
+    /// Pages of all live chunks by what they hold (walks every run: for statistics and tests,
+    /// not for hot paths).
+    pub fn usage(&self) -> PageUsage {
+        let mut u = PageUsage {
+            chunks: self.chunks,
+            huge_bytes: self.huge_bytes,
+            ..PageUsage::default()
+        };
+        let mut c = self.all;
+        while !c.is_null() {
+            // SAFETY: listed chunks are live.
+            let chunk = unsafe { &*c };
+            let mut p = 0;
+            while p < PAGES_PER_CHUNK {
+                let s = &chunk.spans[p];
+                let n = s.npages as usize;
+                match s.state {
+                    State::Free => {
+                        u.free += n;
+                        u.free_blocks[s.order as usize] += 1;
+                    }
+                    State::Slab => {
+                        u.slab += n;
+                        let used = (s.used & i32::MAX).max(0) as usize;
+                        u.slab_used_bytes += used * s.block_size as usize;
+                    }
+                    State::Large => u.large += n,
+                }
+                p += n;
+            }
+            c = chunk.next_chunk;
+        }
+        u
+    }
+
     /// Checks the invariants in the module doc; panics (tests) on a violation.
     pub fn validate(&self) {
+        let mut c = self.all;
+        let mut n = 0;
+        while !c.is_null() {
+            // SAFETY: listed chunks are live.
+            unsafe { self.validate_chunk(c) };
+            n += 1;
+            // SAFETY: as above.
+            c = unsafe { (*c).next_chunk };
+        }
+        assert_eq!(n, self.chunks, "chunk list and count disagree");
         for (order, list) in self.free.iter().enumerate() {
             let mut s = list.head;
             while !s.is_null() {

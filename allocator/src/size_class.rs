@@ -13,8 +13,9 @@
 //!   uniform in 1 B ..= 1 KiB.
 //!
 //! Each class is carved from spans of a power-of-two number of pages (a buddy run). The span
-//! size is the smallest run of at least 16 KiB (or 8 blocks) whose tail waste is under 1/16;
-//! the worst tail waste of all classes is checked below too.
+//! size is the smallest run of at least 16 KiB holding 8 blocks (4 for classes above 4 KiB,
+//! which keeps spans at most 256 KiB: high buddy orders are the scarce ones) whose tail
+//! waste is under 1/16; the worst tail waste of all classes is checked below too.
 
 use crate::os::PAGE_SIZE;
 
@@ -114,7 +115,8 @@ const fn tail_waste_ok(size: usize, pages: usize) -> bool {
 const fn compute_span_order(class: usize) -> u8 {
     let size = class_size(class);
     let mut order = 2u32; // 16 KiB
-    while (PAGE_SIZE << order) < 8 * size {
+    let min_blocks = if size <= PAGE_SIZE { 8 } else { 4 };
+    while (PAGE_SIZE << order) < min_blocks * size {
         order += 1;
     }
     let mut tries = 0;
@@ -205,10 +207,11 @@ mod tests {
         for c in 0..NUM_CLASSES {
             let bytes = PAGE_SIZE << span_order(c);
             assert!(bytes >= 16 * 1024);
-            assert!(blocks_per_span(c) >= 8, "class {c}");
+            let min_blocks = if class_size(c) <= 4096 { 8 } else { 4 };
+            assert!(blocks_per_span(c) >= min_blocks, "class {c}");
             let tail = bytes - blocks_per_span(c) * class_size(c);
             assert!(tail * 16 <= bytes, "class {c} tail waste {tail} of {bytes}");
-            assert!(span_order(c) <= 8, "class {c} span too large");
+            assert!(span_order(c) <= 6, "class {c} span too large");
         }
     }
 
