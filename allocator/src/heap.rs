@@ -27,7 +27,7 @@
 use core::cell::{Cell, UnsafeCell};
 use core::ffi::c_void;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::large;
 use crate::os;
@@ -414,6 +414,11 @@ fn thread_init() -> *mut Heap {
         (heap, r.key)
     };
     HEAP.set(heap);
+    if !FORK_HANDLERS.swap(true, Ordering::AcqRel) {
+        // After HEAP is set and with no lock held: pthread_atfork may call malloc, which then
+        // takes the fast path.
+        os::atfork(fork_prepare, fork_parent, fork_child);
+    }
     if let Some(key) = key {
         // SAFETY: the key's destructor is `thread_exit`, which takes this heap.
         unsafe { os::thread_key_set(key, heap.cast()) };
@@ -422,6 +427,36 @@ fn thread_init() -> *mut Heap {
 }
 
 use core::mem::size_of;
+
+/// Whether the `fork` handlers are registered.
+static FORK_HANDLERS: AtomicBool = AtomicBool::new(false);
+
+/// Before `fork`: take every global lock, so the child does not inherit one held by a thread
+/// that does not exist there (lock order: registry, then pages, as everywhere).
+extern "C" fn fork_prepare() {
+    core::mem::forget(REGISTRY.lock());
+    core::mem::forget(PAGES.lock());
+}
+
+/// After `fork`, in the parent: release what `fork_prepare` took.
+extern "C" fn fork_parent() {
+    // SAFETY: fork_prepare took both locks in this thread and forgot the guards.
+    unsafe {
+        PAGES.force_unlock();
+        REGISTRY.force_unlock();
+    }
+}
+
+/// After `fork`, in the child (one thread): the locks are free again. The other threads'
+/// heaps stay as they were: their blocks can still be freed (remote frees), and the child's
+/// thread keeps its own heap.
+extern "C" fn fork_child() {
+    // SAFETY: the child has one thread; the locks' holders (our prepare step) are gone.
+    unsafe {
+        PAGES.reset_after_fork();
+        REGISTRY.reset_after_fork();
+    }
+}
 
 /// The `pthread` key destructor: the thread is exiting.
 unsafe extern "C" fn thread_exit(heap: *mut c_void) {

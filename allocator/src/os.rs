@@ -248,6 +248,13 @@ pub fn abort() -> ! {
     unsafe { libc::abort() }
 }
 
+/// Registers `fork` handlers (`pthread_atfork`). Failure (no memory for glibc's table) leaves
+/// `fork` unprotected, which only matters to multi-threaded programs that fork.
+pub fn atfork(prepare: extern "C" fn(), parent: extern "C" fn(), child: extern "C" fn()) {
+    // SAFETY: the handlers are plain functions that stay valid for the process's life.
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+}
+
 /// The key under which a thread's heap is registered for clean-up at thread exit.
 pub type ThreadKey = libc::pthread_key_t;
 
