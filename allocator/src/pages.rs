@@ -55,6 +55,12 @@ pub trait PageSource {
     unsafe fn chunk_free(&self, chunk: NonNull<u8>);
     /// Zeroed, page-aligned memory of `len` bytes (a multiple of the page size) for metadata.
     fn meta_alloc(&self, len: usize) -> Option<NonNull<u8>>;
+    /// Returns the pages of a range inside a chunk to the OS; they read as zero afterwards.
+    /// `false` if the OS refused (the range stays committed and keeps its bytes).
+    ///
+    /// # Safety
+    /// The range is page-aligned, inside a chunk, and holds nothing anybody needs.
+    unsafe fn decommit(&self, addr: NonNull<u8>, len: usize) -> bool;
 }
 
 /// The real page source: chunks are mmap'd with a guard page after them.
@@ -76,6 +82,11 @@ impl PageSource for OsSource {
 
     fn meta_alloc(&self, len: usize) -> Option<NonNull<u8>> {
         os::map(len)
+    }
+
+    unsafe fn decommit(&self, addr: NonNull<u8>, len: usize) -> bool {
+        // SAFETY: the caller gives up the range's contents.
+        unsafe { os::decommit(addr.as_ptr(), len) }
     }
 }
 
@@ -255,6 +266,20 @@ pub struct Chunk {
     /// Neighbours in the list of live chunks.
     next_chunk: *mut Chunk,
     prev_chunk: *mut Chunk,
+}
+
+impl Chunk {
+    /// Whether any page of `[idx, idx + n)` may hold non-zero bytes.
+    fn any_dirty(&self, idx: usize, n: usize) -> bool {
+        (idx..idx + n).any(|p| self.dirty[p / 64] & (1 << (p % 64)) != 0)
+    }
+
+    /// Marks `[idx, idx + n)` as reading zero.
+    fn clear_dirty(&mut self, idx: usize, n: usize) {
+        for p in idx..idx + n {
+            self.dirty[p / 64] &= !(1 << (p % 64));
+        }
+    }
 }
 
 /// The metadata of a huge block mapped straight from the OS (above the chunk size).
@@ -597,6 +622,15 @@ impl<S: PageSource> Pages<S> {
             return;
         }
         // SAFETY: per the contract.
+        unsafe { self.unmap_chunk(chunk) };
+    }
+
+    /// Takes a wholly free chunk out of the lists and gives it back to the source.
+    ///
+    /// # Safety
+    /// `chunk` is one free block of order `CHUNK_ORDER`, in the free list, and not the spare.
+    unsafe fn unmap_chunk(&mut self, chunk: *mut Chunk) {
+        // SAFETY: per the contract.
         unsafe {
             self.take_free(chunk, 0, CHUNK_ORDER);
             let (prev, next) = ((*chunk).prev_chunk, (*chunk).next_chunk);
@@ -895,6 +929,44 @@ impl<S: PageSource> Pages<S> {
         true
     }
 
+    /// Returns every free page that may hold data to the OS (`MADV_DONTNEED`), and unmaps
+    /// the spare chunk. Decommitted pages read as zero, so they count as clean again for
+    /// zeroed allocations. Returns the bytes given back.
+    pub fn trim(&mut self) -> usize {
+        let mut released = 0;
+        if !self.spare.is_null() {
+            let spare = self.spare;
+            self.spare = ptr::null_mut();
+            // SAFETY: the spare is one free block of the top order, no longer the spare.
+            unsafe { self.unmap_chunk(spare) };
+            released += CHUNK_SIZE;
+        }
+        let mut c = self.all;
+        while !c.is_null() {
+            // SAFETY: listed chunks are live; we only touch free blocks' pages and bits.
+            let chunk = unsafe { &mut *c };
+            let mut p = 0;
+            while p < PAGES_PER_CHUNK {
+                let n = chunk.spans[p].npages as usize;
+                if chunk.spans[p].state == State::Free && chunk.any_dirty(p, n) {
+                    let addr = chunk.base + p * PAGE_SIZE;
+                    // SAFETY: a free block of a live chunk holds nothing.
+                    let ok = unsafe {
+                        self.source
+                            .decommit(NonNull::new_unchecked(addr as *mut u8), n * PAGE_SIZE)
+                    };
+                    if ok {
+                        chunk.clear_dirty(p, n);
+                        released += n * PAGE_SIZE;
+                    }
+                }
+                p += n;
+            }
+            c = chunk.next_chunk;
+        }
+        released
+    }
+
     /// Pages of all live chunks by what they hold (walks every run: for statistics and tests,
     /// not for hot paths).
     pub fn usage(&self) -> PageUsage {
@@ -1110,6 +1182,12 @@ pub(crate) mod tests {
             // SAFETY: allocated above with this layout.
             unsafe { System.dealloc(chunk.as_ptr(), CHUNK_LAYOUT) }
         }
+        unsafe fn decommit(&self, addr: NonNull<u8>, len: usize) -> bool {
+            // What the kernel does to decommitted pages: they read as zero.
+            // SAFETY: the caller gives up the range, which lies in one of our chunks.
+            unsafe { ptr::write_bytes(addr.as_ptr(), 0, len) };
+            true
+        }
         fn meta_alloc(&self, len: usize) -> Option<NonNull<u8>> {
             // Leaked on purpose: metadata lives as long as the test.
             // SAFETY: non-zero layout.
@@ -1215,6 +1293,51 @@ pub(crate) mod tests {
         }
         assert_eq!(p.source.live_chunks.get(), 1);
         assert_eq!(p.chunks, 1);
+    }
+
+    #[test]
+    fn trim_decommits_free_pages_and_drops_the_spare() {
+        let mut p = Pages::new(FakeSource::new(4), fake_map());
+        let keep = p.alloc_run(1, 0, State::Large).unwrap();
+        let runs: Vec<_> = (0..3)
+            .map(|_| p.alloc_run(PAGES_PER_CHUNK, 0, State::Large).unwrap())
+            .collect();
+        // SAFETY: live runs; fill the kept page and the rest of its chunk's first run.
+        unsafe { ptr::write_bytes(keep.as_ref().addr as *mut u8, 0xee, PAGE_SIZE) };
+        let freed = p.alloc_run(8, 0, State::Large).unwrap();
+        // SAFETY: live run.
+        let freed_addr = unsafe { freed.as_ref().addr };
+        // SAFETY: live run.
+        unsafe {
+            ptr::write_bytes(freed_addr as *mut u8, 0xee, 8 * PAGE_SIZE);
+            p.free_run(freed);
+        }
+        for s in runs {
+            // SAFETY: live.
+            unsafe { p.free_run(s) };
+        }
+        assert_eq!(p.source.live_chunks.get(), 2, "one chunk in use, one spare");
+        let released = p.trim();
+        assert_eq!(p.source.live_chunks.get(), 1, "the spare is gone");
+        assert!(
+            released >= CHUNK_SIZE + 8 * PAGE_SIZE,
+            "released {released}"
+        );
+        // SAFETY: the freed run's pages are free and decommitted (read as zero).
+        assert!(
+            unsafe { core::slice::from_raw_parts(freed_addr as *const u8, 8 * PAGE_SIZE) }
+                .iter()
+                .all(|&b| b == 0)
+        );
+        assert_eq!(p.trim(), 0, "nothing left to give back");
+        let again = p.alloc_run(8, 0, State::Large).unwrap();
+        // SAFETY: live.
+        assert_ne!(
+            unsafe { again.as_ref().flags } & FLAG_CLEAN,
+            0,
+            "decommitted pages are clean"
+        );
+        p.validate();
     }
 
     #[test]
