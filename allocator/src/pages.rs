@@ -1324,19 +1324,13 @@ pub(crate) mod tests {
             "released {released}"
         );
         // SAFETY: the freed run's pages are free and decommitted (read as zero).
-        assert!(
-            unsafe { core::slice::from_raw_parts(freed_addr as *const u8, 8 * PAGE_SIZE) }
-                .iter()
-                .all(|&b| b == 0)
-        );
+        let bytes = unsafe { core::slice::from_raw_parts(freed_addr as *const u8, 8 * PAGE_SIZE) };
+        assert!(bytes.iter().all(|&b| b == 0));
         assert_eq!(p.trim(), 0, "nothing left to give back");
         let again = p.alloc_run(8, 0, State::Large).unwrap();
         // SAFETY: live.
-        assert_ne!(
-            unsafe { again.as_ref().flags } & FLAG_CLEAN,
-            0,
-            "decommitted pages are clean"
-        );
+        let flags = unsafe { again.as_ref().flags };
+        assert_ne!(flags & FLAG_CLEAN, 0, "decommitted pages are clean");
         p.validate();
     }
 
