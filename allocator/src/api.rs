@@ -70,6 +70,17 @@ pub unsafe fn free(p: NonNull<u8>) {
     unsafe { heap::free(p.as_ptr()) }
 }
 
+/// Frees a block its caller says holds `size` bytes; a size larger than the block is
+/// reported as an invalid free (abort).
+///
+/// # Safety
+/// As for [`free`].
+#[inline(always)]
+pub unsafe fn free_sized(p: NonNull<u8>, size: usize) {
+    // SAFETY: per the contract.
+    unsafe { heap::free_sized(p.as_ptr(), size) }
+}
+
 /// The number of usable bytes of a block (at least what was asked for).
 ///
 /// # Safety

@@ -209,6 +209,24 @@ unsafe fn span_in_chunk(chunk_entry: usize, p: usize) -> *mut Span {
 /// detected where the checks below can see them).
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
+    // SAFETY: per the contract; a claimed size of 0 fits every block (the check folds away).
+    unsafe { free_claimed(p, 0) }
+}
+
+/// Frees a block whose caller says it holds `size` bytes (a sized free: C23 `free_sized`,
+/// C++ sized `operator delete`), and reports a size larger than the block. The check costs
+/// one compare on the fast path.
+///
+/// # Safety
+/// As for [`free`].
+#[inline(always)]
+pub unsafe fn free_sized(p: *mut u8, size: usize) {
+    // SAFETY: per the contract.
+    unsafe { free_claimed(p, size) }
+}
+
+#[inline(always)]
+unsafe fn free_claimed(p: *mut u8, claimed: usize) {
     let entry = MAP.entry(p as usize);
     if entry & 1 != 0 {
         // SAFETY: the entry is a chunk's.
@@ -216,7 +234,9 @@ pub unsafe fn free(p: *mut u8) {
         let heap = HEAP.get();
         // SAFETY: `s` is a descriptor of a live chunk.
         let span = unsafe { &mut *s };
-        if span.owner.load(Ordering::Relaxed) == heap as usize {
+        if span.owner.load(Ordering::Relaxed) == heap as usize
+            && claimed <= span.block_size as usize
+        {
             // SAFETY: the span is a slab of this thread's heap and `p` one of its blocks.
             unsafe { *(p as *mut *mut u8) = span.free };
             span.free = p;
@@ -228,24 +248,30 @@ pub unsafe fn free(p: *mut u8) {
             return;
         }
         // SAFETY: as above.
-        return unsafe { free_slow_chunk(s, p) };
+        return unsafe { free_slow_chunk(s, p, claimed) };
     }
     // SAFETY: per the contract.
-    unsafe { free_slow_other(p, entry) }
+    unsafe { free_slow_other(p, entry, claimed) }
 }
 
 #[cold]
 #[inline(never)]
-unsafe fn free_slow_chunk(s: *mut Span, p: *mut u8) {
+unsafe fn free_slow_chunk(s: *mut Span, p: *mut u8, claimed: usize) {
     // SAFETY: `s` is a descriptor of a live chunk.
     let span = unsafe { &*s };
     match span.state {
         State::Slab if slab::is_block_start(span, p as usize) => {
+            if claimed > span.block_size as usize {
+                size_mismatch(p);
+            }
             let owner = span.owner.load(Ordering::Relaxed) as *mut Heap;
             // SAFETY: a slab's owner heap lives for ever (heaps are recycled, never unmapped).
             unsafe { remote_push(owner, p) };
         }
         State::Large if span.addr == p as usize => {
+            if claimed > large::run_capacity(span) {
+                size_mismatch(p);
+            }
             // SAFETY: `p` is the start of a live large run.
             unsafe { large::free_run(NonNull::new_unchecked(s)) };
         }
@@ -255,10 +281,13 @@ unsafe fn free_slow_chunk(s: *mut Span, p: *mut u8) {
 
 #[cold]
 #[inline(never)]
-unsafe fn free_slow_other(p: *mut u8, entry: usize) {
+unsafe fn free_slow_other(p: *mut u8, entry: usize, claimed: usize) {
     match PageMap::decode(entry) {
         // SAFETY: the map names a live huge block; the check confirms `p` is its start.
         Owner::Huge(h) if unsafe { (*h).base } == p as usize => unsafe {
+            if claimed > (*h).len {
+                size_mismatch(p);
+            }
             large::free_huge(NonNull::new_unchecked(h))
         },
         _ => fatal(
@@ -267,6 +296,15 @@ unsafe fn free_slow_other(p: *mut u8, entry: usize) {
             p as usize,
         ),
     }
+}
+
+#[cold]
+fn size_mismatch(p: *mut u8) -> ! {
+    fatal(
+        "invalid-free",
+        "sized free with a size larger than the block",
+        p as usize,
+    )
 }
 
 #[cold]
@@ -414,6 +452,7 @@ fn thread_init() -> *mut Heap {
         (heap, r.key)
     };
     HEAP.set(heap);
+    crate::config::init();
     if !FORK_HANDLERS.swap(true, Ordering::AcqRel) {
         // After HEAP is set and with no lock held: pthread_atfork may call malloc, which then
         // takes the fast path.

@@ -27,7 +27,7 @@
 //!                  pages (binary buddy over page orders, page map)
 //!                   |
 //!                  os    (the only module that calls the kernel)
-//!  leaf modules: size_class, util
+//!  leaf modules: size_class, config (options), util
 //! ```
 //!
 //! This crate exports no C symbols: linking it never replaces a program's malloc.
@@ -35,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod config;
 mod global_alloc;
 pub mod heap;
 pub mod large;

@@ -140,7 +140,7 @@ impl<T> Drop for FutexGuard<'_, T> {
 
 /// A fixed buffer for composing one report line without allocating.
 pub struct Line {
-    buf: [u8; 512],
+    buf: [u8; 1024],
     len: usize,
 }
 
@@ -148,7 +148,7 @@ impl Line {
     /// An empty line.
     pub const fn new() -> Self {
         Self {
-            buf: [0; 512],
+            buf: [0; 1024],
             len: 0,
         }
     }

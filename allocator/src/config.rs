@@ -1,0 +1,109 @@
+//! Runtime options: `RAMPART_*` variables, read once from the environment block (never with
+//! `getenv`, never allocating) and frozen.
+//!
+//! An unknown `RAMPART_*` name or a bad value is reported once on stderr and ignored; it never
+//! stops the program. Options that design.md names but that are not implemented yet
+//! (`RAMPART_GUARD`, …) are reported as such when set, so nobody believes they are on.
+
+use core::ffi::c_char;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use crate::util::Line;
+
+/// `RAMPART_STATS=1`: print statistics to stderr at exit.
+static STATS: AtomicBool = AtomicBool::new(false);
+/// `RAMPART_VERBOSE=1`: report the options at start-up.
+static VERBOSE: AtomicBool = AtomicBool::new(false);
+/// Whether the environment has been read.
+static READ: AtomicBool = AtomicBool::new(false);
+
+/// Whether statistics are printed at exit.
+pub fn stats_at_exit() -> bool {
+    STATS.load(Ordering::Relaxed)
+}
+
+/// Whether start-up reports are wanted.
+pub fn verbose() -> bool {
+    VERBOSE.load(Ordering::Relaxed)
+}
+
+/// Names design.md reserves for options still to come (reported as not implemented).
+const NOT_YET: [&str; 6] = [
+    "RAMPART_GUARD",
+    "RAMPART_GUARD_SAMPLE",
+    "RAMPART_REDZONE",
+    "RAMPART_QUARANTINE",
+    "RAMPART_PURGE_DELAY_MS",
+    "RAMPART_HEAPMAP",
+];
+
+extern "C" {
+    /// The process's environment block (glibc's `environ`).
+    static environ: *const *const c_char;
+}
+
+/// Reads the options from the environment block, once; later calls do nothing. Safe to call
+/// before libc has set `environ` up (nothing is read then, and a later call reads it).
+pub fn init() {
+    // SAFETY: reading the pointer value of libc's environ is always allowed.
+    let mut env = unsafe { environ };
+    if env.is_null() || READ.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    // SAFETY: environ is a null-terminated array of NUL-terminated strings.
+    unsafe {
+        while !(*env).is_null() {
+            let entry = core::ffi::CStr::from_ptr(*env).to_bytes();
+            if entry.starts_with(b"RAMPART_") {
+                apply(entry);
+            }
+            env = env.add(1);
+        }
+    }
+    if verbose() {
+        let mut line = Line::new();
+        line.str("rampart: options: RAMPART_STATS=")
+            .dec(stats_at_exit() as u64)
+            .str(" RAMPART_VERBOSE=1");
+        line.emit();
+    }
+}
+
+/// Applies one `RAMPART_NAME=value` entry.
+fn apply(entry: &[u8]) {
+    let (name, value) = match entry.iter().position(|&b| b == b'=') {
+        Some(i) => (&entry[..i], &entry[i + 1..]),
+        None => (entry, &b""[..]),
+    };
+    let flag = match value {
+        b"1" | b"on" | b"yes" | b"true" => Some(true),
+        b"0" | b"off" | b"no" | b"false" | b"" => Some(false),
+        _ => None,
+    };
+    match name {
+        b"RAMPART_STATS" | b"RAMPART_VERBOSE" => {
+            let target = if name == b"RAMPART_STATS" {
+                &STATS
+            } else {
+                &VERBOSE
+            };
+            match flag {
+                Some(on) => target.store(on, Ordering::Relaxed),
+                None => warn(name, "bad value (expected 1 or 0); ignored"),
+            }
+        }
+        _ if NOT_YET.iter().any(|n| n.as_bytes() == name) => {
+            warn(name, "is not implemented yet in this build; ignored")
+        }
+        _ => warn(name, "is not a rampart option; ignored"),
+    }
+}
+
+fn warn(name: &[u8], what: &str) {
+    let mut line = Line::new();
+    line.str("rampart: warning: ")
+        .str(core::str::from_utf8(name).unwrap_or("RAMPART_?"))
+        .str(" ")
+        .str(what);
+    line.emit();
+}

@@ -1,0 +1,258 @@
+//! glibc's introspection calls (`mallinfo`, `mallinfo2`, `malloc_stats`, `malloc_info`,
+//! `mallopt`, `malloc_trim`) answered with rampart's own figures, and the statistics printed
+//! by `rampart_stats_print` and `RAMPART_STATS=1`.
+//!
+//! The figures come from a walk of the page layer under its lock: chunks mapped, pages of
+//! slab spans, large runs and free blocks, huge mappings, and the bytes handed out from slabs
+//! (read from the spans' counters without the owning threads' cooperation, so a snapshot).
+//! Writing them never allocates: reports are composed in a stack buffer and written with
+//! `write(2)`; `malloc_info` hands the finished buffer to stdio only after every lock is
+//! released.
+
+use core::ffi::{c_char, c_int, c_void};
+
+use rampart::config;
+use rampart::os::PAGE_SIZE;
+use rampart::pages::{PageUsage, CHUNK_SIZE, PAGES};
+use rampart::util::Line;
+
+/// A snapshot of the heap's figures, in bytes.
+struct Figures {
+    usage: PageUsage,
+    /// Bytes mapped from the OS for chunks.
+    chunk_bytes: usize,
+    /// Bytes handed out (small blocks by their class size, large runs by their pages, huge
+    /// blocks by their mappings).
+    in_use: usize,
+    /// Bytes of chunks not handed out (free pages and free slab blocks).
+    free: usize,
+    heaps_created: usize,
+    heaps_adopted: usize,
+}
+
+fn figures() -> Figures {
+    let usage = PAGES.lock().usage();
+    let (heaps_created, heaps_adopted) = rampart::heap::registry_counts();
+    let chunk_bytes = usage.chunks * CHUNK_SIZE;
+    let in_use_chunk = usage.slab_used_bytes + usage.large * PAGE_SIZE;
+    Figures {
+        usage,
+        chunk_bytes,
+        in_use: in_use_chunk + usage.huge_bytes,
+        free: chunk_bytes.saturating_sub(in_use_chunk),
+        heaps_created,
+        heaps_adopted,
+    }
+}
+
+fn kib(line: &mut Line, bytes: usize) -> &mut Line {
+    line.dec((bytes / 1024) as u64).str(" KiB")
+}
+
+/// Writes the statistics table to stderr.
+pub fn print_stats() {
+    let f = figures();
+    let u = &f.usage;
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let mut l = Line::new();
+    l.str("rampart: statistics (pid ").dec(pid as u64).str(")");
+    l.emit();
+    let rows: [(&str, usize); 7] = [
+        ("  chunks mapped           ", f.chunk_bytes),
+        ("  huge blocks mapped      ", u.huge_bytes),
+        ("  in use                  ", f.in_use),
+        ("  free in chunks          ", f.free),
+        ("  pages of small spans    ", u.slab * PAGE_SIZE),
+        ("  pages of large blocks   ", u.large * PAGE_SIZE),
+        ("  free pages              ", u.free * PAGE_SIZE),
+    ];
+    for (name, bytes) in rows {
+        let mut l = Line::new();
+        l.str(name);
+        kib(&mut l, bytes);
+        l.emit();
+    }
+    let mut l = Line::new();
+    l.str("  thread heaps            ")
+        .dec(f.heaps_created as u64)
+        .str(" created, ")
+        .dec(f.heaps_adopted as u64)
+        .str(" reused after their thread exited");
+    l.emit();
+}
+
+/// Reads the options (at load time).
+pub fn read_options() {
+    config::init();
+}
+
+/// At exit: the statistics, if `RAMPART_STATS=1`.
+pub fn at_exit() {
+    config::init();
+    if config::stats_at_exit() {
+        print_stats();
+    }
+}
+
+/// glibc's `struct mallinfo2`.
+#[repr(C)]
+#[derive(Default)]
+pub struct Mallinfo2 {
+    arena: usize,
+    ordblks: usize,
+    smblks: usize,
+    hblks: usize,
+    hblkhd: usize,
+    usmblks: usize,
+    fsmblks: usize,
+    uordblks: usize,
+    fordblks: usize,
+    keepcost: usize,
+}
+
+/// glibc's `struct mallinfo` (the same fields as `int`, which wrap above 2 GiB as glibc's do).
+#[repr(C)]
+pub struct Mallinfo {
+    arena: c_int,
+    ordblks: c_int,
+    smblks: c_int,
+    hblks: c_int,
+    hblkhd: c_int,
+    usmblks: c_int,
+    fsmblks: c_int,
+    uordblks: c_int,
+    fordblks: c_int,
+    keepcost: c_int,
+}
+
+/// `mallinfo2(3)`: `arena` = bytes of chunks, `hblkhd` = bytes of huge mappings, `hblks` =
+/// 0 (not counted yet), `uordblks` = bytes in use, `fordblks` = free bytes in chunks,
+/// `ordblks` = free page blocks.
+#[no_mangle]
+pub extern "C" fn mallinfo2() -> Mallinfo2 {
+    let f = figures();
+    Mallinfo2 {
+        arena: f.chunk_bytes,
+        ordblks: f.usage.free_blocks.iter().sum(),
+        hblkhd: f.usage.huge_bytes,
+        uordblks: f.in_use,
+        fordblks: f.free,
+        ..Mallinfo2::default()
+    }
+}
+
+/// `mallinfo(3)`: [`mallinfo2`] in `int`s.
+#[no_mangle]
+pub extern "C" fn mallinfo() -> Mallinfo {
+    let m = mallinfo2();
+    let i = |v: usize| v as c_int;
+    Mallinfo {
+        arena: i(m.arena),
+        ordblks: i(m.ordblks),
+        smblks: i(m.smblks),
+        hblks: i(m.hblks),
+        hblkhd: i(m.hblkhd),
+        usmblks: i(m.usmblks),
+        fsmblks: i(m.fsmblks),
+        uordblks: i(m.uordblks),
+        fordblks: i(m.fordblks),
+        keepcost: i(m.keepcost),
+    }
+}
+
+/// `malloc_stats(3)`: glibc's summary lines on stderr, then rampart's own table.
+#[no_mangle]
+pub extern "C" fn malloc_stats() {
+    let f = figures();
+    let system = f.chunk_bytes + f.usage.huge_bytes;
+    for (name, v) in [
+        ("Arena 0:", None),
+        ("system bytes     = ", Some(f.chunk_bytes)),
+        ("in use bytes     = ", Some(f.in_use - f.usage.huge_bytes)),
+        ("Total (incl. mmap):", None),
+        ("system bytes     = ", Some(system)),
+        ("in use bytes     = ", Some(f.in_use)),
+        ("max mmap regions = ", Some(0)),
+        ("max mmap bytes   = ", Some(f.usage.huge_bytes)),
+    ] {
+        let mut l = Line::new();
+        l.str(name);
+        if let Some(v) = v {
+            l.dec(v as u64);
+        }
+        l.emit();
+    }
+    print_stats();
+}
+
+extern "C" {
+    fn fputs(s: *const c_char, stream: *mut c_void) -> c_int;
+}
+
+/// `malloc_info(3)`: an XML description in glibc's shape; `options` must be 0 (else
+/// `EINVAL`, -1).
+///
+/// # Safety
+/// `stream` is a valid `FILE *`.
+#[no_mangle]
+pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut c_void) -> c_int {
+    if options != 0 {
+        rampart::os::set_errno(libc::EINVAL);
+        return -1;
+    }
+    let f = figures();
+    let mut x = Line::new();
+    x.str("<malloc version=\"1\">\n<heap nr=\"0\">\n<sizes>\n</sizes>\n<total type=\"fast\" count=\"0\" size=\"0\"/>\n<total type=\"rest\" count=\"")
+        .dec(f.usage.free_blocks.iter().sum::<usize>() as u64)
+        .str("\" size=\"")
+        .dec(f.free as u64)
+        .str("\"/>\n<system type=\"current\" size=\"")
+        .dec(f.chunk_bytes as u64)
+        .str("\"/>\n<aspace type=\"total\" size=\"")
+        .dec(f.chunk_bytes as u64)
+        .str("\"/>\n</heap>\n<total type=\"fast\" count=\"0\" size=\"0\"/>\n<total type=\"rest\" count=\"")
+        .dec(f.usage.free_blocks.iter().sum::<usize>() as u64)
+        .str("\" size=\"")
+        .dec(f.free as u64)
+        .str("\"/>\n<total type=\"mmap\" count=\"0\" size=\"")
+        .dec(f.usage.huge_bytes as u64)
+        .str("\"/>\n<system type=\"current\" size=\"")
+        .dec((f.chunk_bytes + f.usage.huge_bytes) as u64)
+        .str("\"/>\n<aspace type=\"total\" size=\"")
+        .dec((f.chunk_bytes + f.usage.huge_bytes) as u64)
+        .str("\"/>\n</malloc>\n");
+    x.str("\0");
+    // SAFETY: the buffer is NUL-terminated; the caller vouches for the stream. No lock of
+    // ours is held, so stdio may allocate.
+    if unsafe { fputs(x.as_bytes().as_ptr().cast(), stream) } < 0 {
+        return -1;
+    }
+    0
+}
+
+/// `malloc_trim(3)`: gives free memory back to the OS now; 1 if any was released, else 0.
+#[no_mangle]
+pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
+    (PAGES.lock().trim() > 0) as c_int
+}
+
+/// `mallopt(3)`: accepts glibc's parameters and returns 1 as glibc does for a valid one, 0 for
+/// an unknown one. None of them changes rampart's behaviour yet: rampart has no arenas, no
+/// fastbins, no mmap threshold and no trim threshold to tune (its purge policy comes with the
+/// operability work); `M_CHECK_ACTION` and `M_PERTURB` are accepted and ignored.
+#[no_mangle]
+pub extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
+    const M_MXFAST: c_int = 1;
+    const KNOWN: [c_int; 9] = [M_MXFAST, -1, -2, -3, -4, -5, -6, -7, -8];
+    if !KNOWN.contains(&param) {
+        return 0;
+    }
+    // glibc refuses an M_MXFAST above 80 * sizeof(size_t) / 4.
+    if param == M_MXFAST && (value < 0 || value as usize > 80 * size_of::<usize>() / 4) {
+        return 0;
+    }
+    1
+}
+
+use core::mem::size_of;
