@@ -194,11 +194,8 @@ fn pop(span: &mut Span) -> *mut u8 {
 unsafe fn span_in_chunk(chunk_entry: usize, p: usize) -> *mut Span {
     let chunk = (chunk_entry - 1) as *mut Chunk;
     let idx = (p >> 12) & (PAGES_PER_CHUNK - 1);
-    // SAFETY: the entry names a live chunk; idx is in range; head indices are in range.
-    unsafe {
-        let h = *(*chunk).head.get_unchecked(idx) as usize;
-        (&raw mut (*chunk).spans).cast::<Span>().add(h)
-    }
+    // SAFETY: the entry names a live chunk and idx is in range.
+    unsafe { *(*chunk).run.get_unchecked(idx) }
 }
 
 /// Frees any block rampart returned (small, large or huge). A pointer rampart never returned
@@ -234,7 +231,13 @@ unsafe fn free_claimed(p: *mut u8, claimed: usize) {
         let heap = HEAP.get();
         // SAFETY: `s` is a descriptor of a live chunk.
         let span = unsafe { &mut *s };
+        // The owner test also rules out large runs and free pages (no owner); the boundary
+        // test rejects a pointer into the middle of a block, the head test the immediate
+        // double free; the claimed size of a sized free must fit. All of them fail over to
+        // the slow path, which finds out which and reports it.
         if span.owner.load(Ordering::Relaxed) == heap as usize
+            && slab::on_block_boundary(span, (p as usize).wrapping_sub(span.addr))
+            && span.free != p
             && claimed <= span.block_size as usize
         {
             // SAFETY: the span is a slab of this thread's heap and `p` one of its blocks.
@@ -265,6 +268,15 @@ unsafe fn free_slow_chunk(s: *mut Span, p: *mut u8, claimed: usize) {
                 size_mismatch(p);
             }
             let owner = span.owner.load(Ordering::Relaxed) as *mut Heap;
+            if owner == HEAP.get() {
+                // A block of our own span that the fast path refused: the only reason left
+                // is that it is the block most recently freed to the span.
+                fatal(
+                    "double-free",
+                    "free of a block that is already free",
+                    p as usize,
+                );
+            }
             // SAFETY: a slab's owner heap lives for ever (heaps are recycled, never unmapped).
             unsafe { remote_push(owner, p) };
         }

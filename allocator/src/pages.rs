@@ -116,14 +116,16 @@ pub struct Span {
     /// Slab: blocks handed out and not yet freed back to this span, plus the heap's marks
     /// (see `slab`); signed so that one decrement-and-test catches both "empty" and "full".
     pub used: i32,
-    /// Slab: blocks the span holds.
-    pub capacity: u32,
+    /// Slab: blocks carved so far (the first never-carved block's index).
+    pub bump: u16,
+    /// Slab: block size.
+    pub block_size: u16,
     /// Slab: the owning heap's address (0 for none). Read by other threads to route frees.
     pub owner: AtomicUsize,
-    /// Slab: byte offset of the first never-carved block.
-    pub bump: u32,
-    /// Slab: block size; large: bytes requested (capped to u32::MAX, see `large`).
-    pub block_size: u32,
+    /// Slab: `u64::MAX / block_size + 1`, so that an offset `n` in the span is a multiple of
+    /// the block size exactly when `n * divisor < divisor` (wrapping; Lemire's test), which
+    /// the free path uses to reject pointers into the middle of a block in two instructions.
+    pub divisor: u64,
     /// List links (buddy free list when free, heap list when a slab).
     pub next: *mut Span,
     /// List links.
@@ -150,10 +152,10 @@ impl Span {
     pub const EMPTY: Span = Span {
         free: ptr::null_mut(),
         used: 0,
-        capacity: 0,
-        owner: AtomicUsize::new(0),
         bump: 0,
         block_size: 0,
+        owner: AtomicUsize::new(0),
+        divisor: 0,
         next: ptr::null_mut(),
         prev: ptr::null_mut(),
         addr: 0,
@@ -253,8 +255,9 @@ impl Default for SpanList {
 pub struct Chunk {
     /// One descriptor per page; meaningful at the first page of each run or free block.
     pub spans: [Span; PAGES_PER_CHUNK],
-    /// Per page, the index of the first page of its run (stale on free pages).
-    pub head: [u16; PAGES_PER_CHUNK],
+    /// Per page, the descriptor of its run (stale on free pages other than a block's first):
+    /// one load from an address to its span.
+    pub run: [*mut Span; PAGES_PER_CHUNK],
     /// Per page, set once the page has been handed out (it may hold non-zero bytes).
     dirty: [u64; PAGES_PER_CHUNK / 64],
     /// The chunk's first byte.
@@ -540,7 +543,7 @@ impl<S: PageSource> Pages<S> {
             (*s).order = order as u8;
             (*s).npages = 1 << order;
             (*s).flags = 0;
-            (*chunk).head[idx] = idx as u16;
+            (*chunk).run[idx] = s;
             (*chunk).free_pages += 1 << order;
             self.free[order as usize].push(s);
         }
@@ -566,7 +569,7 @@ impl<S: PageSource> Pages<S> {
             // SAFETY: buddy < PAGES_PER_CHUNK since the block is aligned inside the chunk.
             let b = unsafe { &(*chunk).spans[buddy] };
             // SAFETY: as above.
-            let is_head = unsafe { (*chunk).head[buddy] } as usize == buddy;
+            let is_head = ptr::eq(unsafe { (*chunk).run[buddy] }, b);
             if !(is_head && b.state == State::Free && b.order as u32 == order) {
                 break;
             }
@@ -714,8 +717,9 @@ impl<S: PageSource> Pages<S> {
         unsafe {
             let c = &mut *chunk;
             let mut clean = true;
+            let head = &raw mut c.spans[idx];
             for p in idx..idx + npages {
-                c.head[p] = idx as u16;
+                c.run[p] = head;
                 let (w, b) = (p / 64, p % 64);
                 clean &= c.dirty[w] & (1 << b) == 0;
                 c.dirty[w] |= 1 << b;
@@ -775,9 +779,8 @@ impl<S: PageSource> Pages<S> {
             let c = &*chunk;
             let mut p = idx + old;
             while p < end {
-                let h = c.head[p] as usize;
-                let b = &c.spans[h];
-                if h != p || b.state != State::Free {
+                let b = &c.spans[p];
+                if !ptr::eq(c.run[p], b) || b.state != State::Free {
                     return false;
                 }
                 p += b.npages as usize;
@@ -1025,15 +1028,15 @@ impl<S: PageSource> Pages<S> {
                 let (chunk, idx) = unsafe { self.locate(s) };
                 assert_eq!(idx % (1 << order), 0, "misaligned free block");
                 // SAFETY: chunk is live.
-                assert_eq!(unsafe { (*chunk).head[idx] } as usize, idx);
+                assert!(ptr::eq(unsafe { (*chunk).run[idx] }, s));
                 if order < CHUNK_ORDER as usize {
                     let buddy = idx ^ (1 << order);
                     // SAFETY: chunk is live.
                     let b = unsafe { &(*chunk).spans[buddy] };
                     // SAFETY: chunk is live.
-                    let bh = unsafe { (*chunk).head[buddy] } as usize;
+                    let bh = unsafe { (*chunk).run[buddy] };
                     assert!(
-                        !(bh == buddy && b.state == State::Free && b.order as usize == order),
+                        !(ptr::eq(bh, b) && b.state == State::Free && b.order as usize == order),
                         "unmerged buddies"
                     );
                 }
@@ -1052,7 +1055,7 @@ impl<S: PageSource> Pages<S> {
         let c = unsafe { &*chunk };
         let (mut free, mut used, mut p) = (0, 0, 0);
         while p < PAGES_PER_CHUNK {
-            assert_eq!(c.head[p] as usize, p, "page {p} is not a run head");
+            assert!(ptr::eq(c.run[p], &c.spans[p]), "page {p} is not a run head");
             let s = &c.spans[p];
             let n = s.npages as usize;
             assert!(n >= 1);
@@ -1060,7 +1063,7 @@ impl<S: PageSource> Pages<S> {
                 free += n;
             } else {
                 assert!(
-                    (p..p + n).all(|q| c.head[q] as usize == p),
+                    (p..p + n).all(|q| ptr::eq(c.run[q], &c.spans[p])),
                     "run at page {p}"
                 );
                 used += n;

@@ -18,8 +18,8 @@
 //!
 //! Invariant (checked by [`validate`]):
 //! `used == (capacity - len(free) - uncarved) + CURRENT_REF·[current] + FULL_MARK·[full]`
-//! where `uncarved = capacity - bump / block_size`, and every block on `free` is a carved
-//! block boundary.
+//! where `uncarved = capacity - bump` (`bump` counts carved blocks), and every block on `free`
+//! is a carved block boundary.
 
 use core::ptr;
 
@@ -51,20 +51,27 @@ pub unsafe fn init(s: *mut Span, class: usize, owner: usize) {
     // SAFETY: the caller hands us the descriptor of a run we now own.
     let s = unsafe { &mut *s };
     debug_assert_eq!(s.npages as usize, 1 << span_order(class));
+    let size = class_size(class);
     s.state = State::Slab;
     s.class = class as u8;
-    s.block_size = class_size(class) as u32;
-    s.capacity = blocks_per_span(class) as u32;
+    s.block_size = size as u16;
+    s.divisor = u64::MAX / size as u64 + 1;
     s.used = 0;
     s.bump = 0;
     s.free = ptr::null_mut();
     s.owner.store(owner, core::sync::atomic::Ordering::Relaxed);
 }
 
+/// Blocks the slab holds.
+#[inline]
+pub fn capacity(s: &Span) -> usize {
+    blocks_per_span(s.class as usize)
+}
+
 /// Whether the span has blocks that were never carved.
 #[inline]
 pub fn can_carve(s: &Span) -> bool {
-    s.bump < s.capacity * s.block_size
+    (s.bump as usize) < capacity(s)
 }
 
 /// Carves up to a page's worth of never-used blocks onto the (empty) free list. Returns
@@ -75,13 +82,13 @@ pub fn can_carve(s: &Span) -> bool {
 pub unsafe fn carve(s: &mut Span) -> bool {
     debug_assert!(s.free.is_null());
     let size = s.block_size as usize;
-    let end = s.capacity as usize * size;
     let start = s.bump as usize;
-    if start >= end {
+    let left = capacity(s) - start;
+    if left == 0 {
         return false;
     }
-    let n = (CARVE_BYTES / size).clamp(1, (end - start) / size);
-    let base = s.addr + start;
+    let n = (CARVE_BYTES / size).clamp(1, left);
+    let base = s.addr + start * size;
     // Link blocks in address order: block i points to block i + 1, the last to null.
     for i in 0..n {
         let b = (base + i * size) as *mut *mut u8;
@@ -94,15 +101,23 @@ pub unsafe fn carve(s: &mut Span) -> bool {
         unsafe { b.write(next) };
     }
     s.free = base as *mut u8;
-    s.bump = (start + n * size) as u32;
+    s.bump = (start + n) as u16;
     true
 }
 
-/// Whether `p` is the start of a block of the slab `s` (for invalid-free checks).
+/// Whether the offset `off` into a slab is a multiple of its block size (Lemire's
+/// divisibility test: one multiplication, one compare).
+#[inline(always)]
+pub fn on_block_boundary(s: &Span, off: usize) -> bool {
+    (off as u64).wrapping_mul(s.divisor) < s.divisor
+}
+
+/// Whether `p` is the start of a block of the slab `s` that was carved (for the slow paths'
+/// invalid-free checks).
 #[inline]
 pub fn is_block_start(s: &Span, p: usize) -> bool {
     let off = p.wrapping_sub(s.addr);
-    off < s.bump as usize && off.is_multiple_of(s.block_size as usize)
+    off < s.bump as usize * s.block_size as usize && on_block_boundary(s, off)
 }
 
 /// Checks the slab invariant; panics on a violation.
@@ -111,8 +126,7 @@ pub fn is_block_start(s: &Span, p: usize) -> bool {
 /// `s` is a live slab owned by the calling thread.
 pub unsafe fn validate(s: &Span, current: bool) {
     assert_eq!(s.state, State::Slab);
-    let size = s.block_size as usize;
-    let carved = s.bump as usize / size;
+    let carved = s.bump as usize;
     let mut on_free = 0;
     let mut b = s.free;
     while !b.is_null() {
@@ -130,7 +144,7 @@ pub unsafe fn validate(s: &Span, current: bool) {
     let marks = if current { CURRENT_REF } else { 0 } + if full { FULL_MARK } else { 0 };
     let out = s.used - marks;
     assert_eq!(out as usize, carved - on_free);
-    assert!(out as u32 <= s.capacity);
+    assert!(out as usize <= capacity(s));
     if full {
         assert!(
             s.free.is_null() && !can_carve(s),
@@ -176,7 +190,7 @@ mod tests {
                 unsafe { validate(span, false) };
             }
             assert_eq!(got.len(), blocks_per_span(class));
-            assert_eq!(span.used as u32, span.capacity);
+            assert_eq!(span.used as usize, capacity(span));
             got.sort();
             for w in got.windows(2) {
                 assert_eq!(w[1] - w[0], class_size(class));
@@ -191,7 +205,17 @@ mod tests {
             // SAFETY: the span is ours.
             unsafe { validate(span, false) };
             assert!(!is_block_start(span, got[0] + 1));
-            assert!(!is_block_start(span, span.addr + span.bump as usize));
+            assert!(!is_block_start(
+                span,
+                span.addr + capacity(span) * class_size(class)
+            ));
+            for off in 0..span.npages as usize * PAGE_SIZE {
+                assert_eq!(
+                    on_block_boundary(span, off),
+                    off % class_size(class) == 0,
+                    "{off}"
+                );
+            }
             // SAFETY: the span is empty and ours.
             unsafe { pages.free_run(core::ptr::NonNull::new_unchecked(s)) };
         }
