@@ -27,6 +27,17 @@ pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
     alloc_other(size, align, false)
 }
 
+/// The fast path of [`alloc`] alone, for callers that keep their slow path a tail call: a
+/// block of `size` bytes (at the default alignment) when the calling thread has one at hand,
+/// else null (then call [`alloc`]).
+#[inline(always)]
+pub fn try_alloc_fast(size: usize) -> *mut u8 {
+    if size <= SMALL_TABLE_MAX {
+        return heap::try_alloc_small(class_of_table(size));
+    }
+    ptr::null_mut()
+}
+
 /// Allocates `size` zeroed bytes aligned to `align`.
 #[inline]
 pub fn alloc_zeroed(size: usize, align: usize) -> Option<NonNull<u8>> {

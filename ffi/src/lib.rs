@@ -46,6 +46,17 @@ fn einval() -> *mut c_void {
 /// `malloc(3)`: `size` bytes, 16-byte aligned; `malloc(0)` is a unique 16-byte block.
 #[no_mangle]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
+    let p = api::try_alloc_fast(size);
+    if !p.is_null() {
+        return p.cast();
+    }
+    malloc_slow(size)
+}
+
+/// Everything `malloc` cannot do from the thread's free list; a tail call, so the fast path
+/// needs no stack frame.
+#[inline(never)]
+fn malloc_slow(size: usize) -> *mut c_void {
     or_enomem(api::alloc(size, MIN_ALIGN))
 }
 
