@@ -408,6 +408,14 @@ unsafe fn remote_push(owner: *mut Heap, p: *mut u8) {
     let remote = unsafe { &(*owner).remote };
     let mut head = remote.load(Ordering::Relaxed);
     loop {
+        if head == p as usize {
+            // The same block pushed twice in a row: it would link to itself.
+            fatal(
+                "double-free",
+                "free of a block that is already free",
+                p as usize,
+            );
+        }
         // SAFETY: the block is ours to write until published.
         unsafe { *(p as *mut usize) = head };
         match remote.compare_exchange_weak(head, p as usize, Ordering::Release, Ordering::Relaxed) {
@@ -438,7 +446,16 @@ unsafe fn span_attention(h: &mut Heap, s: *mut Span) {
             unsafe { h.partial[class].push(s) };
         }
     } else if span.used == 0 {
-        // Not current (it would hold CURRENT_REF), so in the partial list.
+        if h.current[class] == s {
+            // The current span holds CURRENT_REF, so its count can only reach 0 if a block
+            // was freed twice.
+            fatal(
+                "double-free",
+                "a span's blocks were freed more often than allocated",
+                span.addr,
+            );
+        }
+        // Not current, so in the partial list.
         // SAFETY: as above.
         unsafe {
             h.partial[class].remove(s);
@@ -476,6 +493,9 @@ unsafe fn collect_remote(h: &mut Heap) {
             }
             let s = span_in_chunk(entry, b);
             let span = &mut *s;
+            if span.free as usize == b {
+                fatal("double-free", "free of a block that is already free", b);
+            }
             *(b as *mut *mut u8) = span.free;
             span.free = b as *mut u8;
             span.used -= 1;
