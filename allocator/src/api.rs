@@ -252,6 +252,48 @@ mod tests {
     }
 
     #[test]
+    fn spans_of_exited_threads_are_taken_over() {
+        let before = heap::registry_counts().taken_over;
+        // A thread fills spans of the 48-byte class, hands half of its blocks over and exits.
+        let kept: Vec<usize> = std::thread::spawn(|| {
+            let blocks: Vec<usize> = (0..20_000)
+                .map(|_| alloc(48, 16).unwrap().as_ptr() as usize)
+                .collect();
+            let mut kept = Vec::new();
+            for (i, b) in blocks.into_iter().enumerate() {
+                if i % 2 == 0 {
+                    kept.push(b);
+                } else {
+                    // SAFETY: a live block of this thread.
+                    unsafe { free(NonNull::new(b as *mut u8).unwrap()) };
+                }
+            }
+            kept
+        })
+        .join()
+        .unwrap();
+        // Freed here, after the owner exited: they go to the abandoned heap's remote list.
+        for b in kept {
+            // SAFETY: live blocks handed to this thread.
+            unsafe { free(NonNull::new(b as *mut u8).unwrap()) };
+        }
+        // This thread needs new spans of the class: before growing, it takes over the
+        // abandoned heap (unless a new thread of another test adopted it first).
+        let mine: Vec<_> = (0..20_000).map(|_| alloc(48, 16).unwrap()).collect();
+        heap::validate_current_thread();
+        let counts = heap::registry_counts();
+        assert!(
+            counts.taken_over > before || counts.adopted > 0,
+            "{counts:?}"
+        );
+        for p in mine {
+            // SAFETY: live.
+            unsafe { free(p) };
+        }
+        heap::validate_current_thread();
+    }
+
+    #[test]
     fn impossible_requests_fail_cleanly() {
         assert!(alloc(usize::MAX, 16).is_none());
         assert!(alloc(MAX_SIZE + 1, 16).is_none());

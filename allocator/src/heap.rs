@@ -21,8 +21,10 @@
 //!
 //! Per class, a heap's spans are in one of three places: `current[class]` (the span blocks are
 //! taken from; holds [`slab::CURRENT_REF`]), the `partial[class]` list (spans with free
-//! blocks), or nowhere (full spans, marked with [`slab::FULL_MARK`]). A span found empty on a
-//! free that is not current goes back to the page layer at once.
+//! blocks), or the `full[class]` list (marked with [`slab::FULL_MARK`]). A span found empty
+//! on a free that is not current goes back to the page layer at once. Before a heap grows by a
+//! new span, it takes over the spans of one exited thread's heap, if there is one, so the
+//! memory of exited threads is reused rather than pinned.
 
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
@@ -43,6 +45,9 @@ pub struct Heap {
     current: [*mut Span; NUM_CLASSES],
     /// Spans with free blocks, other than the current one.
     partial: [SpanList; NUM_CLASSES],
+    /// Spans with no free block (marked with `FULL_MARK`), so that a thread taking over an
+    /// exited thread's spans can find them all.
+    full: [SpanList; NUM_CLASSES],
     /// Blocks freed by other threads, linked through their first word.
     remote: AtomicUsize,
     /// Next heap on the abandoned list.
@@ -67,6 +72,7 @@ const EMPTY_SPAN_PTR: *mut Span = EMPTY_SPAN.0.get();
 static EMPTY_HEAP: Sentinel<Heap> = Sentinel(UnsafeCell::new(Heap {
     current: [EMPTY_SPAN_PTR; NUM_CLASSES],
     partial: [const { SpanList::new() }; NUM_CLASSES],
+    full: [const { SpanList::new() }; NUM_CLASSES],
     remote: AtomicUsize::new(0),
     next_abandoned: ptr::null_mut(),
 }));
@@ -127,7 +133,10 @@ fn set_current_heap(heap: *mut Heap) {
 
 /// Heaps not owned by any thread, and where new heaps come from.
 struct Registry {
+    /// Heaps of exited threads, with their spans.
     abandoned: *mut Heap,
+    /// Heaps whose spans another thread took over: empty, reused before making new ones.
+    spare: *mut Heap,
     /// Unused room for new heaps in the current metadata block.
     next: usize,
     end: usize,
@@ -136,6 +145,8 @@ struct Registry {
     /// Heaps ever made, and adoptions of abandoned heaps (statistics).
     created: usize,
     adopted: usize,
+    /// Abandoned heaps whose spans a running thread took over.
+    taken_over: usize,
 }
 
 // SAFETY: the raw pointers are to heap metadata owned by the registry; access is locked.
@@ -143,13 +154,19 @@ unsafe impl Send for Registry {}
 
 static REGISTRY: FutexLock<Registry> = FutexLock::new(Registry {
     abandoned: ptr::null_mut(),
+    spare: ptr::null_mut(),
     next: 0,
     end: 0,
     key: None,
     key_tried: false,
     created: 0,
     adopted: 0,
+    taken_over: 0,
 });
+
+/// How many heaps are on the abandoned list (read without the lock by the slow path, to
+/// know whether there are spans to take over before growing).
+static ABANDONED: AtomicUsize = AtomicUsize::new(0);
 
 /// Bytes of metadata mapped at a time for new heaps.
 const HEAP_BLOCK: usize = 64 * 1024;
@@ -212,11 +229,20 @@ unsafe fn alloc_slow(mut heap: *mut Heap, class: usize) -> *mut u8 {
         if !span.free.is_null() || unsafe { slab::carve(span) } {
             return pop(span);
         }
-        // Exhausted: it leaves `current` and becomes full (in no list).
+        // Exhausted: it leaves `current` and becomes full.
         span.used = span.used - CURRENT_REF + FULL_MARK;
         h.current[class] = EMPTY_SPAN_PTR;
+        // SAFETY: the span is in no list.
+        unsafe { h.full[class].push(s) };
     }
     let mut s = h.partial[class].pop();
+    if s.is_null() && ABANDONED.load(Ordering::Relaxed) != 0 {
+        // Before growing, take over the spans of a thread that exited.
+        // SAFETY: `h` is the calling thread's heap.
+        if unsafe { take_over_abandoned(h) } {
+            s = h.partial[class].pop();
+        }
+    }
     if s.is_null() {
         let order = span_order(class);
         let Some(run) = PAGES.lock().alloc_run(1 << order, order, State::Slab) else {
@@ -438,6 +464,8 @@ unsafe fn span_attention(h: &mut Heap, s: *mut Span) {
     let class = span.class as usize;
     if span.used < 0 {
         span.used -= FULL_MARK;
+        // SAFETY: a full span of this heap is in its full list.
+        unsafe { h.full[class].remove(s) };
         if span.used == 0 {
             // SAFETY: empty, in no list.
             unsafe { retire(s) };
@@ -493,6 +521,14 @@ unsafe fn collect_remote(h: &mut Heap) {
             }
             let s = span_in_chunk(entry, b);
             let span = &mut *s;
+            let owner = span.owner.load(Ordering::Relaxed);
+            if owner != h as *mut Heap as usize {
+                // Pushed here by a thread that read the span's owner just before another
+                // heap took the span over: send it on.
+                remote_push(owner as *mut Heap, b as *mut u8);
+                b = next;
+                continue;
+            }
             if span.free as usize == b {
                 fatal("double-free", "free of a block that is already free", b);
             }
@@ -521,6 +557,13 @@ fn thread_init() -> *mut Heap {
             let h = r.abandoned;
             // SAFETY: abandoned heaps are valid and owned by the registry.
             r.abandoned = unsafe { (*h).next_abandoned };
+            ABANDONED.fetch_sub(1, Ordering::Relaxed);
+            r.adopted += 1;
+            h
+        } else if !r.spare.is_null() {
+            let h = r.spare;
+            // SAFETY: spare heaps are valid and owned by the registry.
+            r.spare = unsafe { (*h).next_abandoned };
             r.adopted += 1;
             h
         } else {
@@ -539,6 +582,7 @@ fn thread_init() -> *mut Heap {
                 h.write(Heap {
                     current: [EMPTY_SPAN_PTR; NUM_CLASSES],
                     partial: [const { SpanList::new() }; NUM_CLASSES],
+                    full: [const { SpanList::new() }; NUM_CLASSES],
                     remote: AtomicUsize::new(0),
                     next_abandoned: ptr::null_mut(),
                 })
@@ -608,6 +652,66 @@ unsafe extern "C" fn thread_exit(heap: *mut c_void) {
     // SAFETY: as above.
     unsafe { (*heap).next_abandoned = r.abandoned };
     r.abandoned = heap;
+    ABANDONED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Moves every span of `from` to `to`, with `owner` as their new owner.
+///
+/// # Safety
+/// The caller owns both lists' heaps.
+unsafe fn move_spans(from: &mut SpanList, to: &mut SpanList, owner: usize) {
+    loop {
+        let s = from.pop();
+        if s.is_null() {
+            return;
+        }
+        // SAFETY: a listed span is live and in no other list once popped.
+        unsafe {
+            (*s).owner.store(owner, Ordering::Relaxed);
+            to.push(s);
+        }
+    }
+}
+
+/// Takes over every span of one abandoned heap (a thread that exited): its remote blocks are
+/// collected, its empty spans retired, and its partial and full spans become `h`'s. The
+/// emptied heap goes to the spare list. Returns whether there was one.
+///
+/// A thread that read a span's old owner just before the change may still push a block to
+/// the old heap's remote list; whoever collects that list next (the next thread to reuse the
+/// spare heap) forwards it to the span's new owner.
+///
+/// # Safety
+/// `h` is the calling thread's heap.
+#[cold]
+unsafe fn take_over_abandoned(h: &mut Heap) -> bool {
+    let old = {
+        let mut r = REGISTRY.lock();
+        let old = r.abandoned;
+        if old.is_null() {
+            return false;
+        }
+        // SAFETY: abandoned heaps are valid and owned by the registry.
+        r.abandoned = unsafe { (*old).next_abandoned };
+        ABANDONED.fetch_sub(1, Ordering::Relaxed);
+        old
+    };
+    let me = h as *mut Heap as usize;
+    // SAFETY: `old` is ours alone now (taken off the registry); `h` is the caller's.
+    unsafe {
+        let o = &mut *old;
+        collect_remote(o);
+        for class in 0..NUM_CLASSES {
+            debug_assert_eq!(o.current[class], EMPTY_SPAN_PTR);
+            move_spans(&mut o.partial[class], &mut h.partial[class], me);
+            move_spans(&mut o.full[class], &mut h.full[class], me);
+        }
+        let mut r = REGISTRY.lock();
+        o.next_abandoned = r.spare;
+        r.spare = old;
+        r.taken_over += 1;
+    }
+    true
 }
 
 /// Empties what it can of a heap whose thread is leaving: remote blocks are collected, empty
@@ -629,6 +733,7 @@ unsafe fn abandon(h: &mut Heap) {
                     retire(s);
                 } else if (*s).free.is_null() && !slab::can_carve(&*s) {
                     (*s).used += FULL_MARK;
+                    h.full[class].push(s);
                 } else {
                     h.partial[class].push(s);
                 }
@@ -711,9 +816,24 @@ pub unsafe fn classify<'a>(p: *mut u8) -> Block<'a> {
 }
 
 /// Counts of the heap registry, for statistics and tests.
-pub fn registry_counts() -> (usize, usize) {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapCounts {
+    /// Heaps ever made.
+    pub created: usize,
+    /// Heaps reused by a new thread (an exited thread's, or an emptied one).
+    pub adopted: usize,
+    /// Exited threads' heaps whose spans a running thread took over.
+    pub taken_over: usize,
+}
+
+/// Counts of the heap registry, for statistics and tests.
+pub fn registry_counts() -> HeapCounts {
     let r = REGISTRY.lock();
-    (r.created, r.adopted)
+    HeapCounts {
+        created: r.created,
+        adopted: r.adopted,
+        taken_over: r.taken_over,
+    }
 }
 
 /// Checks the calling thread's heap: every span in its lists and current slots satisfies the
@@ -741,6 +861,16 @@ pub fn validate_current_thread() {
             unsafe {
                 assert_eq!((*s).owner.load(Ordering::Relaxed), heap as usize);
                 assert!((*s).used > 0);
+                slab::validate(&*s, false);
+                s = (*s).next;
+            }
+        }
+        let mut s = h.full[class].head;
+        while !s.is_null() {
+            // SAFETY: live span of this heap.
+            unsafe {
+                assert_eq!((*s).owner.load(Ordering::Relaxed), heap as usize);
+                assert!((*s).used < 0);
                 slab::validate(&*s, false);
                 s = (*s).next;
             }

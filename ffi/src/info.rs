@@ -26,13 +26,12 @@ struct Figures {
     in_use: usize,
     /// Bytes of chunks not handed out (free pages and free slab blocks).
     free: usize,
-    heaps_created: usize,
-    heaps_adopted: usize,
+    heaps: rampart::heap::HeapCounts,
 }
 
 fn figures() -> Figures {
     let usage = PAGES.lock().usage();
-    let (heaps_created, heaps_adopted) = rampart::heap::registry_counts();
+    let counts = rampart::heap::registry_counts();
     let chunk_bytes = usage.chunks * CHUNK_SIZE;
     let in_use_chunk = usage.slab_used_bytes + usage.large * PAGE_SIZE;
     Figures {
@@ -40,8 +39,7 @@ fn figures() -> Figures {
         chunk_bytes,
         in_use: in_use_chunk + usage.huge_bytes,
         free: chunk_bytes.saturating_sub(in_use_chunk),
-        heaps_created,
-        heaps_adopted,
+        heaps: counts,
     }
 }
 
@@ -75,10 +73,12 @@ pub fn print_stats() {
     }
     let mut l = Line::new();
     l.str("  thread heaps            ")
-        .dec(f.heaps_created as u64)
+        .dec(f.heaps.created as u64)
         .str(" created, ")
-        .dec(f.heaps_adopted as u64)
-        .str(" reused after their thread exited");
+        .dec(f.heaps.adopted as u64)
+        .str(" reused after their thread exited, ")
+        .dec(f.heaps.taken_over as u64)
+        .str(" taken over by running threads");
     l.emit();
 }
 
