@@ -140,9 +140,10 @@ pub unsafe fn realloc(
         Block::Huge(h) => {
             // SAFETY: `h` is the caller's live huge block.
             let len = unsafe { h.as_ref().len };
-            // SAFETY: as above.
-            if new_size > crate::pages::CHUNK_SIZE / 2 && unsafe { large::resize_huge(h, new_size) }
-            {
+            // SAFETY: as above; `align` is the block's alignment (the caller's contract).
+            let resized = new_size > crate::pages::CHUNK_SIZE / 2
+                && unsafe { large::resize_huge(h, new_size, align) };
+            if resized {
                 // SAFETY: as above; the block may have moved.
                 return NonNull::new(unsafe { h.as_ref().base } as *mut u8);
             }
@@ -291,6 +292,49 @@ mod tests {
             unsafe { free(p) };
         }
         heap::validate_current_thread();
+    }
+
+    #[test]
+    fn huge_realloc_keeps_large_alignments() {
+        for align in [8 << 20, 32 << 20] {
+            let mut p = alloc(5 << 20, align).unwrap();
+            let mut size = 5 << 20;
+            // SAFETY: p is live with `size` bytes.
+            unsafe { ptr::write_bytes(p.as_ptr(), 0x77, size) };
+            // Block growth in place: map something right after the block's guard page.
+            let after = (p.as_ptr() as usize + size + crate::pages::GUARD_SIZE) as *mut u8;
+            // SAFETY: a hint only (no MAP_FIXED); it replaces nothing.
+            let blocker = unsafe {
+                libc::mmap(
+                    after.cast(),
+                    4096,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            for new in [40 << 20, 100 << 20] {
+                // SAFETY: p is live.
+                p = unsafe { realloc(p, Some(size), new, align) }.unwrap();
+                assert_eq!(
+                    p.as_ptr() as usize % align,
+                    0,
+                    "realloc to {new} lost alignment {align}"
+                );
+                // SAFETY: p holds `new` bytes, the first `size` written.
+                let kept = unsafe { core::slice::from_raw_parts(p.as_ptr(), size) };
+                assert!(kept.iter().all(|&b| b == 0x77));
+                // SAFETY: p holds `new` bytes.
+                unsafe { ptr::write_bytes(p.as_ptr(), 0x77, new) };
+                size = new;
+            }
+            // SAFETY: live block; the blocker is ours.
+            unsafe {
+                free(p);
+                libc::munmap(blocker, 4096);
+            }
+        }
     }
 
     #[test]

@@ -79,6 +79,20 @@ static EMPTY_HEAP: Sentinel<Heap> = Sentinel(UnsafeCell::new(Heap {
 
 const EMPTY_HEAP_PTR: *mut Heap = EMPTY_HEAP.0.get();
 
+/// The heap of a thread whose clean-up has run (its `pthread` key destructor). Like the
+/// empty heap, but an allocation then (from a later destructor) borrows a heap for that one
+/// block instead of setting up one for the thread: glibc runs key destructors a bounded
+/// number of rounds, so a heap set up then might never be handed back.
+static EXITING_HEAP: Sentinel<Heap> = Sentinel(UnsafeCell::new(Heap {
+    current: [EMPTY_SPAN_PTR; NUM_CLASSES],
+    partial: [const { SpanList::new() }; NUM_CLASSES],
+    full: [const { SpanList::new() }; NUM_CLASSES],
+    remote: AtomicUsize::new(0),
+    next_abandoned: ptr::null_mut(),
+}));
+
+const EXITING_HEAP_PTR: *mut Heap = EXITING_HEAP.0.get();
+
 // The calling thread's heap, in the initial-exec TLS model: two instructions to read
 // (`mov` of the offset from the GOT, `mov` through %fs), none of them a call. Rust's
 // `thread_local!` would be as cheap in an executable, but in a shared library (librampart.so)
@@ -214,9 +228,20 @@ unsafe fn alloc_slow(mut heap: *mut Heap, class: usize) -> *mut u8 {
         if heap.is_null() {
             return ptr::null_mut();
         }
+    } else if heap == EXITING_HEAP_PTR {
+        return alloc_while_exiting(class);
     }
     // SAFETY: `heap` is the calling thread's own heap.
-    let h = unsafe { &mut *heap };
+    unsafe { alloc_from(&mut *heap, class) }
+}
+
+/// The slow path proper: collect remote frees, carve, switch spans, take over an exited
+/// thread's spans, or grow.
+///
+/// # Safety
+/// `h` is owned by the calling thread.
+unsafe fn alloc_from(h: &mut Heap, class: usize) -> *mut u8 {
+    let heap = h as *mut Heap;
     if h.remote.load(Ordering::Relaxed) != 0 {
         // SAFETY: as above.
         unsafe { collect_remote(h) };
@@ -553,44 +578,13 @@ fn thread_init() -> *mut Heap {
             r.key_tried = true;
             r.key = os::thread_key_create(thread_exit);
         }
-        let heap = if !r.abandoned.is_null() {
-            let h = r.abandoned;
-            // SAFETY: abandoned heaps are valid and owned by the registry.
-            r.abandoned = unsafe { (*h).next_abandoned };
-            ABANDONED.fetch_sub(1, Ordering::Relaxed);
-            r.adopted += 1;
-            h
-        } else if !r.spare.is_null() {
-            let h = r.spare;
-            // SAFETY: spare heaps are valid and owned by the registry.
-            r.spare = unsafe { (*h).next_abandoned };
-            r.adopted += 1;
-            h
-        } else {
-            if r.next + size_of::<Heap>() > r.end {
-                let Some(block) = os::map(HEAP_BLOCK) else {
-                    return ptr::null_mut();
-                };
-                r.next = block.as_ptr() as usize;
-                r.end = r.next + HEAP_BLOCK;
-            }
-            let h = r.next as *mut Heap;
-            r.next += size_of::<Heap>().next_multiple_of(64);
-            r.created += 1;
-            // SAFETY: fresh metadata memory, big enough and aligned.
-            unsafe {
-                h.write(Heap {
-                    current: [EMPTY_SPAN_PTR; NUM_CLASSES],
-                    partial: [const { SpanList::new() }; NUM_CLASSES],
-                    full: [const { SpanList::new() }; NUM_CLASSES],
-                    remote: AtomicUsize::new(0),
-                    next_abandoned: ptr::null_mut(),
-                })
-            };
-            h
-        };
+        let heap = acquire_heap(&mut r);
+        if heap.is_null() {
+            return heap;
+        }
         (heap, r.key)
     };
+
     set_current_heap(heap);
     crate::config::init();
     if !FORK_HANDLERS.swap(true, Ordering::AcqRel) {
@@ -606,6 +600,78 @@ fn thread_init() -> *mut Heap {
 }
 
 use core::mem::size_of;
+
+/// A heap for the calling thread: an exited thread's (with its spans), an emptied one, or a
+/// new one. Null when memory is exhausted.
+fn acquire_heap(r: &mut Registry) -> *mut Heap {
+    if !r.abandoned.is_null() {
+        let h = r.abandoned;
+        // SAFETY: abandoned heaps are valid and owned by the registry.
+        r.abandoned = unsafe { (*h).next_abandoned };
+        ABANDONED.fetch_sub(1, Ordering::Relaxed);
+        r.adopted += 1;
+        h
+    } else if !r.spare.is_null() {
+        let h = r.spare;
+        // SAFETY: spare heaps are valid and owned by the registry.
+        r.spare = unsafe { (*h).next_abandoned };
+        r.adopted += 1;
+        h
+    } else {
+        if r.next + size_of::<Heap>() > r.end {
+            let Some(block) = os::map(HEAP_BLOCK) else {
+                return ptr::null_mut();
+            };
+            r.next = block.as_ptr() as usize;
+            r.end = r.next + HEAP_BLOCK;
+        }
+        let h = r.next as *mut Heap;
+        r.next += size_of::<Heap>().next_multiple_of(64);
+        r.created += 1;
+        // SAFETY: fresh metadata memory, big enough and aligned.
+        unsafe {
+            h.write(Heap {
+                current: [EMPTY_SPAN_PTR; NUM_CLASSES],
+                partial: [const { SpanList::new() }; NUM_CLASSES],
+                full: [const { SpanList::new() }; NUM_CLASSES],
+                remote: AtomicUsize::new(0),
+                next_abandoned: ptr::null_mut(),
+            })
+        };
+        h
+    }
+}
+
+/// An allocation by a thread whose clean-up already ran (a later `pthread` key destructor or
+/// C++ `thread_local` destructor allocating): borrows a heap for this one block and parks it
+/// again at once, so nothing is left with a thread that is about to disappear.
+#[cold]
+fn alloc_while_exiting(class: usize) -> *mut u8 {
+    let heap = acquire_heap(&mut REGISTRY.lock());
+    if heap.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: the heap is ours until parked again below.
+    unsafe {
+        let p = alloc_from(&mut *heap, class);
+        park(heap);
+        p
+    }
+}
+
+/// Empties what it can of `heap` and puts it on the abandoned list.
+///
+/// # Safety
+/// The calling thread owns `heap` and will not use it again.
+unsafe fn park(heap: *mut Heap) {
+    // SAFETY: per the contract.
+    unsafe { abandon(&mut *heap) };
+    let mut r = REGISTRY.lock();
+    // SAFETY: as above.
+    unsafe { (*heap).next_abandoned = r.abandoned };
+    r.abandoned = heap;
+    ABANDONED.fetch_add(1, Ordering::Relaxed);
+}
 
 /// Whether the `fork` handlers are registered.
 static FORK_HANDLERS: AtomicBool = AtomicBool::new(false);
@@ -640,19 +706,14 @@ extern "C" fn fork_child() {
 /// The `pthread` key destructor: the thread is exiting.
 unsafe extern "C" fn thread_exit(heap: *mut c_void) {
     let heap = heap.cast::<Heap>();
-    if heap.is_null() || heap == EMPTY_HEAP_PTR {
+    if heap.is_null() || heap == EMPTY_HEAP_PTR || heap == EXITING_HEAP_PTR {
         return;
     }
-    // From now on this thread's frees go through the remote path and a malloc (by a later
-    // destructor) sets up a heap again.
-    set_current_heap(EMPTY_HEAP_PTR);
+    // From now on this thread's frees go through the remote path, and a malloc (by a later
+    // destructor) borrows a heap for one block (alloc_while_exiting).
+    set_current_heap(EXITING_HEAP_PTR);
     // SAFETY: the heap was this thread's and nobody else touches its lists.
-    unsafe { abandon(&mut *heap) };
-    let mut r = REGISTRY.lock();
-    // SAFETY: as above.
-    unsafe { (*heap).next_abandoned = r.abandoned };
-    r.abandoned = heap;
-    ABANDONED.fetch_add(1, Ordering::Relaxed);
+    unsafe { park(heap) };
 }
 
 /// Moves every span of `from` to `to`, with `owner` as their new owner.

@@ -87,11 +87,12 @@ pub unsafe fn resize_run(s: NonNull<Span>, new_size: usize) -> bool {
 }
 
 /// Resizes a huge block without copying (mremap). Returns whether it now holds `new_size`
-/// bytes; its address may have changed (read it from the descriptor).
+/// bytes; its address may have changed (read it from the descriptor), keeping the alignment
+/// `align` the block was allocated with.
 ///
 /// # Safety
-/// `h` is a live huge block owned by the caller.
-pub unsafe fn resize_huge(h: NonNull<Huge>, new_size: usize) -> bool {
+/// `h` is a live huge block owned by the caller, allocated with alignment `align`.
+pub unsafe fn resize_huge(h: NonNull<Huge>, new_size: usize, align: usize) -> bool {
     // SAFETY: per the contract.
-    unsafe { PAGES.lock().huge_resize(h, new_size) }
+    unsafe { PAGES.lock().huge_resize(h, new_size, align) }
 }

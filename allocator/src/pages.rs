@@ -173,6 +173,18 @@ impl Span {
     }
 }
 
+/// The descriptor every page of a chunk points to while no run covers it: free, with no
+/// owner, so the free path's owner test fails and the slow path reports the pointer. Never
+/// written (every writer first checks the owner or the state).
+pub struct VacantSpan(core::cell::UnsafeCell<Span>);
+// SAFETY: never written (see above).
+unsafe impl Sync for VacantSpan {}
+
+/// See [`VacantSpan`].
+pub static VACANT: VacantSpan = VacantSpan(core::cell::UnsafeCell::new(Span::EMPTY));
+
+const VACANT_PTR: *mut Span = VACANT.0.get();
+
 /// An intrusive doubly linked list of spans (through `next`/`prev`).
 pub struct SpanList {
     /// The first span, or null.
@@ -255,8 +267,10 @@ impl Default for SpanList {
 pub struct Chunk {
     /// One descriptor per page; meaningful at the first page of each run or free block.
     pub spans: [Span; PAGES_PER_CHUNK],
-    /// Per page, the descriptor of its run (stale on free pages other than a block's first):
-    /// one load from an address to its span.
+    /// Per page, the descriptor of its run: one load from an address to its span. A free
+    /// block's first page points to the block's own (free) descriptor, or to [`VACANT`]; any
+    /// other free page to [`VACANT`] or to a descriptor in the `Free` state, never to a live
+    /// run that does not cover it.
     pub run: [*mut Span; PAGES_PER_CHUNK],
     /// Per page, set once the page has been handed out (it may hold non-zero bytes).
     dirty: [u64; PAGES_PER_CHUNK / 64],
@@ -516,6 +530,7 @@ impl<S: PageSource> Pages<S> {
             for (i, s) in (*meta).spans.iter_mut().enumerate() {
                 s.addr = base + i * PAGE_SIZE;
             }
+            (*meta).run = [VACANT_PTR; PAGES_PER_CHUNK];
             self.push_free(meta, 0, CHUNK_ORDER);
             (*meta).next_chunk = self.all;
             if !self.all.is_null() {
@@ -593,6 +608,9 @@ impl<S: PageSource> Pages<S> {
     /// # Safety
     /// The pages are in use by nobody and in no free block.
     unsafe fn free_range(&mut self, chunk: *mut Chunk, mut idx: usize, end: usize) {
+        // No page of the range may keep pointing at the live run it leaves.
+        // SAFETY: the range lies inside the live chunk.
+        unsafe { (&mut (*chunk).run)[idx..end].fill(VACANT_PTR) };
         while idx < end {
             let align_order = if idx == 0 {
                 CHUNK_ORDER
@@ -835,6 +853,8 @@ impl<S: PageSource> Pages<S> {
         };
         let base = base.as_ptr() as usize;
         if !self.map.set(&self.source, base, len, h as usize) {
+            // Clear the slots that were set before the failure.
+            self.map.set(&self.source, base, len, 0);
             // SAFETY: the mapping was just made and holds nothing.
             unsafe { self.source.huge_unmap(base, len) };
             self.recycle_huge(h);
@@ -891,11 +911,12 @@ impl<S: PageSource> Pages<S> {
     }
 
     /// Resizes a huge block to hold `new_len` bytes, in place or by moving its pages (never by
-    /// copying). Returns whether it worked; on failure the block is unchanged.
+    /// copying) to a place aligned to `align` (at least a chunk). Returns whether it worked;
+    /// on failure the block is unchanged.
     ///
     /// # Safety
     /// `h` is a live huge descriptor; the caller owns its block.
-    pub unsafe fn huge_resize(&mut self, mut h: NonNull<Huge>, new_len: usize) -> bool
+    pub unsafe fn huge_resize(&mut self, mut h: NonNull<Huge>, new_len: usize, align: usize) -> bool
     where
         S: HugeSource,
     {
@@ -908,7 +929,7 @@ impl<S: PageSource> Pages<S> {
             return true;
         }
         // SAFETY: the caller owns the block.
-        let Some(new_base) = (unsafe { self.source.huge_remap(base, len, new_len) }) else {
+        let Some(new_base) = (unsafe { self.source.huge_remap(base, len, new_len, align) }) else {
             return false;
         };
         let new_base = new_base.as_ptr() as usize;
@@ -1091,12 +1112,19 @@ pub trait HugeSource: PageSource {
     /// # Safety
     /// The block is unused.
     unsafe fn huge_unmap(&self, base: usize, len: usize);
-    /// Resizes a block, moving its pages (without copying) to a new chunk-aligned place if it
-    /// cannot grow where it is. `None` (block unchanged) when memory is exhausted.
+    /// Resizes a block, moving its pages (without copying) to a new place aligned to
+    /// `align.max(CHUNK_SIZE)` if it cannot grow where it is. `None` (block unchanged) when
+    /// memory is exhausted.
     ///
     /// # Safety
     /// The block is live and owned by the caller.
-    unsafe fn huge_remap(&self, base: usize, len: usize, new_len: usize) -> Option<NonNull<u8>>;
+    unsafe fn huge_remap(
+        &self,
+        base: usize,
+        len: usize,
+        new_len: usize,
+        align: usize,
+    ) -> Option<NonNull<u8>>;
 }
 
 impl HugeSource for OsSource {
@@ -1112,7 +1140,13 @@ impl HugeSource for OsSource {
         unsafe { os::unmap(base as *mut u8, len + GUARD_SIZE) };
     }
 
-    unsafe fn huge_remap(&self, base: usize, len: usize, new_len: usize) -> Option<NonNull<u8>> {
+    unsafe fn huge_remap(
+        &self,
+        base: usize,
+        len: usize,
+        new_len: usize,
+        align: usize,
+    ) -> Option<NonNull<u8>> {
         let p = base as *mut u8;
         // SAFETY: the caller owns the block; its guard page is ours.
         unsafe {
@@ -1130,7 +1164,7 @@ impl HugeSource for OsSource {
                 return NonNull::new(p);
             }
             // Move to a fresh chunk-aligned reservation, without copying.
-            let Some(dest) = os::map_aligned(total, CHUNK_SIZE) else {
+            let Some(dest) = os::map_aligned(total, align.max(CHUNK_SIZE)) else {
                 os::guard_install(p.add(len), GUARD_SIZE);
                 return None;
             };
@@ -1338,6 +1372,52 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn free_pages_never_point_at_a_live_run() {
+        let mut p = Pages::new(FakeSource::new(2), fake_map());
+        let a = p.alloc_run(37, 0, State::Large).unwrap();
+        let b = p.alloc_run(8, 0, State::Slab).unwrap();
+        let chunk = chunk_of(&p, a);
+        // SAFETY: live runs of a live chunk.
+        unsafe {
+            let check = |p: &Pages<FakeSource>| {
+                let c = &*chunk;
+                for (i, &r) in c.run.iter().enumerate() {
+                    let s = &*r;
+                    let covered = s.state != State::Free && s.contains(c.base + i * PAGE_SIZE);
+                    assert!(
+                        covered || s.state == State::Free,
+                        "page {i} points at a live run not covering it"
+                    );
+                    assert_eq!(s.owner.load(Ordering::Relaxed), 0);
+                }
+                p.validate();
+            };
+            check(&p);
+            p.free_run(a);
+            check(&p);
+            // Reuse the first page of what was `a` (taking single pages until it comes): the
+            // other pages of `a` must not point at it.
+            let mut singles = Vec::new();
+            loop {
+                let c = p.alloc_run(1, 0, State::Large).unwrap();
+                singles.push(c);
+                if c.as_ref().addr == (*chunk).base {
+                    break;
+                }
+            }
+            check(&p);
+            for c in singles {
+                p.free_run(c);
+            }
+            p.shrink_run(b, 3);
+            check(&p);
+            // Never handed out: the vacant descriptor.
+            assert!(ptr::eq((*chunk).run[PAGES_PER_CHUNK - 1], VACANT_PTR));
+            p.free_run(b);
+        }
+    }
+
+    #[test]
     fn exhaustion_is_none_not_a_crash() {
         let mut p = Pages::new(FakeSource::new(1), fake_map());
         let a = p.alloc_run(600, 0, State::Large).unwrap();
@@ -1410,7 +1490,7 @@ pub(crate) mod tests {
         // SAFETY: the block is ours.
         unsafe {
             *(base as *mut u8).add(len - 1) = 7;
-            assert!(p.huge_resize(h, 40 * CHUNK_SIZE));
+            assert!(p.huge_resize(h, 40 * CHUNK_SIZE, 1));
             let (nb, nl) = (h.as_ref().base, h.as_ref().len);
             assert_eq!(
                 *(nb as *mut u8).add(len - 1),
@@ -1418,7 +1498,7 @@ pub(crate) mod tests {
                 "contents move with the pages"
             );
             assert_eq!(p.map.lookup(nb + nl - 1), Owner::Huge(h.as_ptr()));
-            assert!(p.huge_resize(h, CHUNK_SIZE + 1));
+            assert!(p.huge_resize(h, CHUNK_SIZE + 1, 1));
             assert_eq!(*(h.as_ref().base as *mut u8).add(4096), 0);
             p.huge_free(h);
         }
