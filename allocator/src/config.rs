@@ -6,7 +6,7 @@
 //! (`RAMPART_GUARD`, …) are reported as such when set, so nobody believes they are on.
 
 use core::ffi::c_char;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::util::Line;
 
@@ -14,6 +14,14 @@ use crate::util::Line;
 static STATS: AtomicBool = AtomicBool::new(false);
 /// `RAMPART_VERBOSE=1`: report the options at start-up.
 static VERBOSE: AtomicBool = AtomicBool::new(false);
+/// `RAMPART_PURGE_DELAY_MS`: how long free pages stay committed before they are returned to
+/// the OS (`MADV_DONTNEED`). Guards against a process keeping the memory it freed; costs a
+/// `madvise` per purged block and a page fault per page when the memory is used again.
+static PURGE_DELAY_MS: AtomicU64 = AtomicU64::new(DEFAULT_PURGE_DELAY_MS);
+
+/// The default purge delay (see the README's Performance section for the measurement).
+pub const DEFAULT_PURGE_DELAY_MS: u64 = 10;
+
 /// Whether the environment has been read.
 static READ: AtomicBool = AtomicBool::new(false);
 
@@ -22,18 +30,23 @@ pub fn stats_at_exit() -> bool {
     STATS.load(Ordering::Relaxed)
 }
 
+/// The purge delay in milliseconds.
+#[inline]
+pub fn purge_delay_ms() -> u64 {
+    PURGE_DELAY_MS.load(Ordering::Relaxed)
+}
+
 /// Whether start-up reports are wanted.
 pub fn verbose() -> bool {
     VERBOSE.load(Ordering::Relaxed)
 }
 
 /// Names design.md reserves for options still to come (reported as not implemented).
-const NOT_YET: [&str; 6] = [
+const NOT_YET: [&str; 5] = [
     "RAMPART_GUARD",
     "RAMPART_GUARD_SAMPLE",
     "RAMPART_REDZONE",
     "RAMPART_QUARANTINE",
-    "RAMPART_PURGE_DELAY_MS",
     "RAMPART_HEAPMAP",
 ];
 
@@ -64,6 +77,8 @@ pub fn init() {
         let mut line = Line::new();
         line.str("rampart: options: RAMPART_STATS=")
             .dec(stats_at_exit() as u64)
+            .str(" RAMPART_PURGE_DELAY_MS=")
+            .dec(purge_delay_ms())
             .str(" RAMPART_VERBOSE=1");
         line.emit();
     }
@@ -92,11 +107,28 @@ fn apply(entry: &[u8]) {
                 None => warn(name, "bad value (expected 1 or 0); ignored"),
             }
         }
+        b"RAMPART_PURGE_DELAY_MS" => match parse_u64(value) {
+            Some(ms) if ms <= 3_600_000 => PURGE_DELAY_MS.store(ms, Ordering::Relaxed),
+            _ => warn(
+                name,
+                "bad value (expected milliseconds, 0 to 3600000); ignored",
+            ),
+        },
         _ if NOT_YET.iter().any(|n| n.as_bytes() == name) => {
             warn(name, "is not implemented yet in this build; ignored")
         }
         _ => warn(name, "is not a rampart option; ignored"),
     }
+}
+
+/// A decimal number, or `None`.
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |acc, &d| {
+        d.is_ascii_digit().then(|| acc * 10 + u64::from(d - b'0'))
+    })
 }
 
 fn warn(name: &[u8], what: &str) {
@@ -106,4 +138,19 @@ fn warn(name: &[u8], what: &str) {
         .str(" ")
         .str(what);
     line.emit();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_u64(b"0"), Some(0));
+        assert_eq!(parse_u64(b"1500"), Some(1500));
+        assert_eq!(parse_u64(b""), None);
+        assert_eq!(parse_u64(b"-1"), None);
+        assert_eq!(parse_u64(b"10ms"), None);
+        assert_eq!(parse_u64(b"99999999999999999999"), None);
+    }
 }

@@ -13,6 +13,7 @@
 //! - Calls go through rustix (`default-features = false`), except where rustix has no
 //!   binding: `sbrk` (libc) and the guard advice `MADV_GUARD_INSTALL`/`REMOVE` (raw
 //!   `madvise` through libc, since rustix's `Advice` does not name them yet).
+//! - The clock is read through rustix's vDSO `clock_gettime`.
 
 use core::ffi::c_void;
 use core::ptr::{self, NonNull};
@@ -212,6 +213,12 @@ pub fn random_bytes(buf: &mut [u8]) -> bool {
         rustix::rand::getrandom(buf, rustix::rand::GetRandomFlags::NONBLOCK),
         Ok(n) if n == len
     )
+}
+
+/// Milliseconds of the monotonic clock (the vDSO's `clock_gettime`, no system call).
+pub fn now_ms() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
 }
 
 /// Writes `bytes` to standard error with raw `write(2)` calls (no allocation, no locks).

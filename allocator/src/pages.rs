@@ -61,6 +61,10 @@ pub trait PageSource {
     /// # Safety
     /// The range is page-aligned, inside a chunk, and holds nothing anybody needs.
     unsafe fn decommit(&self, addr: NonNull<u8>, len: usize) -> bool;
+    /// The time in milliseconds (monotonic), for the purge delay.
+    fn now_ms(&self) -> u64 {
+        os::now_ms()
+    }
 }
 
 /// The real page source: chunks are mmap'd with a guard page after them.
@@ -274,6 +278,10 @@ pub struct Chunk {
     pub run: [*mut Span; PAGES_PER_CHUNK],
     /// Per page, set once the page has been handed out (it may hold non-zero bytes).
     dirty: [u64; PAGES_PER_CHUNK / 64],
+    /// Per page, set by a purge sweep that found the page free and dirty; a free page still
+    /// aged at the next sweep (a purge delay later) is returned to the OS. Cleared when the
+    /// page is handed out again.
+    aged: [u64; PAGES_PER_CHUNK / 64],
     /// The chunk's first byte.
     pub base: usize,
     /// Pages in free blocks.
@@ -295,7 +303,13 @@ impl Chunk {
     fn clear_dirty(&mut self, idx: usize, n: usize) {
         for p in idx..idx + n {
             self.dirty[p / 64] &= !(1 << (p % 64));
+            self.aged[p / 64] &= !(1 << (p % 64));
         }
+    }
+
+    /// Whether page `p` is dirty and was aged by the previous sweep.
+    fn ripe(&self, p: usize) -> bool {
+        (self.dirty[p / 64] & self.aged[p / 64]) & (1 << (p % 64)) != 0
     }
 }
 
@@ -467,6 +481,14 @@ pub struct Pages<S: PageSource> {
     pub chunks: usize,
     /// Bytes currently mapped for huge blocks.
     pub huge_bytes: usize,
+    /// The time of the current locked operation (ms), stamped on the blocks it frees.
+    now_ms: u64,
+    /// Whether some free block may still hold committed pages that purging should return.
+    purge_pending: bool,
+    /// When the next purge pass is due (ms).
+    next_purge_ms: u64,
+    /// Bytes returned to the OS by purging and trimming (statistics).
+    pub purged_bytes: usize,
 }
 
 // SAFETY: the raw pointers are into metadata owned by this value; access is serialised.
@@ -488,6 +510,10 @@ impl<S: PageSource> Pages<S> {
             all: ptr::null_mut(),
             chunks: 0,
             huge_bytes: 0,
+            now_ms: 0,
+            purge_pending: false,
+            next_purge_ms: 0,
+            purged_bytes: 0,
         }
     }
 
@@ -684,6 +710,7 @@ impl<S: PageSource> Pages<S> {
     ) -> Option<NonNull<Span>> {
         debug_assert!(state != State::Free);
         debug_assert!((1..=PAGES_PER_CHUNK).contains(&npages));
+        self.tick();
         let want = log2_ceil(npages).max(align_order);
         let mut order = want;
         while (order as usize) < ORDERS && self.free[order as usize].is_empty() {
@@ -741,6 +768,7 @@ impl<S: PageSource> Pages<S> {
                 let (w, b) = (p / 64, p % 64);
                 clean &= c.dirty[w] & (1 << b) == 0;
                 c.dirty[w] |= 1 << b;
+                c.aged[w] &= !(1 << b);
             }
             let s = &mut c.spans[idx];
             s.npages = npages as u32;
@@ -772,11 +800,14 @@ impl<S: PageSource> Pages<S> {
     pub unsafe fn free_run(&mut self, s: NonNull<Span>) {
         // SAFETY: per the contract.
         unsafe {
+            self.now_ms = self.source.now_ms();
             let (chunk, idx) = self.locate(s.as_ptr());
             let n = s.as_ref().npages as usize;
             (*chunk).spans[idx].state = State::Free;
             self.free_range(chunk, idx, idx + n);
         }
+        self.purge_pending = true;
+        self.tick();
     }
 
     /// Grows a run in place to `new_npages` if the pages after it are free. Returns whether
@@ -835,8 +866,11 @@ impl<S: PageSource> Pages<S> {
                 return;
             }
             s.as_mut().npages = new_npages as u32;
+            self.now_ms = self.source.now_ms();
             self.free_range(chunk, idx + new_npages, idx + old);
         }
+        self.purge_pending = true;
+        self.tick();
     }
 
     /// Maps a huge block of at least `len` bytes aligned to `align` (a power of two), with a
@@ -972,23 +1006,134 @@ impl<S: PageSource> Pages<S> {
             let mut p = 0;
             while p < PAGES_PER_CHUNK {
                 let n = chunk.spans[p].npages as usize;
-                if chunk.spans[p].state == State::Free && chunk.any_dirty(p, n) {
-                    let addr = chunk.base + p * PAGE_SIZE;
+                if chunk.spans[p].state == State::Free {
+                    let mut unlimited = usize::MAX;
                     // SAFETY: a free block of a live chunk holds nothing.
-                    let ok = unsafe {
-                        self.source
-                            .decommit(NonNull::new_unchecked(addr as *mut u8), n * PAGE_SIZE)
+                    released += unsafe {
+                        self.decommit_block(c, p, n, &mut unlimited, |c, p| c.any_dirty(p, 1))
                     };
-                    if ok {
-                        chunk.clear_dirty(p, n);
-                        released += n * PAGE_SIZE;
-                    }
                 }
                 p += n;
             }
             c = chunk.next_chunk;
         }
+        self.purged_bytes += released;
+        self.purge_pending = false;
         released
+    }
+
+    /// Returns the pages of a free block that `pick` selects (among those that may hold data)
+    /// to the OS, each maximal run of them with one call, at most `calls` calls (counted
+    /// down). Returns the bytes given back.
+    ///
+    /// # Safety
+    /// `[idx, idx + n)` is a free block of the live `chunk`.
+    unsafe fn decommit_block(
+        &mut self,
+        chunk: *mut Chunk,
+        idx: usize,
+        n: usize,
+        calls: &mut usize,
+        pick: fn(&Chunk, usize) -> bool,
+    ) -> usize {
+        // SAFETY: per the contract.
+        let c = unsafe { &mut *chunk };
+        let mut released = 0;
+        let mut p = idx;
+        while p < idx + n && *calls > 0 {
+            if !pick(c, p) {
+                p += 1;
+                continue;
+            }
+            let start = p;
+            while p < idx + n && pick(c, p) {
+                p += 1;
+            }
+            let addr = c.base + start * PAGE_SIZE;
+            *calls -= 1;
+            // SAFETY: the pages belong to a free block and hold nothing.
+            let ok = unsafe {
+                self.source.decommit(
+                    NonNull::new_unchecked(addr as *mut u8),
+                    (p - start) * PAGE_SIZE,
+                )
+            };
+            if ok {
+                c.clear_dirty(start, p - start);
+                released += (p - start) * PAGE_SIZE;
+            }
+        }
+        released
+    }
+
+    /// Starts a locked operation: reads the clock (when purging is pending) and runs a purge
+    /// pass when one is due.
+    fn tick(&mut self) {
+        if !self.purge_pending {
+            return;
+        }
+        self.now_ms = self.source.now_ms();
+        if self.now_ms >= self.next_purge_ms {
+            self.purge();
+        }
+    }
+
+    /// One purge sweep (due every purge delay while free pages may hold data): free pages
+    /// that the previous sweep already found free and dirty are returned to the OS, then the
+    /// free dirty pages are marked aged for the next one. A page is so returned between one
+    /// and two delays after it was freed, whatever merges and splits its block went through
+    /// meanwhile. Bounded work: at most `PURGE_CALLS` `madvise` calls (the walk itself is a
+    /// few bit tests per run); a sweep cut short goes on at the next operation.
+    fn purge(&mut self) {
+        const PURGE_CALLS: usize = 32;
+        // Return the pages aged by the previous sweep.
+        let mut calls = PURGE_CALLS;
+        let mut c = self.all;
+        while !c.is_null() {
+            // SAFETY: listed chunks are live; the sweep only touches free blocks' pages and
+            // bits, never the lists.
+            let chunk = unsafe { &mut *c };
+            let mut p = 0;
+            while p < PAGES_PER_CHUNK {
+                let n = chunk.spans[p].npages as usize;
+                if chunk.spans[p].state == State::Free && (p..p + n).any(|q| chunk.ripe(q)) {
+                    if calls == 0 {
+                        // Cut short: go on at the next operation (aging waits till then).
+                        self.next_purge_ms = self.now_ms;
+                        return;
+                    }
+                    // SAFETY: a free block of a live chunk.
+                    self.purged_bytes +=
+                        unsafe { self.decommit_block(c, p, n, &mut calls, Chunk::ripe) };
+                }
+                p += n;
+            }
+            c = chunk.next_chunk;
+        }
+        // Age what is free and dirty now: it goes at the next sweep, a delay from now.
+        let mut dirty_left = false;
+        let mut c = self.all;
+        while !c.is_null() {
+            // SAFETY: as above.
+            let chunk = unsafe { &mut *c };
+            let mut p = 0;
+            while p < PAGES_PER_CHUNK {
+                let n = chunk.spans[p].npages as usize;
+                if chunk.spans[p].state == State::Free && chunk.any_dirty(p, n) {
+                    for q in p..p + n {
+                        chunk.aged[q / 64] |= chunk.dirty[q / 64] & (1 << (q % 64));
+                    }
+                    dirty_left = true;
+                }
+                p += n;
+            }
+            c = chunk.next_chunk;
+        }
+        if dirty_left {
+            self.next_purge_ms = self.now_ms + crate::config::purge_delay_ms();
+        } else {
+            self.purge_pending = false;
+        }
     }
 
     /// Pages of all live chunks by what they hold (walks every run: for statistics and tests,
@@ -1189,6 +1334,8 @@ pub(crate) mod tests {
     pub struct FakeSource {
         pub live_chunks: Cell<usize>,
         pub limit: Cell<usize>,
+        /// The fake clock (ms).
+        pub now: Cell<u64>,
     }
 
     impl FakeSource {
@@ -1196,6 +1343,7 @@ pub(crate) mod tests {
             Self {
                 live_chunks: Cell::new(0),
                 limit: Cell::new(limit),
+                now: Cell::new(1_000_000),
             }
         }
     }
@@ -1218,6 +1366,9 @@ pub(crate) mod tests {
             self.live_chunks.set(self.live_chunks.get() - 1);
             // SAFETY: allocated above with this layout.
             unsafe { System.dealloc(chunk.as_ptr(), CHUNK_LAYOUT) }
+        }
+        fn now_ms(&self) -> u64 {
+            self.now.get()
         }
         unsafe fn decommit(&self, addr: NonNull<u8>, len: usize) -> bool {
             // What the kernel does to decommitted pages: they read as zero.
@@ -1369,6 +1520,58 @@ pub(crate) mod tests {
         let flags = unsafe { again.as_ref().flags };
         assert_ne!(flags & FLAG_CLEAN, 0, "decommitted pages are clean");
         p.validate();
+    }
+
+    #[test]
+    fn free_pages_are_purged_after_the_delay_only() {
+        let delay = crate::config::purge_delay_ms();
+        let mut p = Pages::new(FakeSource::new(2), fake_map());
+        let keep = p.alloc_run(1, 0, State::Large).unwrap();
+        let runs: Vec<_> = (0..8)
+            .map(|_| p.alloc_run(16, 0, State::Large).unwrap())
+            .collect();
+        // SAFETY: live runs.
+        let addrs: Vec<usize> = runs.iter().map(|s| unsafe { s.as_ref().addr }).collect();
+        for (s, &a) in runs.into_iter().zip(&addrs) {
+            // SAFETY: live run; dirty it, then free it.
+            unsafe {
+                ptr::write_bytes(a as *mut u8, 0x5a, 16 * PAGE_SIZE);
+                p.free_run(s);
+            }
+        }
+        let dirty = |a: usize| {
+            // SAFETY: the run's pages are in a live chunk (free now).
+            unsafe { *(a as *const u8) == 0x5a }
+        };
+        assert!(addrs.iter().all(|&a| dirty(a)));
+        // Before the delay: nothing is returned, however many operations run.
+        p.source.now.set(p.source.now.get() + delay / 2);
+        for _ in 0..10 {
+            let t = p.alloc_run(1, 0, State::Large).unwrap();
+            // SAFETY: live.
+            unsafe { p.free_run(t) };
+        }
+        assert_eq!(p.purged_bytes, 0);
+        // Within two delays of their freeing, operations return them (each sweep returns
+        // what the one before found free and dirty).
+        for _ in 0..3 {
+            p.source.now.set(p.source.now.get() + delay / 2 + 1);
+            let t = p.alloc_run(1, 0, State::Large).unwrap();
+            // SAFETY: live.
+            unsafe { p.free_run(t) };
+        }
+        assert!(
+            p.purged_bytes >= 8 * 16 * PAGE_SIZE,
+            "purged {}",
+            p.purged_bytes
+        );
+        assert!(
+            addrs.iter().all(|&a| !dirty(a)),
+            "freed pages read as zero after the purge"
+        );
+        p.validate();
+        // SAFETY: live.
+        unsafe { p.free_run(keep) };
     }
 
     #[test]

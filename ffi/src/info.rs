@@ -27,10 +27,15 @@ struct Figures {
     /// Bytes of chunks not handed out (free pages and free slab blocks).
     free: usize,
     heaps: rampart::heap::HeapCounts,
+    /// Bytes returned to the OS by purging and trimming so far.
+    purged: usize,
 }
 
 fn figures() -> Figures {
-    let usage = PAGES.lock().usage();
+    let (usage, purged) = {
+        let pages = PAGES.lock();
+        (pages.usage(), pages.purged_bytes)
+    };
     let counts = rampart::heap::registry_counts();
     let chunk_bytes = usage.chunks * CHUNK_SIZE;
     let in_use_chunk = usage.slab_used_bytes + usage.large * PAGE_SIZE;
@@ -40,6 +45,7 @@ fn figures() -> Figures {
         in_use: in_use_chunk + usage.huge_bytes,
         free: chunk_bytes.saturating_sub(in_use_chunk),
         heaps: counts,
+        purged,
     }
 }
 
@@ -56,7 +62,7 @@ pub fn print_stats() {
     let mut l = Line::new();
     l.str("rampart: statistics (pid ").dec(pid as u64).str(")");
     l.emit();
-    let rows: [(&str, usize); 7] = [
+    let rows: [(&str, usize); 8] = [
         ("  chunks mapped           ", f.chunk_bytes),
         ("  huge blocks mapped      ", u.huge_bytes),
         ("  in use                  ", f.in_use),
@@ -64,6 +70,7 @@ pub fn print_stats() {
         ("  pages of small spans    ", u.slab * PAGE_SIZE),
         ("  pages of large blocks   ", u.large * PAGE_SIZE),
         ("  free pages              ", u.free * PAGE_SIZE),
+        ("  returned to the OS      ", f.purged),
     ];
     for (name, bytes) in rows {
         let mut l = Line::new();
