@@ -92,6 +92,15 @@ pub unsafe fn free_sized(p: NonNull<u8>, size: usize) {
     unsafe { heap::free_sized(p.as_ptr(), size) }
 }
 
+/// Gives free memory back to the OS now (`malloc_trim`): blocks held on remote lists the
+/// calling thread may collect are freed into their spans, empty spans go back to the page
+/// layer, and every free page that may hold data is decommitted. Returns the bytes given
+/// back.
+pub fn trim() -> usize {
+    heap::release_held_blocks();
+    crate::pages::PAGES.lock().trim()
+}
+
 /// The number of usable bytes of a block (at least what was asked for).
 ///
 /// # Safety

@@ -876,6 +876,64 @@ pub unsafe fn classify<'a>(p: *mut u8) -> Block<'a> {
     }
 }
 
+/// Before memory is given back to the OS (`malloc_trim`): makes every block that is free but
+/// held by a heap free in its span, so empty spans go back to the page layer. That is: the
+/// calling thread's remote list is collected and its empty current spans released, and the
+/// remote lists of the heaps of exited threads are collected too. Other running threads'
+/// heaps are theirs alone; their remote lists wait for their own slow paths.
+pub fn release_held_blocks() {
+    let heap = current_heap();
+    if heap != EMPTY_HEAP_PTR && heap != EXITING_HEAP_PTR {
+        // SAFETY: the calling thread's own heap.
+        let h = unsafe { &mut *heap };
+        // SAFETY: as above.
+        unsafe { collect_remote(h) };
+        for class in 0..NUM_CLASSES {
+            let s = h.current[class];
+            // SAFETY: the current span is a live slab of this heap; if only the heap's own
+            // reference holds it, it is empty and goes back.
+            unsafe {
+                if s != EMPTY_SPAN_PTR && (*s).used == CURRENT_REF {
+                    h.current[class] = EMPTY_SPAN_PTR;
+                    (*s).used = 0;
+                    retire(s);
+                }
+            }
+        }
+    }
+    // Take the abandoned heaps off the registry, drain them, and put them back.
+    let mut list = {
+        let mut r = REGISTRY.lock();
+        let list = r.abandoned;
+        r.abandoned = ptr::null_mut();
+        list
+    };
+    // (ABANDONED keeps counting them meanwhile: a take-over that finds the list empty just
+    // grows instead.)
+    let (mut first, mut last) = (ptr::null_mut::<Heap>(), ptr::null_mut::<Heap>());
+    while !list.is_null() {
+        // SAFETY: taken off the registry, so ours alone until put back.
+        unsafe {
+            let next = (*list).next_abandoned;
+            collect_remote(&mut *list);
+            (*list).next_abandoned = ptr::null_mut();
+            if first.is_null() {
+                first = list;
+            } else {
+                (*last).next_abandoned = list;
+            }
+            last = list;
+            list = next;
+        }
+    }
+    if !first.is_null() {
+        let mut r = REGISTRY.lock();
+        // SAFETY: `last` ends the drained list; it is ours until published here.
+        unsafe { (*last).next_abandoned = r.abandoned };
+        r.abandoned = first;
+    }
+}
+
 /// Counts of the heap registry, for statistics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeapCounts {

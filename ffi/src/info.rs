@@ -1,6 +1,7 @@
 //! glibc's introspection calls (`mallinfo`, `mallinfo2`, `malloc_stats`, `malloc_info`,
 //! `mallopt`, `malloc_trim`) answered with rampart's own figures, and the statistics printed
-//! by `rampart_stats_print` and `RAMPART_STATS=1`.
+//! by `rampart_stats_print` and `RAMPART_STATS=1`; the heap map (`rampart_heapmap_write`,
+//! `RAMPART_HEAPMAP`).
 //!
 //! The figures come from a walk of the page layer under its lock: chunks mapped, pages of
 //! slab spans, large runs and free blocks, huge mappings, and the bytes handed out from slabs
@@ -94,11 +95,37 @@ pub fn read_options() {
     config::init();
 }
 
-/// At exit: the statistics, if `RAMPART_STATS=1`.
+/// At exit: the statistics, if `RAMPART_STATS=1`, and the heap map, if `RAMPART_HEAPMAP`
+/// names a file.
 pub fn at_exit() {
     config::init();
     if config::stats_at_exit() {
         print_stats();
+    }
+    rampart::heapmap::write_configured();
+}
+
+/// `rampart_heapmap_write`: writes the heap map (an SVG picture of every chunk, see
+/// `rampart::heapmap`) to `path`, created or truncated. 0 on success; -1 with `errno` set
+/// (`EINVAL` for a null path, else what `open(2)` or `write(2)` said) on failure. Allocates
+/// nothing: the page layer is walked under its lock while the file is written.
+///
+/// # Safety
+/// `path` is null or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn rampart_heapmap_write(path: *const c_char) -> c_int {
+    if path.is_null() {
+        rampart::os::set_errno(libc::EINVAL);
+        return -1;
+    }
+    // SAFETY: the caller passes a NUL-terminated string.
+    let path = unsafe { core::ffi::CStr::from_ptr(path) };
+    match rampart::heapmap::write_file(path) {
+        Ok(_) => 0,
+        Err(errno) => {
+            rampart::os::set_errno(errno);
+            -1
+        }
     }
 }
 
@@ -241,7 +268,7 @@ pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut c_void) -> c_i
 /// `malloc_trim(3)`: gives free memory back to the OS now; 1 if any was released, else 0.
 #[no_mangle]
 pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
-    (PAGES.lock().trim() > 0) as c_int
+    (rampart::api::trim() > 0) as c_int
 }
 
 /// `mallopt(3)`: accepts glibc's parameters and returns 1 as glibc does for a valid one, 0 for

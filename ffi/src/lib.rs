@@ -343,7 +343,7 @@ pub unsafe extern "C" fn rampart_usable_size(p: *mut c_void) -> usize {
 /// `rampart_trim`: returns free memory to the OS now; the bytes given back.
 #[no_mangle]
 pub extern "C" fn rampart_trim() -> usize {
-    rampart::pages::PAGES.lock().trim()
+    api::trim()
 }
 
 /// `rampart_stats_print`: writes rampart's statistics to stderr.
