@@ -5,8 +5,8 @@
 //! stops the program. Options that design.md names but that are not implemented yet
 //! (`RAMPART_GUARD`, …) are reported as such when set, so nobody believes they are on.
 
-use core::ffi::c_char;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::ffi::{c_char, CStr};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use crate::util::Line;
 
@@ -18,6 +18,18 @@ static VERBOSE: AtomicBool = AtomicBool::new(false);
 /// the OS (`MADV_DONTNEED`). Guards against a process keeping the memory it freed; costs a
 /// `madvise` per purged block and a page fault per page when the memory is used again.
 static PURGE_DELAY_MS: AtomicU64 = AtomicU64::new(DEFAULT_PURGE_DELAY_MS);
+
+/// The longest `RAMPART_HEAPMAP` path kept, its terminating NUL included (Linux's
+/// `PATH_MAX`).
+pub const HEAPMAP_PATH_MAX: usize = 4096;
+/// `RAMPART_HEAPMAP`: where the heap map (an SVG picture of every chunk, see `heapmap`) is
+/// written at exit; NUL-terminated, stored once by [`init`] in a fixed buffer (reading the
+/// environment must not allocate). Costs nothing until exit; the walk then holds the page
+/// lock while the file is written.
+static HEAPMAP_PATH: [AtomicU8; HEAPMAP_PATH_MAX] = [const { AtomicU8::new(0) }; HEAPMAP_PATH_MAX];
+/// Bytes of [`HEAPMAP_PATH`] before its NUL; 0 when no map is wanted. Stored after the bytes
+/// (release), so a reader that sees a length sees the path.
+static HEAPMAP_LEN: AtomicUsize = AtomicUsize::new(0);
 
 /// The default purge delay (see the README's Performance section for the measurement).
 pub const DEFAULT_PURGE_DELAY_MS: u64 = 10;
@@ -41,13 +53,40 @@ pub fn verbose() -> bool {
     VERBOSE.load(Ordering::Relaxed)
 }
 
+/// The `RAMPART_HEAPMAP` path, copied into `out` (NUL-terminated), or `None` when no heap
+/// map is wanted at exit.
+pub fn heapmap_path(out: &mut [u8; HEAPMAP_PATH_MAX]) -> Option<&CStr> {
+    let len = HEAPMAP_LEN.load(Ordering::Acquire);
+    if len == 0 || len >= HEAPMAP_PATH_MAX {
+        return None;
+    }
+    for (o, b) in out.iter_mut().zip(&HEAPMAP_PATH[..len]) {
+        *o = b.load(Ordering::Relaxed);
+    }
+    out[len] = 0;
+    CStr::from_bytes_with_nul(&out[..=len]).ok()
+}
+
+/// Stores the `RAMPART_HEAPMAP` path (empty: no map). `false` when it is too long to keep.
+fn set_heapmap_path(path: &[u8]) -> bool {
+    if path.len() >= HEAPMAP_PATH_MAX || path.contains(&0) {
+        return false;
+    }
+    HEAPMAP_LEN.store(0, Ordering::Release);
+    for (slot, &b) in HEAPMAP_PATH.iter().zip(path) {
+        slot.store(b, Ordering::Relaxed);
+    }
+    HEAPMAP_PATH[path.len()].store(0, Ordering::Relaxed);
+    HEAPMAP_LEN.store(path.len(), Ordering::Release);
+    true
+}
+
 /// Names design.md reserves for options still to come (reported as not implemented).
-const NOT_YET: [&str; 5] = [
+const NOT_YET: [&str; 4] = [
     "RAMPART_GUARD",
     "RAMPART_GUARD_SAMPLE",
     "RAMPART_REDZONE",
     "RAMPART_QUARANTINE",
-    "RAMPART_HEAPMAP",
 ];
 
 extern "C" {
@@ -80,6 +119,11 @@ pub fn init() {
             .str(" RAMPART_PURGE_DELAY_MS=")
             .dec(purge_delay_ms())
             .str(" RAMPART_VERBOSE=1");
+        let mut path = [0u8; HEAPMAP_PATH_MAX];
+        if let Some(p) = heapmap_path(&mut path) {
+            line.str(" RAMPART_HEAPMAP=")
+                .str(core::str::from_utf8(p.to_bytes()).unwrap_or("(not UTF-8)"));
+        }
         line.emit();
     }
 }
@@ -114,6 +158,11 @@ fn apply(entry: &[u8]) {
                 "bad value (expected milliseconds, 0 to 3600000); ignored",
             ),
         },
+        b"RAMPART_HEAPMAP" => {
+            if !set_heapmap_path(value) {
+                warn(name, "path too long (4095 bytes at most); ignored");
+            }
+        }
         _ if NOT_YET.iter().any(|n| n.as_bytes() == name) => {
             warn(name, "is not implemented yet in this build; ignored")
         }
@@ -152,5 +201,32 @@ mod tests {
         assert_eq!(parse_u64(b"-1"), None);
         assert_eq!(parse_u64(b"10ms"), None);
         assert_eq!(parse_u64(b"99999999999999999999"), None);
+    }
+
+    #[test]
+    fn heapmap_path_is_kept_whole_or_not_at_all() {
+        let mut buf = [0u8; HEAPMAP_PATH_MAX];
+        apply(b"RAMPART_HEAPMAP=/tmp/heap.svg");
+        assert_eq!(
+            heapmap_path(&mut buf).map(CStr::to_bytes),
+            Some(&b"/tmp/heap.svg"[..])
+        );
+        // Too long: warned about and ignored, the earlier value stays.
+        let mut long = b"RAMPART_HEAPMAP=".to_vec();
+        long.resize(long.len() + HEAPMAP_PATH_MAX, b'a');
+        apply(&long);
+        assert_eq!(
+            heapmap_path(&mut buf).map(CStr::to_bytes),
+            Some(&b"/tmp/heap.svg"[..])
+        );
+        // The longest path kept.
+        long.truncate(long.len() - 1);
+        apply(&long);
+        assert_eq!(
+            heapmap_path(&mut buf).map(|p| p.to_bytes().len()),
+            Some(HEAPMAP_PATH_MAX - 1)
+        );
+        apply(b"RAMPART_HEAPMAP=");
+        assert_eq!(heapmap_path(&mut buf), None, "empty: no map");
     }
 }

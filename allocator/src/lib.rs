@@ -38,6 +38,7 @@ pub mod api;
 pub mod config;
 mod global_alloc;
 pub mod heap;
+pub mod heapmap;
 pub mod large;
 pub mod os;
 pub mod pages;

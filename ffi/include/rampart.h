@@ -30,7 +30,8 @@
  * interchangeable when rampart is the process's malloc.
  *
  * Runtime options are read from the environment at start-up; RAMPART_STATS=1 prints the
- * statistics table to stderr at exit. See README.md.
+ * statistics table to stderr at exit, RAMPART_HEAPMAP=out.svg writes the heap map there at
+ * exit. See README.md.
  */
 #ifndef RAMPART_H
 #define RAMPART_H
@@ -70,6 +71,17 @@ size_t rampart_trim(void);
 
 /* Writes rampart's statistics table to stderr (the one RAMPART_STATS=1 prints at exit). */
 void rampart_stats_print(void);
+
+/* Writes the heap map to path (created or truncated, mode 0644): an SVG picture of every
+ * 4 MiB chunk as 16 rows of 64 page squares, coloured by state (slab spans by size class,
+ * large blocks, free pages still committed, free pages returned to the OS, the guard page
+ * after each chunk), each run outlined, with a tooltip per run, the huge blocks as bars, a
+ * legend and totals. The one RAMPART_HEAPMAP=path writes at exit (where "%p" in the path
+ * becomes the process id). Allocates nothing; holds the page layer's lock while writing,
+ * so other threads' page-level allocations wait meanwhile.
+ * Returns 0 on success; -1 with errno set on failure (EINVAL for a NULL path, else the
+ * error of open(2) or write(2)). */
+int rampart_heapmap_write(const char *path);
 
 #ifdef __cplusplus
 } /* extern "C" */

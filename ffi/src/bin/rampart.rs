@@ -1,7 +1,7 @@
 //! The launcher: runs a program with librampart.so as its malloc.
 //!
 //! ```text
-//! rampart [--stats] [--verbose] [--lib PATH] [--] PROGRAM [ARGS...]
+//! rampart [--stats] [--verbose] [--heapmap PATH] [--lib PATH] [--] PROGRAM [ARGS...]
 //! ```
 //!
 //! It finds `librampart.so` next to its own executable (where cargo builds both), or at
@@ -14,12 +14,17 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{exit, Command};
 
-const USAGE: &str = "usage: rampart [--stats] [--verbose] [--lib PATH] [--] PROGRAM [ARGS...]
+const USAGE: &str =
+    "usage: rampart [--stats] [--verbose] [--heapmap PATH] [--lib PATH] [--] PROGRAM [ARGS...]
 
 Runs PROGRAM with librampart.so as its malloc (LD_PRELOAD).
 
   --stats      print rampart's statistics to stderr when the program exits (RAMPART_STATS=1)
   --verbose    report rampart's options at start-up (RAMPART_VERBOSE=1)
+  --heapmap PATH
+               write an SVG picture of the heap to PATH when the program exits
+               (RAMPART_HEAPMAP=PATH; %p in PATH becomes the process id, so that child
+               processes, which inherit it, write maps of their own)
   --lib PATH   use this librampart.so (default: $RAMPART_LIB, else the one next to this
                launcher)";
 
@@ -27,6 +32,7 @@ fn main() {
     let mut args = std::env::args_os().skip(1).peekable();
     let mut env: Vec<(&str, &str)> = Vec::new();
     let mut lib: Option<PathBuf> = std::env::var_os("RAMPART_LIB").map(PathBuf::from);
+    let mut heapmap: Option<PathBuf> = None;
     while let Some(arg) = args.peek() {
         match arg.to_str() {
             Some("--stats") => env.push(("RAMPART_STATS", "1")),
@@ -36,6 +42,14 @@ fn main() {
                 match args.peek() {
                     Some(path) => lib = Some(PathBuf::from(path)),
                     None => fail("--lib needs a path"),
+                }
+            }
+            Some("--heapmap") => {
+                args.next();
+                match args.peek() {
+                    // Absolute, so a program that changes directory writes it here.
+                    Some(path) => heapmap = Some(absolute(PathBuf::from(path))),
+                    None => fail("--heapmap needs a path"),
                 }
             }
             Some("-h") | Some("--help") => {
@@ -73,6 +87,7 @@ fn main() {
         .args(args)
         .env("LD_PRELOAD", preload)
         .envs(env)
+        .envs(heapmap.map(|p| ("RAMPART_HEAPMAP", p)))
         .exec();
     eprintln!("rampart: cannot run {}: {err}", program.to_string_lossy());
     exit(127);
@@ -82,6 +97,11 @@ fn main() {
 fn default_lib() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|e| fail(&format!("cannot find myself: {e}")));
     exe.with_file_name("librampart.so")
+}
+
+/// `path` made absolute against the current directory (left as it is if that is unknown).
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
 }
 
 fn fail(msg: &str) -> ! {
