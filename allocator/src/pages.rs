@@ -55,6 +55,11 @@ pub trait PageSource {
     unsafe fn chunk_free(&self, chunk: NonNull<u8>);
     /// Zeroed, page-aligned memory of `len` bytes (a multiple of the page size) for metadata.
     fn meta_alloc(&self, len: usize) -> Option<NonNull<u8>>;
+    /// Gives back metadata memory from [`PageSource::meta_alloc`].
+    ///
+    /// # Safety
+    /// `p` and `len` are those of a `meta_alloc` call, and nothing uses the memory any more.
+    unsafe fn meta_free(&self, p: NonNull<u8>, len: usize);
     /// Returns the pages of a range inside a chunk to the OS; they read as zero afterwards.
     /// `false` if the OS refused (the range stays committed and keeps its bytes).
     ///
@@ -86,6 +91,11 @@ impl PageSource for OsSource {
 
     fn meta_alloc(&self, len: usize) -> Option<NonNull<u8>> {
         os::map(len)
+    }
+
+    unsafe fn meta_free(&self, p: NonNull<u8>, len: usize) {
+        // SAFETY: the caller gives back a mapping of ours.
+        unsafe { os::unmap(p.as_ptr(), len) };
     }
 
     unsafe fn decommit(&self, addr: NonNull<u8>, len: usize) -> bool {
@@ -286,8 +296,6 @@ pub struct Chunk {
     pub base: usize,
     /// Pages in free blocks.
     free_pages: usize,
-    /// Next chunk metadata in the recycling list.
-    next_spare_meta: *mut Chunk,
     /// Neighbours in the list of live chunks.
     next_chunk: *mut Chunk,
     prev_chunk: *mut Chunk,
@@ -471,8 +479,6 @@ pub struct Pages<S: PageSource> {
     /// One wholly free chunk kept mapped, so a workload that frees and reallocates a chunk's
     /// worth of memory in a loop does not mmap/munmap each time.
     spare: *mut Chunk,
-    /// Recycled chunk metadata.
-    spare_meta: *mut Chunk,
     /// Recycled huge descriptors.
     spare_huge: *mut Huge,
     /// Live chunks, linked through `next_chunk` / `prev_chunk`.
@@ -505,7 +511,6 @@ impl<S: PageSource> Pages<S> {
             map,
             free: [const { SpanList::new() }; ORDERS],
             spare: ptr::null_mut(),
-            spare_meta: ptr::null_mut(),
             spare_huge: ptr::null_mut(),
             all: ptr::null_mut(),
             chunks: 0,
@@ -519,18 +524,9 @@ impl<S: PageSource> Pages<S> {
 
     /// Maps a new chunk and adds it whole to the free lists. `false` when memory is exhausted.
     fn grow(&mut self) -> bool {
-        let meta = if self.spare_meta.is_null() {
-            match self.source.meta_alloc(CHUNK_META_BYTES) {
-                Some(p) => p.as_ptr().cast::<Chunk>(),
-                None => return false,
-            }
-        } else {
-            let m = self.spare_meta;
-            // SAFETY: recycled metadata is valid and unused.
-            self.spare_meta = unsafe { (*m).next_spare_meta };
-            // SAFETY: as above; it is reset to all-zero, the state of fresh metadata.
-            unsafe { ptr::write_bytes(m.cast::<u8>(), 0, size_of::<Chunk>()) };
-            m
+        let meta = match self.source.meta_alloc(CHUNK_META_BYTES) {
+            Some(p) => p.as_ptr().cast::<Chunk>(),
+            None => return false,
         };
         let Some(base) = self.source.chunk_alloc() else {
             self.recycle_meta(meta);
@@ -568,10 +564,14 @@ impl<S: PageSource> Pages<S> {
         true
     }
 
+    /// Gives a chunk's metadata back to the source (its own mapping: a released chunk's
+    /// metadata must not stay resident).
     fn recycle_meta(&mut self, meta: *mut Chunk) {
         // SAFETY: the metadata is no longer referenced by the map or any list.
-        unsafe { (*meta).next_spare_meta = self.spare_meta };
-        self.spare_meta = meta;
+        unsafe {
+            self.source
+                .meta_free(NonNull::new_unchecked(meta.cast()), CHUNK_META_BYTES)
+        };
     }
 
     /// # Safety
@@ -1505,11 +1505,15 @@ pub(crate) mod tests {
             true
         }
         fn meta_alloc(&self, len: usize) -> Option<NonNull<u8>> {
-            // Leaked on purpose: metadata lives as long as the test.
+            // Map nodes are leaked on purpose: they live as long as the test.
             // SAFETY: non-zero layout.
             NonNull::new(unsafe {
                 System.alloc_zeroed(Layout::from_size_align(len, PAGE_SIZE).unwrap())
             })
+        }
+        unsafe fn meta_free(&self, p: NonNull<u8>, len: usize) {
+            // SAFETY: allocated by meta_alloc with this layout.
+            unsafe { System.dealloc(p.as_ptr(), Layout::from_size_align(len, PAGE_SIZE).unwrap()) }
         }
     }
 
