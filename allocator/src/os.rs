@@ -85,6 +85,15 @@ pub unsafe fn decommit(addr: *mut u8, len: usize) -> bool {
     unsafe { mm::madvise(addr.cast(), len, mm::Advice::LinuxDontNeed).is_ok() }
 }
 
+/// Advises transparent huge pages for a range (`MADV_HUGEPAGE`); best effort.
+///
+/// # Safety
+/// The range is owned by the caller.
+pub unsafe fn advise_hugepage(addr: *mut u8, len: usize) -> bool {
+    // SAFETY: the caller owns the range; the advice does not change its contents.
+    unsafe { mm::madvise(addr.cast(), len, mm::Advice::LinuxHugepage).is_ok() }
+}
+
 /// Whether the kernel accepted `MADV_GUARD_INSTALL` (0 unknown, 1 yes, 2 no).
 static GUARD_ADVICE: AtomicU8 = AtomicU8::new(0);
 

@@ -80,7 +80,12 @@ impl PageSource for OsSource {
         let p = os::map_aligned(CHUNK_SIZE + GUARD_SIZE, CHUNK_SIZE)?;
         // SAFETY: the guard page is the last page of the mapping just made, unused.
         // A failed guard only loses the protection, never memory safety.
-        unsafe { os::guard_install(p.as_ptr().add(CHUNK_SIZE), GUARD_SIZE) };
+        unsafe {
+            os::guard_install(p.as_ptr().add(CHUNK_SIZE), GUARD_SIZE);
+            if crate::config::hugepage() {
+                os::advise_hugepage(p.as_ptr(), CHUNK_SIZE);
+            }
+        }
         Some(p)
     }
 
@@ -1276,7 +1281,12 @@ impl HugeSource for OsSource {
     fn huge_map(&self, len: usize, align: usize) -> Option<NonNull<u8>> {
         let p = os::map_aligned(len.checked_add(GUARD_SIZE)?, align)?;
         // SAFETY: the guard is the last page of the mapping just made.
-        unsafe { os::guard_install(p.as_ptr().add(len), GUARD_SIZE) };
+        unsafe {
+            os::guard_install(p.as_ptr().add(len), GUARD_SIZE);
+            if crate::config::hugepage() {
+                os::advise_hugepage(p.as_ptr(), len);
+            }
+        }
         Some(p)
     }
 
