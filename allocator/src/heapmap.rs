@@ -220,18 +220,10 @@ impl Out {
 
     /// Writes the buffer out (retrying partial writes and `EINTR`).
     pub fn flush(&mut self) {
-        let mut done = 0;
-        while done < self.len && self.error == 0 {
-            // SAFETY: the pointer and length describe initialised bytes of our buffer.
-            let n =
-                unsafe { libc::write(self.fd, self.buf[done..].as_ptr().cast(), self.len - done) };
-            if n > 0 {
-                done += n as usize;
-                self.written += n as usize;
-            } else if n == 0 {
-                self.error = libc::EIO;
-            } else if os::errno() != libc::EINTR {
-                self.error = os::errno();
+        if self.error == 0 && self.len > 0 {
+            match os::write_all(self.fd, &self.buf[..self.len]) {
+                Ok(()) => self.written += self.len,
+                Err(e) => self.error = e,
             }
         }
         self.len = 0;
@@ -408,8 +400,7 @@ pub fn write_map<S: PageSource>(pages: &Pages<S>, fd: c_int) -> Result<Totals, c
 fn header<S: PageSource>(out: &mut Out, pages: &Pages<S>, t: &Totals) {
     let x = MARGIN;
     let mut y = MARGIN + 14;
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
+    let pid = os::pid();
     out.str("<g class=\"header\">")
         .str("<text x=\"")
         .dec(x)
@@ -748,25 +739,14 @@ fn huge<S: PageSource>(out: &mut Out, pages: &Pages<S>, t: &Totals, y: usize, wi
 /// 0644): the file is opened first, then the page lock is held while the map is written.
 /// Returns the errno of the first failure.
 pub fn write_file(path: &CStr) -> Result<Totals, c_int> {
-    // SAFETY: `path` is NUL-terminated; open(2) neither allocates nor keeps the pointer.
-    let fd = unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY | libc::O_CLOEXEC,
-            0o644 as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(os::errno());
-    }
+    let fd = os::create_file(path)?;
     let result = {
         let pages = PAGES.lock();
         write_map(&pages, fd)
     };
-    // SAFETY: fd was opened above and is closed once.
-    let closed = unsafe { libc::close(fd) };
+    let closed = os::close(fd);
     match result {
-        Ok(_) if closed != 0 => Err(os::errno()),
+        Ok(_) => closed.and(result),
         r => r,
     }
 }
@@ -820,8 +800,7 @@ pub fn write_configured() {
     let Some(path) = config::heapmap_path(&mut raw) else {
         return;
     };
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() } as u32;
+    let pid = os::pid();
     let mut buf = [0u8; HEAPMAP_PATH_MAX];
     let result = match expand_pid(path.to_bytes(), pid, &mut buf) {
         Some(p) => write_file(p),

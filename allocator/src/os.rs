@@ -230,6 +230,62 @@ pub fn now_ms() -> u64 {
     t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
 }
 
+/// A file descriptor opened by [`create_file`].
+pub type Fd = i32;
+
+/// Creates or truncates `path` for writing (mode 0644, close-on-exec). `Err(errno)` on
+/// failure.
+pub fn create_file(path: &core::ffi::CStr) -> Result<Fd, i32> {
+    // SAFETY: `path` is NUL-terminated; open(2) neither allocates nor keeps the pointer.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY | libc::O_CLOEXEC,
+            0o644 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        Err(errno())
+    } else {
+        Ok(fd)
+    }
+}
+
+/// Writes all of `bytes` to `fd`, retrying partial writes and `EINTR`. `Err(errno)` on
+/// failure (`EIO` if the file took nothing).
+pub fn write_all(fd: Fd, bytes: &[u8]) -> Result<(), i32> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        // SAFETY: the buffer is valid for reads of its length.
+        let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+        if n > 0 {
+            rest = &rest[n as usize..];
+        } else if n == 0 {
+            return Err(libc::EIO);
+        } else if errno() != libc::EINTR {
+            return Err(errno());
+        }
+    }
+    Ok(())
+}
+
+/// Closes a file from [`create_file`]. `Err(errno)` if the close reported an error (a
+/// failed write-back).
+pub fn close(fd: Fd) -> Result<(), i32> {
+    // SAFETY: the caller gives up `fd`, which it opened.
+    if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+/// The process id.
+pub fn pid() -> u32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() as u32 }
+}
+
 /// Writes `bytes` to standard error with raw `write(2)` calls (no allocation, no locks).
 pub fn write_stderr(bytes: &[u8]) {
     let mut rest = bytes;

@@ -58,8 +58,7 @@ fn kib(line: &mut Line, bytes: usize) -> &mut Line {
 pub fn print_stats() {
     let f = figures();
     let u = &f.usage;
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
+    let pid = rampart::os::pid();
     let mut l = Line::new();
     l.str("rampart: statistics (pid ").dec(pid as u64).str(")");
     l.emit();
