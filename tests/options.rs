@@ -1,0 +1,115 @@
+//! Runtime options: every bad value and every unknown `RAMPART_*` name is reported once on
+//! stderr and ignored (the default stays), and never stops the program. Checked through the
+//! effective options that `RAMPART_VERBOSE=1` prints.
+
+mod c_support;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use c_support::{gcc, preloaded, run, Outcome, WATCHDOG};
+
+#[global_allocator]
+static GLOBAL: rampart::Rampart = rampart::Rampart;
+
+fn run_with(vars: &[(&str, &str)]) -> Outcome {
+    // Compiled once for all the tests of this file (they run in parallel).
+    static PROG: OnceLock<PathBuf> = OnceLock::new();
+    let prog = PROG.get_or_init(|| gcc("options", &["tests/c/options.c", "-lpthread"]));
+    let mut cmd = preloaded(prog);
+    cmd.env("RAMPART_VERBOSE", "1");
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let out = run(cmd, WATCHDOG);
+    out.assert_success();
+    out
+}
+
+/// The one `rampart: options:` line.
+fn options_line(out: &Outcome) -> String {
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("rampart: options:"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one options line\n{}",
+        out.describe()
+    );
+    lines[0].to_string()
+}
+
+fn assert_warned_once(out: &Outcome, name: &str, what: &str) {
+    let n = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with(&format!("rampart: warning: {name} ")) && l.contains(what))
+        .count();
+    assert_eq!(
+        n,
+        1,
+        "expected one warning for {name} ({what})\n{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn good_values_take_effect() {
+    let out = run_with(&[("RAMPART_PURGE_DELAY_MS", "250"), ("RAMPART_HUGEPAGE", "1")]);
+    let line = options_line(&out);
+    assert!(line.contains("RAMPART_PURGE_DELAY_MS=250"), "{line}");
+    assert!(line.contains("RAMPART_HUGEPAGE=1"), "{line}");
+    assert!(!out.stderr.contains("warning"), "{}", out.describe());
+}
+
+#[test]
+fn bad_values_warn_once_and_keep_the_default() {
+    let out = run_with(&[
+        ("RAMPART_PURGE_DELAY_MS", "soon"),
+        ("RAMPART_HUGEPAGE", "2"),
+        ("RAMPART_STATS", "maybe"),
+    ]);
+    let line = options_line(&out);
+    let default = format!(
+        "RAMPART_PURGE_DELAY_MS={}",
+        rampart::config::DEFAULT_PURGE_DELAY_MS
+    );
+    assert!(line.contains(&default), "{line}");
+    assert!(line.contains("RAMPART_HUGEPAGE=0"), "{line}");
+    assert!(line.contains("RAMPART_STATS=0"), "{line}");
+    assert_warned_once(&out, "RAMPART_PURGE_DELAY_MS", "bad value");
+    assert_warned_once(&out, "RAMPART_HUGEPAGE", "bad value");
+    assert_warned_once(&out, "RAMPART_STATS", "bad value");
+    assert!(
+        !out.stderr.contains("rampart: statistics"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn out_of_range_delay_keeps_the_default() {
+    let out = run_with(&[("RAMPART_PURGE_DELAY_MS", "99999999")]);
+    let default = format!(
+        "RAMPART_PURGE_DELAY_MS={}",
+        rampart::config::DEFAULT_PURGE_DELAY_MS
+    );
+    assert!(options_line(&out).contains(&default));
+    assert_warned_once(&out, "RAMPART_PURGE_DELAY_MS", "bad value");
+}
+
+#[test]
+fn unknown_and_unimplemented_names_warn_once() {
+    let long_path = "/tmp/".to_string() + &"x".repeat(5000);
+    let out = run_with(&[
+        ("RAMPART_BOGUS", "1"),
+        ("RAMPART_GUARD", "all"),
+        ("RAMPART_HEAPMAP", &long_path),
+    ]);
+    assert_warned_once(&out, "RAMPART_BOGUS", "is not a rampart option");
+    assert_warned_once(&out, "RAMPART_GUARD", "not implemented");
+    assert_warned_once(&out, "RAMPART_HEAPMAP", "");
+}
