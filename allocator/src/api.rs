@@ -101,6 +101,42 @@ pub fn trim() -> usize {
     crate::pages::PAGES.lock().trim()
 }
 
+/// The allocator's statistics (see [`crate::stats`]): per size class, large and huge blocks,
+/// bytes live, committed and reserved with their peaks, kernel calls, guard pages, remote
+/// frees and thread heaps. Takes the heap registry's lock, then the page layer's; never
+/// allocates.
+pub fn stats() -> crate::stats::Stats {
+    use crate::size_class::{class_size, NUM_CLASSES};
+    let mut st = crate::stats::Stats::default();
+    let mut current = [0u64; NUM_CLASSES];
+    heap::merge_counters(&mut st, &mut current);
+    let (usage, large_counts, huge_counts) = {
+        let pages = crate::pages::PAGES.lock();
+        st.committed_bytes = pages.committed_bytes();
+        st.committed_peak = pages.committed_peak;
+        st.reserved_bytes = pages.reserved_bytes();
+        st.reserved_peak = pages.reserved_peak;
+        st.purged_bytes = pages.purged_bytes;
+        (pages.usage(), pages.large_counts, pages.huge_counts)
+    };
+    let mut live = 0usize;
+    for (class, c) in st.classes.iter_mut().enumerate() {
+        c.size = class_size(class);
+        c.pages = usage.class_pages[class];
+        c.held = usage.class_held[class].saturating_sub(current[class]);
+        live += (c.allocated.saturating_sub(c.freed)) as usize * c.size;
+    }
+    st.large_allocated = large_counts[0];
+    st.large_freed = large_counts[1];
+    st.huge_allocated = huge_counts[0];
+    st.huge_freed = huge_counts[1];
+    st.live_bytes = live + usage.large * crate::os::PAGE_SIZE + usage.huge_bytes;
+    let (os, guards) = crate::os::calls();
+    st.os = os;
+    st.guard_pages = guards;
+    st
+}
+
 /// The number of usable bytes of a block (at least what was asked for).
 ///
 /// # Safety

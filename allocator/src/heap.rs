@@ -29,13 +29,14 @@
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::large;
 use crate::os;
 use crate::pages::{Chunk, Owner, PageMap, Span, SpanList, State, MAP, PAGES, PAGES_PER_CHUNK};
 use crate::size_class::{span_order, NUM_CLASSES};
 use crate::slab::{self, CURRENT_REF, FULL_MARK};
+use crate::stats::ThreadCounters;
 use crate::util::{fatal, FutexLock};
 
 /// A thread's heap.
@@ -52,6 +53,10 @@ pub struct Heap {
     remote: AtomicUsize,
     /// Next heap on the abandoned list.
     next_abandoned: *mut Heap,
+    /// Next heap in the list of every heap ever made (for statistics).
+    next_all: *mut Heap,
+    /// This heap's block counts (written by its thread only).
+    counters: ThreadCounters,
 }
 
 /// A `Sync` cell for the static sentinels below (never written through).
@@ -75,6 +80,8 @@ static EMPTY_HEAP: Sentinel<Heap> = Sentinel(UnsafeCell::new(Heap {
     full: [const { SpanList::new() }; NUM_CLASSES],
     remote: AtomicUsize::new(0),
     next_abandoned: ptr::null_mut(),
+    next_all: ptr::null_mut(),
+    counters: ThreadCounters::ZERO,
 }));
 
 const EMPTY_HEAP_PTR: *mut Heap = EMPTY_HEAP.0.get();
@@ -89,6 +96,8 @@ static EXITING_HEAP: Sentinel<Heap> = Sentinel(UnsafeCell::new(Heap {
     full: [const { SpanList::new() }; NUM_CLASSES],
     remote: AtomicUsize::new(0),
     next_abandoned: ptr::null_mut(),
+    next_all: ptr::null_mut(),
+    counters: ThreadCounters::ZERO,
 }));
 
 const EXITING_HEAP_PTR: *mut Heap = EXITING_HEAP.0.get();
@@ -151,6 +160,8 @@ struct Registry {
     abandoned: *mut Heap,
     /// Heaps whose spans another thread took over: empty, reused before making new ones.
     spare: *mut Heap,
+    /// Every heap ever made, linked through `next_all` (heaps are never freed).
+    all: *mut Heap,
     /// Unused room for new heaps in the current metadata block.
     next: usize,
     end: usize,
@@ -169,6 +180,7 @@ unsafe impl Send for Registry {}
 static REGISTRY: FutexLock<Registry> = FutexLock::new(Registry {
     abandoned: ptr::null_mut(),
     spare: ptr::null_mut(),
+    all: ptr::null_mut(),
     next: 0,
     end: 0,
     key: None,
@@ -198,6 +210,7 @@ pub fn try_alloc_small(class: usize) -> *mut u8 {
         if !b.is_null() {
             (*s).free = *(b as *mut *mut u8);
             (*s).used += 1;
+            (*heap).counters.alloc.get_unchecked(class).bump();
         }
         b
     }
@@ -214,6 +227,7 @@ pub fn alloc_small(class: usize) -> *mut u8 {
         if !b.is_null() {
             (*s).free = *(b as *mut *mut u8);
             (*s).used += 1;
+            (*heap).counters.alloc.get_unchecked(class).bump();
             return b;
         }
         alloc_slow(heap, class)
@@ -232,7 +246,20 @@ unsafe fn alloc_slow(mut heap: *mut Heap, class: usize) -> *mut u8 {
         return alloc_while_exiting(class);
     }
     // SAFETY: `heap` is the calling thread's own heap.
-    unsafe { alloc_from(&mut *heap, class) }
+    unsafe { counted_alloc_from(&mut *heap, class) }
+}
+
+/// [`alloc_from`], counting the block in `h`'s counters.
+///
+/// # Safety
+/// As for [`alloc_from`].
+unsafe fn counted_alloc_from(h: &mut Heap, class: usize) -> *mut u8 {
+    // SAFETY: per the contract.
+    let p = unsafe { alloc_from(h, class) };
+    if !p.is_null() {
+        h.counters.alloc[class].bump();
+    }
+    p
 }
 
 /// The slow path proper: collect remote frees, carve, switch spans, take over an exited
@@ -359,6 +386,14 @@ unsafe fn free_claimed(p: *mut u8, claimed: usize) {
             unsafe { *(p as *mut *mut u8) = span.free };
             span.free = p;
             span.used -= 1;
+            // SAFETY: `heap` is this thread's heap (the owner test passed).
+            unsafe {
+                (*heap)
+                    .counters
+                    .free
+                    .get_unchecked(span.class as usize)
+                    .bump()
+            };
             if slab::needs_attention(span.used) {
                 // SAFETY: `heap` is this thread's heap and owns the span.
                 unsafe { span_attention(&mut *heap, s) };
@@ -392,6 +427,7 @@ unsafe fn free_slow_chunk(s: *mut Span, p: *mut u8, claimed: usize) {
                     p as usize,
                 );
             }
+            count_remote_free(span.class as usize);
             // SAFETY: a slab's owner heap lives for ever (heaps are recycled, never unmapped).
             unsafe { remote_push(owner, p) };
         }
@@ -448,6 +484,24 @@ fn invalid_free(p: *mut u8, span: &Span) -> ! {
         "free of a pointer that is not the start of a block",
         p as usize,
     )
+}
+
+/// Frees counted for threads that have no heap (not set up yet, or exiting); several such
+/// threads may free at once, so these are atomic.
+static ORPHAN_FREES: [AtomicU64; NUM_CLASSES] = [const { AtomicU64::new(0) }; NUM_CLASSES];
+
+/// Counts a free of a block another heap owns, in the calling thread's counters.
+fn count_remote_free(class: usize) {
+    let me = current_heap();
+    if me == EMPTY_HEAP_PTR || me == EXITING_HEAP_PTR {
+        ORPHAN_FREES[class].fetch_add(1, Ordering::Relaxed);
+    } else {
+        // SAFETY: the calling thread's own heap; only it writes these counters.
+        unsafe {
+            (*me).counters.free[class].bump();
+            (*me).counters.remote_free.bump();
+        }
+    }
 }
 
 /// Pushes a block onto another heap's remote list: one CAS (retried under contention).
@@ -636,8 +690,11 @@ fn acquire_heap(r: &mut Registry) -> *mut Heap {
                 full: [const { SpanList::new() }; NUM_CLASSES],
                 remote: AtomicUsize::new(0),
                 next_abandoned: ptr::null_mut(),
+                next_all: r.all,
+                counters: ThreadCounters::ZERO,
             })
         };
+        r.all = h;
         h
     }
 }
@@ -653,7 +710,7 @@ fn alloc_while_exiting(class: usize) -> *mut u8 {
     }
     // SAFETY: the heap is ours until parked again below.
     unsafe {
-        let p = alloc_from(&mut *heap, class);
+        let p = counted_alloc_from(&mut *heap, class);
         park(heap);
         p
     }
@@ -932,6 +989,46 @@ pub fn release_held_blocks() {
         unsafe { (*last).next_abandoned = r.abandoned };
         r.abandoned = first;
     }
+}
+
+/// The block counts of every heap ever made, merged into `out` (allocations and frees per
+/// class, remote frees), and per class the number of heaps whose current span is of that
+/// class (each holds one reference in its span's count). A snapshot: running threads go on
+/// counting meanwhile.
+pub fn merge_counters(out: &mut crate::stats::Stats, current_spans: &mut [u64; NUM_CLASSES]) {
+    let r = REGISTRY.lock();
+    let mut h = r.all;
+    while !h.is_null() {
+        // SAFETY: heaps are never freed; the counters are read with relaxed loads, `current`
+        // racily for heaps of running threads (a snapshot).
+        unsafe {
+            let c = &(*h).counters;
+            for (class, (cs, cur)) in out
+                .classes
+                .iter_mut()
+                .zip(current_spans.iter_mut())
+                .enumerate()
+            {
+                cs.allocated += c.alloc[class].get();
+                cs.freed += c.free[class].get();
+                if core::ptr::read_volatile(&(*h).current[class]) != EMPTY_SPAN_PTR {
+                    *cur += 1;
+                }
+            }
+            out.remote_frees += c.remote_free.get();
+            h = (*h).next_all;
+        }
+    }
+    for (class, n) in ORPHAN_FREES.iter().enumerate() {
+        let n = n.load(Ordering::Relaxed);
+        out.classes[class].freed += n;
+        out.remote_frees += n;
+    }
+    out.heaps = HeapCounts {
+        created: r.created,
+        adopted: r.adopted,
+        taken_over: r.taken_over,
+    };
 }
 
 /// Counts of the heap registry, for statistics and tests.

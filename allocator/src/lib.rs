@@ -44,6 +44,8 @@ pub mod os;
 pub mod pages;
 pub mod size_class;
 pub mod slab;
+pub mod stats;
 pub mod util;
 
+pub use api::stats;
 pub use global_alloc::Rampart;

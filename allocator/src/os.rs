@@ -17,7 +17,7 @@
 
 use core::ffi::c_void;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use rustix::mm::{self, MapFlags, MprotectFlags, MremapFlags, ProtFlags};
 
@@ -29,8 +29,36 @@ const MADV_GUARD_INSTALL: i32 = 102;
 /// `MADV_GUARD_REMOVE` (Linux 6.13): undo `MADV_GUARD_INSTALL`.
 const MADV_GUARD_REMOVE: i32 = 103;
 
+/// Calls made, for statistics (relaxed atomic adds: each sits beside a system call).
+static CALLS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+const MMAP: usize = 0;
+const MUNMAP: usize = 1;
+const MADVISE: usize = 2;
+const MPROTECT: usize = 3;
+const MREMAP: usize = 4;
+const GUARDS: usize = 5;
+
+#[inline]
+fn count(which: usize) {
+    CALLS[which].fetch_add(1, Ordering::Relaxed);
+}
+
+/// The kernel calls made so far, and the guard pages installed.
+pub fn calls() -> (crate::stats::OsCalls, u64) {
+    let get = |i: usize| CALLS[i].load(Ordering::Relaxed);
+    let os = crate::stats::OsCalls {
+        mmap: get(MMAP),
+        munmap: get(MUNMAP),
+        madvise: get(MADVISE),
+        mprotect: get(MPROTECT),
+        mremap: get(MREMAP),
+    };
+    (os, get(GUARDS))
+}
+
 /// Maps `len` bytes of fresh, zeroed, read-write anonymous memory anywhere.
 pub fn map(len: usize) -> Option<NonNull<u8>> {
+    count(MMAP);
     // SAFETY: a null hint with no MAP_FIXED cannot replace an existing mapping.
     let p = unsafe {
         mm::mmap_anonymous(
@@ -72,6 +100,7 @@ pub fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
 /// # Safety
 /// The range must be owned by the caller and never touched again.
 pub unsafe fn unmap(addr: *mut u8, len: usize) -> bool {
+    count(MUNMAP);
     // SAFETY: the caller owns the range and gives it up.
     unsafe { mm::munmap(addr.cast(), len).is_ok() }
 }
@@ -81,6 +110,7 @@ pub unsafe fn unmap(addr: *mut u8, len: usize) -> bool {
 /// # Safety
 /// The range must be owned by the caller and hold nothing it still needs.
 pub unsafe fn decommit(addr: *mut u8, len: usize) -> bool {
+    count(MADVISE);
     // SAFETY: the caller owns the range and discards its contents.
     unsafe { mm::madvise(addr.cast(), len, mm::Advice::LinuxDontNeed).is_ok() }
 }
@@ -90,6 +120,7 @@ pub unsafe fn decommit(addr: *mut u8, len: usize) -> bool {
 /// # Safety
 /// The range is owned by the caller.
 pub unsafe fn advise_hugepage(addr: *mut u8, len: usize) -> bool {
+    count(MADVISE);
     // SAFETY: the caller owns the range; the advice does not change its contents.
     unsafe { mm::madvise(addr.cast(), len, mm::Advice::LinuxHugepage).is_ok() }
 }
@@ -106,16 +137,25 @@ static GUARD_ADVICE: AtomicU8 = AtomicU8::new(0);
 /// [`guard_remove`].
 pub unsafe fn guard_install(addr: *mut u8, len: usize) -> bool {
     if GUARD_ADVICE.load(Ordering::Relaxed) != 2 {
+        count(MADVISE);
+        let saved = errno();
         // SAFETY: the caller owns the range; the advice discards its contents.
         let rc = unsafe { libc::madvise(addr.cast(), len, MADV_GUARD_INSTALL) };
+        set_errno(saved);
         if rc == 0 {
             GUARD_ADVICE.store(1, Ordering::Relaxed);
+            count(GUARDS);
             return true;
         }
         GUARD_ADVICE.store(2, Ordering::Relaxed);
     }
+    count(MPROTECT);
     // SAFETY: as above; the range is the caller's.
-    unsafe { mm::mprotect(addr.cast(), len, MprotectFlags::empty()).is_ok() }
+    let ok = unsafe { mm::mprotect(addr.cast(), len, MprotectFlags::empty()).is_ok() };
+    if ok {
+        count(GUARDS);
+    }
+    ok
 }
 
 /// Undoes [`guard_install`]: the range becomes zeroed read-write memory again.
@@ -124,9 +164,15 @@ pub unsafe fn guard_install(addr: *mut u8, len: usize) -> bool {
 /// The range must be owned by the caller and have been guarded with [`guard_install`].
 pub unsafe fn guard_remove(addr: *mut u8, len: usize) -> bool {
     if GUARD_ADVICE.load(Ordering::Relaxed) == 1 {
+        count(MADVISE);
+        let saved = errno();
         // SAFETY: the caller owns the range.
-        return unsafe { libc::madvise(addr.cast(), len, MADV_GUARD_REMOVE) } == 0;
+        let ok = unsafe { libc::madvise(addr.cast(), len, MADV_GUARD_REMOVE) } == 0;
+        set_errno(saved);
+        return ok;
     }
+    count(MPROTECT);
+    count(MADVISE);
     // SAFETY: the caller owns the range.
     unsafe {
         mm::mprotect(addr.cast(), len, MprotectFlags::READ | MprotectFlags::WRITE).is_ok()
@@ -144,6 +190,7 @@ pub fn guards_are_free() -> bool {
 /// # Safety
 /// `[addr, addr + old_len)` must be one whole mapping owned by the caller.
 pub unsafe fn remap_in_place(addr: *mut u8, old_len: usize, new_len: usize) -> bool {
+    count(MREMAP);
     // SAFETY: the caller owns the mapping; without MAYMOVE it stays at `addr`.
     unsafe { mm::mremap(addr.cast(), old_len, new_len, MremapFlags::empty()).is_ok() }
 }
@@ -155,6 +202,7 @@ pub unsafe fn remap_in_place(addr: *mut u8, old_len: usize, new_len: usize) -> b
 /// `[addr, addr + old_len)` must be one whole mapping owned by the caller and
 /// `[new_addr, new_addr + new_len)` a reservation owned by the caller.
 pub unsafe fn remap_to(addr: *mut u8, old_len: usize, new_len: usize, new_addr: *mut u8) -> bool {
+    count(MREMAP);
     // SAFETY: both ranges are the caller's; MREMAP_FIXED replaces the reservation.
     unsafe {
         mm::mremap_fixed(

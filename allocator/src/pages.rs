@@ -338,7 +338,7 @@ pub struct Huge {
 }
 
 /// Pages of the live chunks by state (see [`Pages::usage`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageUsage {
     /// Chunks mapped.
     pub chunks: usize,
@@ -355,6 +355,27 @@ pub struct PageUsage {
     pub large: usize,
     /// Bytes mapped for huge blocks.
     pub huge_bytes: usize,
+    /// Pages of slab spans, per size class.
+    pub class_pages: [usize; crate::size_class::NUM_CLASSES],
+    /// Blocks the slab spans of each class count as handed out (with the heaps' reference on
+    /// their current spans, and blocks waiting on remote lists).
+    pub class_held: [u64; crate::size_class::NUM_CLASSES],
+}
+
+impl Default for PageUsage {
+    fn default() -> Self {
+        Self {
+            chunks: 0,
+            free: 0,
+            free_blocks: [0; ORDERS],
+            slab: 0,
+            slab_used_bytes: 0,
+            large: 0,
+            huge_bytes: 0,
+            class_pages: [0; crate::size_class::NUM_CLASSES],
+            class_held: [0; crate::size_class::NUM_CLASSES],
+        }
+    }
 }
 
 /// What the page map holds for an address.
@@ -500,6 +521,16 @@ pub struct Pages<S: PageSource> {
     next_purge_ms: u64,
     /// Bytes returned to the OS by purging and trimming (statistics).
     pub purged_bytes: usize,
+    /// Pages of live chunks that may hold data (handed out since mapped or decommitted).
+    pub dirty_pages: usize,
+    /// The highest `dirty_pages * PAGE_SIZE + huge_bytes` so far.
+    pub committed_peak: usize,
+    /// The highest address space mapped so far (chunks, huge blocks, their guards).
+    pub reserved_peak: usize,
+    /// Large runs allocated and freed, huge blocks allocated and freed (statistics).
+    pub large_counts: [u64; 2],
+    /// See `large_counts`.
+    pub huge_counts: [u64; 2],
 }
 
 // SAFETY: the raw pointers are into metadata owned by this value; access is serialised.
@@ -524,6 +555,11 @@ impl<S: PageSource> Pages<S> {
             purge_pending: false,
             next_purge_ms: 0,
             purged_bytes: 0,
+            dirty_pages: 0,
+            committed_peak: 0,
+            reserved_peak: 0,
+            large_counts: [0; 2],
+            huge_counts: [0; 2],
         }
     }
 
@@ -566,7 +602,24 @@ impl<S: PageSource> Pages<S> {
         }
         self.all = meta;
         self.chunks += 1;
+        self.note_peaks();
         true
+    }
+
+    /// Bytes of address space mapped now: chunks and huge blocks, with their guard pages.
+    pub fn reserved_bytes(&self) -> usize {
+        let huge_live = (self.huge_counts[0] - self.huge_counts[1]) as usize;
+        self.chunks * (CHUNK_SIZE + GUARD_SIZE) + self.huge_bytes + huge_live * GUARD_SIZE
+    }
+
+    /// Bytes that may be resident now: dirty chunk pages and huge mappings.
+    pub fn committed_bytes(&self) -> usize {
+        self.dirty_pages * PAGE_SIZE + self.huge_bytes
+    }
+
+    fn note_peaks(&mut self) {
+        self.committed_peak = self.committed_peak.max(self.committed_bytes());
+        self.reserved_peak = self.reserved_peak.max(self.reserved_bytes());
     }
 
     /// Gives a chunk's metadata back to the source (its own mapping: a released chunk's
@@ -685,6 +738,8 @@ impl<S: PageSource> Pages<S> {
         // SAFETY: per the contract.
         unsafe {
             self.take_free(chunk, 0, CHUNK_ORDER);
+            let dirty: u32 = (*chunk).dirty.iter().map(|w| w.count_ones()).sum();
+            self.dirty_pages -= dirty as usize;
             let (prev, next) = ((*chunk).prev_chunk, (*chunk).next_chunk);
             if prev.is_null() {
                 self.all = next;
@@ -745,6 +800,9 @@ impl<S: PageSource> Pages<S> {
             // unused tail past npages.
             let s = self.claim(chunk, idx, npages);
             (*chunk).spans[idx].state = state;
+            if state == State::Large {
+                self.large_counts[0] += 1;
+            }
             let end = idx + (1 << want);
             if idx + npages < end {
                 self.free_range(chunk, idx + npages, end);
@@ -768,13 +826,18 @@ impl<S: PageSource> Pages<S> {
             let c = &mut *chunk;
             let mut clean = true;
             let head = &raw mut c.spans[idx];
+            let mut dirtied = 0;
             for p in idx..idx + npages {
                 c.run[p] = head;
                 let (w, b) = (p / 64, p % 64);
-                clean &= c.dirty[w] & (1 << b) == 0;
+                let was_clean = c.dirty[w] & (1 << b) == 0;
+                clean &= was_clean;
+                dirtied += was_clean as usize;
                 c.dirty[w] |= 1 << b;
                 c.aged[w] &= !(1 << b);
             }
+            self.dirty_pages += dirtied;
+            self.note_peaks();
             let s = &mut c.spans[idx];
             s.npages = npages as u32;
             s.flags = if clean { FLAG_CLEAN } else { 0 };
@@ -808,6 +871,9 @@ impl<S: PageSource> Pages<S> {
             self.now_ms = self.source.now_ms();
             let (chunk, idx) = self.locate(s.as_ptr());
             let n = s.as_ref().npages as usize;
+            if (*chunk).spans[idx].state == State::Large {
+                self.large_counts[1] += 1;
+            }
             (*chunk).spans[idx].state = State::Free;
             self.free_range(chunk, idx, idx + n);
         }
@@ -905,6 +971,8 @@ impl<S: PageSource> Pages<S> {
             (*h).len = len;
         }
         self.huge_bytes += len;
+        self.huge_counts[0] += 1;
+        self.note_peaks();
         NonNull::new(h)
     }
 
@@ -946,6 +1014,7 @@ impl<S: PageSource> Pages<S> {
         // SAFETY: the block is no longer used or mapped to an owner.
         unsafe { self.source.huge_unmap(base, len) };
         self.huge_bytes -= len;
+        self.huge_counts[1] += 1;
         self.recycle_huge(h.as_ptr());
     }
 
@@ -989,6 +1058,7 @@ impl<S: PageSource> Pages<S> {
             h.as_mut().len = new_len;
         }
         self.huge_bytes = self.huge_bytes - len + new_len;
+        self.note_peaks();
         true
     }
 
@@ -1066,6 +1136,7 @@ impl<S: PageSource> Pages<S> {
             if ok {
                 c.clear_dirty(start, p - start);
                 released += (p - start) * PAGE_SIZE;
+                self.dirty_pages -= p - start;
             }
         }
         released
@@ -1166,6 +1237,8 @@ impl<S: PageSource> Pages<S> {
                         u.slab += n;
                         let used = (s.used & i32::MAX).max(0) as usize;
                         u.slab_used_bytes += used * s.block_size as usize;
+                        u.class_pages[s.class as usize] += n;
+                        u.class_held[s.class as usize] += used as u64;
                     }
                     State::Large => u.large += n,
                 }

@@ -20,6 +20,7 @@ use rampart::util::Line;
 /// A snapshot of the heap's figures, in bytes.
 struct Figures {
     usage: PageUsage,
+    stats: rampart::stats::Stats,
     /// Bytes mapped from the OS for chunks.
     chunk_bytes: usize,
     /// Bytes handed out (small blocks by their class size, large runs by their pages, huge
@@ -27,26 +28,19 @@ struct Figures {
     in_use: usize,
     /// Bytes of chunks not handed out (free pages and free slab blocks).
     free: usize,
-    heaps: rampart::heap::HeapCounts,
-    /// Bytes returned to the OS by purging and trimming so far.
-    purged: usize,
 }
 
 fn figures() -> Figures {
-    let (usage, purged) = {
-        let pages = PAGES.lock();
-        (pages.usage(), pages.purged_bytes)
-    };
-    let counts = rampart::heap::registry_counts();
+    let stats = rampart::stats();
+    let usage = PAGES.lock().usage();
     let chunk_bytes = usage.chunks * CHUNK_SIZE;
-    let in_use_chunk = usage.slab_used_bytes + usage.large * PAGE_SIZE;
+    let in_use = stats.live_bytes;
     Figures {
         usage,
+        stats,
         chunk_bytes,
-        in_use: in_use_chunk + usage.huge_bytes,
-        free: chunk_bytes.saturating_sub(in_use_chunk),
-        heaps: counts,
-        purged,
+        in_use,
+        free: chunk_bytes.saturating_sub(in_use - usage.huge_bytes.min(in_use)),
     }
 }
 
@@ -54,39 +48,111 @@ fn kib(line: &mut Line, bytes: usize) -> &mut Line {
     line.dec((bytes / 1024) as u64).str(" KiB")
 }
 
+/// Right-aligns `v` in `width` columns.
+fn col(line: &mut Line, v: u64, width: usize) -> &mut Line {
+    let digits = if v == 0 { 1 } else { v.ilog10() as usize + 1 };
+    for _ in digits..width {
+        line.str(" ");
+    }
+    line.dec(v)
+}
+
 /// Writes the statistics table to stderr.
 pub fn print_stats() {
     let f = figures();
     let u = &f.usage;
+    let st = &f.stats;
     let pid = rampart::os::pid();
     let mut l = Line::new();
     l.str("rampart: statistics (pid ").dec(pid as u64).str(")");
     l.emit();
-    let rows: [(&str, usize); 8] = [
-        ("  chunks mapped           ", f.chunk_bytes),
-        ("  huge blocks mapped      ", u.huge_bytes),
-        ("  in use                  ", f.in_use),
-        ("  free in chunks          ", f.free),
-        ("  pages of small spans    ", u.slab * PAGE_SIZE),
-        ("  pages of large blocks   ", u.large * PAGE_SIZE),
-        ("  free pages              ", u.free * PAGE_SIZE),
-        ("  returned to the OS      ", f.purged),
+    let rows: [(&str, usize, Option<usize>); 10] = [
+        ("  in use                  ", f.in_use, None),
+        (
+            "  committed               ",
+            st.committed_bytes,
+            Some(st.committed_peak),
+        ),
+        (
+            "  reserved                ",
+            st.reserved_bytes,
+            Some(st.reserved_peak),
+        ),
+        ("  chunks mapped           ", f.chunk_bytes, None),
+        ("  huge blocks mapped      ", u.huge_bytes, None),
+        ("  free in chunks          ", f.free, None),
+        ("  pages of small spans    ", u.slab * PAGE_SIZE, None),
+        ("  pages of large blocks   ", u.large * PAGE_SIZE, None),
+        ("  free pages              ", u.free * PAGE_SIZE, None),
+        ("  returned to the OS      ", st.purged_bytes, None),
     ];
-    for (name, bytes) in rows {
+    for (name, bytes, peak) in rows {
         let mut l = Line::new();
         l.str(name);
         kib(&mut l, bytes);
+        if let Some(peak) = peak {
+            l.str(" (peak ");
+            kib(&mut l, peak);
+            l.str(")");
+        }
         l.emit();
     }
     let mut l = Line::new();
+    l.str("  large blocks            ")
+        .dec(st.large_allocated)
+        .str(" allocated, ")
+        .dec(st.large_freed)
+        .str(" freed; huge blocks ")
+        .dec(st.huge_allocated)
+        .str(" allocated, ")
+        .dec(st.huge_freed)
+        .str(" freed");
+    l.emit();
+    let mut l = Line::new();
+    l.str("  small blocks            ")
+        .dec(st.classes.iter().map(|c| c.allocated).sum())
+        .str(" allocated, ")
+        .dec(st.classes.iter().map(|c| c.freed).sum())
+        .str(" freed, ")
+        .dec(st.remote_frees)
+        .str(" of them by another thread");
+    l.emit();
+    let mut l = Line::new();
+    l.str("  kernel calls            mmap ")
+        .dec(st.os.mmap)
+        .str(", munmap ")
+        .dec(st.os.munmap)
+        .str(", madvise ")
+        .dec(st.os.madvise)
+        .str(", mprotect ")
+        .dec(st.os.mprotect)
+        .str(", mremap ")
+        .dec(st.os.mremap)
+        .str("; guard pages ")
+        .dec(st.guard_pages);
+    l.emit();
+    let mut l = Line::new();
     l.str("  thread heaps            ")
-        .dec(f.heaps.created as u64)
+        .dec(st.heaps.created as u64)
         .str(" created, ")
-        .dec(f.heaps.adopted as u64)
+        .dec(st.heaps.adopted as u64)
         .str(" reused after their thread exited, ")
-        .dec(f.heaps.taken_over as u64)
+        .dec(st.heaps.taken_over as u64)
         .str(" taken over by running threads");
     l.emit();
+    let mut l = Line::new();
+    l.str("  size class   allocated       freed        live  span pages");
+    l.emit();
+    for c in st.classes.iter().filter(|c| c.allocated > 0 || c.pages > 0) {
+        let mut l = Line::new();
+        l.str("  ");
+        col(&mut l, c.size as u64, 8).str(" B");
+        col(&mut l, c.allocated, 12);
+        col(&mut l, c.freed, 12);
+        col(&mut l, c.allocated.saturating_sub(c.freed), 12);
+        col(&mut l, c.pages as u64, 12);
+        l.emit();
+    }
 }
 
 /// Reads the options (at load time).

@@ -1,0 +1,98 @@
+//! Statistics balance: after a multi-threaded run, for every size class, the blocks
+//! allocated minus the blocks freed (counted per thread, merged) equal the blocks the page
+//! layer's spans hold (an independent walk of the spans); and the totals agree.
+//!
+//! Its own test binary without libtest's harness (`harness = false` in Cargo.toml): the
+//! check runs on the main thread, so no other live thread (such as the harness's, waiting
+//! on the test thread) can hold blocks on a remote list the check cannot collect.
+
+use std::sync::mpsc;
+
+use rampart_suite::XorShift64;
+
+#[global_allocator]
+static GLOBAL: rampart::Rampart = rampart::Rampart;
+
+fn main() {
+    allocated_minus_freed_is_live_per_class();
+    println!("stats: 1 passed, 0 failed");
+}
+
+fn allocated_minus_freed_is_live_per_class() {
+    let (to_main, from_workers) = mpsc::channel::<Vec<Vec<u8>>>();
+    let mut handles = Vec::new();
+    let mut to_next = Vec::new();
+    let mut from_prev = Vec::new();
+    for _ in 0..4 {
+        let (tx, rx) = mpsc::channel::<Vec<Vec<u8>>>();
+        to_next.push(tx);
+        from_prev.push(rx);
+    }
+    from_prev.rotate_left(1);
+    for (id, (tx, rx)) in to_next.into_iter().zip(from_prev).enumerate() {
+        let to_main = to_main.clone();
+        handles.push(std::thread::spawn(move || {
+            let mut rng = XorShift64::new(7 + id as u64);
+            let mut mine = Vec::new();
+            for round in 0..20 {
+                let mut batch = Vec::new();
+                for _ in 0..2000 {
+                    let len = match rng.below(100) {
+                        0..=89 => rng.range(1, 1024),
+                        90..=98 => rng.range(1025, 32 * 1024),
+                        _ => rng.range(32 * 1024 + 1, 300 * 1024),
+                    };
+                    batch.push(vec![id as u8; len]);
+                }
+                // Some to the next thread (freed there: remote frees), some kept, the rest
+                // freed here.
+                let give: Vec<_> = batch.drain(..500).collect();
+                tx.send(give).unwrap();
+                mine.extend(batch.drain(..200));
+                drop(batch);
+                if let Ok(got) = rx.try_recv() {
+                    drop(got);
+                }
+                if round % 5 == 4 {
+                    mine.truncate(mine.len() / 2);
+                }
+            }
+            drop(tx);
+            for got in rx {
+                drop(got);
+            }
+            to_main.send(mine).unwrap();
+        }));
+    }
+    drop(to_main);
+    let kept: Vec<Vec<Vec<u8>>> = from_workers.iter().collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    // The workers exited: their heaps' remote lists are collected by the trim, so every
+    // block freed anywhere is back in its span.
+    rampart::api::trim();
+    let st = rampart::stats();
+    let mut total_counted = 0;
+    let mut total_held = 0;
+    for c in &st.classes {
+        let counted = c.allocated - c.freed;
+        assert_eq!(counted, c.held, "class {} B: {c:?}", c.size);
+        total_counted += counted;
+        total_held += c.held;
+    }
+    assert_eq!(total_counted, total_held);
+    assert_eq!(st.small_live_blocks(), total_counted);
+    let kept_blocks: usize = kept.iter().map(Vec::len).sum();
+    assert!(
+        st.small_live_blocks() as usize + (st.large_allocated - st.large_freed) as usize
+            >= kept_blocks
+    );
+    assert!(st.classes.iter().map(|c| c.allocated).sum::<u64>() >= 4 * 20 * 2000 * 9 / 10);
+    assert!(st.remote_frees >= 4 * 500, "{st:?}");
+    assert!(st.large_allocated > 0 && st.large_freed > 0, "{st:?}");
+    assert!(st.committed_peak >= st.committed_bytes && st.reserved_peak >= st.reserved_bytes);
+    assert!(st.os.mmap > 0 && st.guard_pages > 0, "{st:?}");
+    assert!(st.heaps.created + st.heaps.adopted >= 5, "{st:?}");
+    drop(kept);
+}
