@@ -301,33 +301,85 @@ pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut c_void) -> c_i
         return -1;
     }
     let f = figures();
-    let mut x = Line::new();
-    x.str("<malloc version=\"1\">\n<heap nr=\"0\">\n<sizes>\n</sizes>\n<total type=\"fast\" count=\"0\" size=\"0\"/>\n<total type=\"rest\" count=\"")
-        .dec(f.usage.free_blocks.iter().sum::<usize>() as u64)
+    let st = &f.stats;
+    let free_blocks: u64 = f.usage.free_blocks.iter().sum::<usize>() as u64;
+    let system = (f.chunk_bytes + f.usage.huge_bytes) as u64;
+    // One line at a time, each handed to stdio with no lock of ours held (stdio may
+    // allocate); `<sizes>` lists, as glibc's does, the free blocks by size: per size class,
+    // the blocks of its spans not handed out.
+    let mut lines: [Line; 2] = [Line::new(), Line::new()];
+    lines[0].str("<malloc version=\"1\">\n<heap nr=\"0\">\n<sizes>\n");
+    if put(&mut lines[0], stream).is_err() {
+        return -1;
+    }
+    let mut prev = 0;
+    for c in st.classes.iter() {
+        let capacity = (c.pages * PAGE_SIZE / c.size) as u64;
+        let free = capacity.saturating_sub(c.held);
+        if free > 0 {
+            let l = &mut lines[1];
+            l.str("  <size from=\"")
+                .dec(prev as u64 + 1)
+                .str("\" to=\"")
+                .dec(c.size as u64)
+                .str("\" total=\"")
+                .dec(free * c.size as u64)
+                .str("\" count=\"")
+                .dec(free)
+                .str("\"/>\n");
+            if put(l, stream).is_err() {
+                return -1;
+            }
+        }
+        prev = c.size;
+    }
+    let x = &mut lines[0];
+    x.str("</sizes>\n<total type=\"fast\" count=\"0\" size=\"0\"/>\n<total type=\"rest\" count=\"")
+        .dec(free_blocks)
         .str("\" size=\"")
         .dec(f.free as u64)
         .str("\"/>\n<system type=\"current\" size=\"")
-        .dec(f.chunk_bytes as u64)
+        .dec(st.committed_bytes as u64)
+        .str("\"/>\n<system type=\"max\" size=\"")
+        .dec(st.committed_peak as u64)
         .str("\"/>\n<aspace type=\"total\" size=\"")
-        .dec(f.chunk_bytes as u64)
+        .dec(st.reserved_bytes as u64)
+        .str("\"/>\n<aspace type=\"mprotect\" size=\"")
+        .dec(st.reserved_bytes as u64)
         .str("\"/>\n</heap>\n<total type=\"fast\" count=\"0\" size=\"0\"/>\n<total type=\"rest\" count=\"")
-        .dec(f.usage.free_blocks.iter().sum::<usize>() as u64)
+        .dec(free_blocks)
         .str("\" size=\"")
         .dec(f.free as u64)
-        .str("\"/>\n<total type=\"mmap\" count=\"0\" size=\"")
+        .str("\"/>\n<total type=\"mmap\" count=\"")
+        .dec(st.huge_allocated - st.huge_freed)
+        .str("\" size=\"")
         .dec(f.usage.huge_bytes as u64)
         .str("\"/>\n<system type=\"current\" size=\"")
-        .dec((f.chunk_bytes + f.usage.huge_bytes) as u64)
+        .dec(system)
+        .str("\"/>\n<system type=\"max\" size=\"")
+        .dec(st.reserved_peak as u64)
         .str("\"/>\n<aspace type=\"total\" size=\"")
-        .dec((f.chunk_bytes + f.usage.huge_bytes) as u64)
+        .dec(st.reserved_bytes as u64)
+        .str("\"/>\n<aspace type=\"mprotect\" size=\"")
+        .dec(st.reserved_bytes as u64)
         .str("\"/>\n</malloc>\n");
-    x.str("\0");
-    // SAFETY: the buffer is NUL-terminated; the caller vouches for the stream. No lock of
-    // ours is held, so stdio may allocate.
-    if unsafe { fputs(x.as_bytes().as_ptr().cast(), stream) } < 0 {
+    if put(x, stream).is_err() {
         return -1;
     }
     0
+}
+
+/// Hands one composed line to stdio and empties it.
+fn put(line: &mut Line, stream: *mut c_void) -> Result<(), ()> {
+    line.str("\0");
+    // SAFETY: the buffer is NUL-terminated; the caller of malloc_info vouches for the stream.
+    let rc = unsafe { fputs(line.as_bytes().as_ptr().cast(), stream) };
+    *line = Line::new();
+    if rc < 0 {
+        Err(())
+    } else {
+        Ok(())
+    }
 }
 
 /// `malloc_trim(3)`: gives free memory back to the OS now; 1 if any was released, else 0.
