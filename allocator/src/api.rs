@@ -112,6 +112,8 @@ pub fn stats() -> crate::stats::Stats {
     heap::merge_counters(&mut st, &mut current);
     let (usage, large_counts, huge_counts) = {
         let pages = crate::pages::PAGES.lock();
+        st.in_use_bytes = pages.in_use_bytes();
+        st.in_use_peak = pages.in_use_peak;
         st.committed_bytes = pages.committed_bytes();
         st.committed_peak = pages.committed_peak;
         st.reserved_bytes = pages.reserved_bytes();

@@ -527,6 +527,11 @@ pub struct Pages<S: PageSource> {
     pub committed_peak: usize,
     /// The highest address space mapped so far (chunks, huge blocks, their guards).
     pub reserved_peak: usize,
+    /// Pages of live runs (slab spans and large blocks).
+    pub used_pages: usize,
+    /// The highest `used_pages * PAGE_SIZE + huge_bytes` so far: the peak of memory handed to
+    /// the heaps and to large and huge blocks (a page-level bound on the peak of live bytes).
+    pub in_use_peak: usize,
     /// Large runs allocated and freed, huge blocks allocated and freed (statistics).
     pub large_counts: [u64; 2],
     /// See `large_counts`.
@@ -558,6 +563,8 @@ impl<S: PageSource> Pages<S> {
             dirty_pages: 0,
             committed_peak: 0,
             reserved_peak: 0,
+            used_pages: 0,
+            in_use_peak: 0,
             large_counts: [0; 2],
             huge_counts: [0; 2],
         }
@@ -620,6 +627,12 @@ impl<S: PageSource> Pages<S> {
     fn note_peaks(&mut self) {
         self.committed_peak = self.committed_peak.max(self.committed_bytes());
         self.reserved_peak = self.reserved_peak.max(self.reserved_bytes());
+        self.in_use_peak = self.in_use_peak.max(self.in_use_bytes());
+    }
+
+    /// Bytes of live runs and huge blocks now.
+    pub fn in_use_bytes(&self) -> usize {
+        self.used_pages * PAGE_SIZE + self.huge_bytes
     }
 
     /// Gives a chunk's metadata back to the source (its own mapping: a released chunk's
@@ -798,6 +811,7 @@ impl<S: PageSource> Pages<S> {
             }
             // Claim the run first (so no page of it looks like a free buddy), then free the
             // unused tail past npages.
+            self.used_pages += npages;
             let s = self.claim(chunk, idx, npages);
             (*chunk).spans[idx].state = state;
             if state == State::Large {
@@ -874,6 +888,7 @@ impl<S: PageSource> Pages<S> {
             if (*chunk).spans[idx].state == State::Large {
                 self.large_counts[1] += 1;
             }
+            self.used_pages -= n;
             (*chunk).spans[idx].state = State::Free;
             self.free_range(chunk, idx, idx + n);
         }
@@ -914,6 +929,7 @@ impl<S: PageSource> Pages<S> {
             }
             let state = (*chunk).spans[idx].state;
             let flags = (*chunk).spans[idx].flags;
+            self.used_pages += new_npages - old;
             self.claim(chunk, idx, new_npages);
             (*chunk).spans[idx].state = state;
             (*chunk).spans[idx].flags = flags & !FLAG_CLEAN;
@@ -937,6 +953,7 @@ impl<S: PageSource> Pages<S> {
                 return;
             }
             s.as_mut().npages = new_npages as u32;
+            self.used_pages -= old - new_npages;
             self.now_ms = self.source.now_ms();
             self.free_range(chunk, idx + new_npages, idx + old);
         }
@@ -1261,6 +1278,12 @@ impl<S: PageSource> Pages<S> {
             c = unsafe { (*c).next_chunk };
         }
         assert_eq!(n, self.chunks, "chunk list and count disagree");
+        let u = self.usage();
+        assert_eq!(
+            u.slab + u.large,
+            self.used_pages,
+            "used page count and walk disagree"
+        );
         for (order, list) in self.free.iter().enumerate() {
             let mut s = list.head;
             while !s.is_null() {

@@ -104,6 +104,12 @@ pub struct Stats {
     /// Bytes handed out: small blocks by class size (as counted, allocated minus freed), large
     /// blocks by pages, huge blocks by mapping.
     pub live_bytes: usize,
+    /// Bytes of live page runs (slab spans, large blocks) and huge blocks: what the heaps and
+    /// the large blocks hold, at page granularity.
+    pub in_use_bytes: usize,
+    /// The highest `in_use_bytes` so far (the peak of live bytes is bounded by it; it is not
+    /// tracked per block, which would cost the fast path).
+    pub in_use_peak: usize,
     /// Bytes that may be resident: pages handed out and not returned since, and huge
     /// mappings (an upper bound on the allocator's share of RSS, metadata aside).
     pub committed_bytes: usize,
@@ -134,6 +140,8 @@ impl Default for Stats {
             huge_allocated: 0,
             huge_freed: 0,
             live_bytes: 0,
+            in_use_bytes: 0,
+            in_use_peak: 0,
             committed_bytes: 0,
             committed_peak: 0,
             reserved_bytes: 0,

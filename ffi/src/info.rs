@@ -66,8 +66,13 @@ pub fn print_stats() {
     let mut l = Line::new();
     l.str("rampart: statistics (pid ").dec(pid as u64).str(")");
     l.emit();
-    let rows: [(&str, usize, Option<usize>); 10] = [
+    let rows: [(&str, usize, Option<usize>); 11] = [
         ("  in use                  ", f.in_use, None),
+        (
+            "  pages in use            ",
+            st.in_use_bytes,
+            Some(st.in_use_peak),
+        ),
         (
             "  committed               ",
             st.committed_bytes,
