@@ -92,7 +92,10 @@ fn allocated_minus_freed_is_live_per_class() {
     assert!(st.remote_frees >= 4 * 500, "{st:?}");
     assert!(st.large_allocated > 0 && st.large_freed > 0, "{st:?}");
     assert!(st.committed_peak >= st.committed_bytes && st.reserved_peak >= st.reserved_bytes);
-    assert!(st.in_use_peak >= st.in_use_bytes && st.in_use_bytes >= st.live_bytes, "{st:?}");
+    assert!(
+        st.in_use_peak >= st.in_use_bytes && st.in_use_bytes >= st.live_bytes,
+        "{st:?}"
+    );
     assert!(st.os.mmap > 0 && st.guard_pages > 0, "{st:?}");
     assert!(st.heaps.created + st.heaps.adopted >= 5, "{st:?}");
     drop(kept);
