@@ -59,6 +59,21 @@ pub struct Heap {
     counters: ThreadCounters,
 }
 
+impl Heap {
+    /// A heap with no spans and zero counts.
+    const fn new() -> Heap {
+        Heap {
+            current: [EMPTY_SPAN_PTR; NUM_CLASSES],
+            partial: [const { SpanList::new() }; NUM_CLASSES],
+            full: [const { SpanList::new() }; NUM_CLASSES],
+            remote: AtomicUsize::new(0),
+            next_abandoned: ptr::null_mut(),
+            next_all: ptr::null_mut(),
+            counters: ThreadCounters::ZERO,
+        }
+    }
+}
+
 /// A `Sync` cell for the static sentinels below (never written through).
 #[repr(transparent)]
 struct Sentinel<T>(UnsafeCell<T>);
@@ -74,15 +89,7 @@ const EMPTY_SPAN_PTR: *mut Span = EMPTY_SPAN.0.get();
 
 /// The heap of a thread that has not allocated yet (or has exited): its fast paths always
 /// fall through to the slow paths, which set up a real heap.
-static EMPTY_HEAP: Sentinel<Heap> = Sentinel(UnsafeCell::new(Heap {
-    current: [EMPTY_SPAN_PTR; NUM_CLASSES],
-    partial: [const { SpanList::new() }; NUM_CLASSES],
-    full: [const { SpanList::new() }; NUM_CLASSES],
-    remote: AtomicUsize::new(0),
-    next_abandoned: ptr::null_mut(),
-    next_all: ptr::null_mut(),
-    counters: ThreadCounters::ZERO,
-}));
+static EMPTY_HEAP: Sentinel<Heap> = Sentinel(UnsafeCell::new(Heap::new()));
 
 const EMPTY_HEAP_PTR: *mut Heap = EMPTY_HEAP.0.get();
 
@@ -90,15 +97,7 @@ const EMPTY_HEAP_PTR: *mut Heap = EMPTY_HEAP.0.get();
 /// empty heap, but an allocation then (from a later destructor) borrows a heap for that one
 /// block instead of setting up one for the thread: glibc runs key destructors a bounded
 /// number of rounds, so a heap set up then might never be handed back.
-static EXITING_HEAP: Sentinel<Heap> = Sentinel(UnsafeCell::new(Heap {
-    current: [EMPTY_SPAN_PTR; NUM_CLASSES],
-    partial: [const { SpanList::new() }; NUM_CLASSES],
-    full: [const { SpanList::new() }; NUM_CLASSES],
-    remote: AtomicUsize::new(0),
-    next_abandoned: ptr::null_mut(),
-    next_all: ptr::null_mut(),
-    counters: ThreadCounters::ZERO,
-}));
+static EXITING_HEAP: Sentinel<Heap> = Sentinel(UnsafeCell::new(Heap::new()));
 
 const EXITING_HEAP_PTR: *mut Heap = EXITING_HEAP.0.get();
 
@@ -685,13 +684,8 @@ fn acquire_heap(r: &mut Registry) -> *mut Heap {
         // SAFETY: fresh metadata memory, big enough and aligned.
         unsafe {
             h.write(Heap {
-                current: [EMPTY_SPAN_PTR; NUM_CLASSES],
-                partial: [const { SpanList::new() }; NUM_CLASSES],
-                full: [const { SpanList::new() }; NUM_CLASSES],
-                remote: AtomicUsize::new(0),
-                next_abandoned: ptr::null_mut(),
                 next_all: r.all,
-                counters: ThreadCounters::ZERO,
+                ..Heap::new()
             })
         };
         r.all = h;
