@@ -59,16 +59,32 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+/* The warm-up: a small version of the run (8 MiB per thread, the same cross-thread frees),
+   so that thread stacks, each allocator's per-thread set-up and the code of its slow paths
+   (paged in from the library on first use) count in the "before" figure. */
+static struct node *warm_mine[THREADS], *warm_handed[THREADS];
+static pthread_barrier_t warm_allocated;
+
 static void *warm_up(void *arg) {
-    free(malloc(64));
-    return arg;
+    long id = (long)arg;
+    struct node *keep = NULL, *give = NULL;
+    for (long i = 0; i < 8L * 1024 * 1024 / BLOCK; i++) {
+        struct node *b = malloc(BLOCK);
+        if (!b) exit(2);
+        if (i & 1) { b->next = give; give = b; } else { b->next = keep; keep = b; }
+    }
+    warm_mine[id] = keep;
+    warm_handed[(id + 1) % THREADS] = give;
+    pthread_barrier_wait(&warm_allocated);
+    for (struct node *b = warm_mine[id], *n; b; b = n) { n = b->next; free(b); }
+    for (struct node *b = warm_handed[id], *n; b; b = n) { n = b->next; free(b); }
+    return NULL;
 }
 
 int main(void) {
     pthread_t t[THREADS];
-    /* Warm up: run the threads once, so that their stacks (which glibc caches after a join)
-       and each allocator's per-thread set-up are in the "before" figure for every allocator. */
-    for (long i = 0; i < THREADS; i++) pthread_create(&t[i], NULL, warm_up, NULL);
+    pthread_barrier_init(&warm_allocated, NULL, THREADS);
+    for (long i = 0; i < THREADS; i++) pthread_create(&t[i], NULL, warm_up, (void *)i);
     for (int i = 0; i < THREADS; i++) pthread_join(t[i], NULL);
     malloc_trim(0);
     long before = status_kib("VmRSS");
