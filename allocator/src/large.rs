@@ -33,9 +33,14 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
         }
         return NonNull::new(p);
     }
-    let h = PAGES.lock().huge_alloc(bytes, align)?;
-    // SAFETY: a live huge descriptor; its mapping is fresh (zeroed).
-    NonNull::new(unsafe { h.as_ref().base } as *mut u8)
+    let (h, fresh) = PAGES.lock().huge_alloc(bytes, align)?;
+    // SAFETY: a live huge descriptor.
+    let p = unsafe { h.as_ref().base } as *mut u8;
+    if zero && !fresh {
+        // SAFETY: a reused mapping of at least `size` bytes, ours now.
+        unsafe { ptr::write_bytes(p, 0, size) };
+    }
+    NonNull::new(p)
 }
 
 /// Frees a large run.

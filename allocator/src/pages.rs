@@ -70,6 +70,15 @@ pub trait PageSource {
     fn now_ms(&self) -> u64 {
         os::now_ms()
     }
+    /// Unmaps a huge mapping (with its guard page) that was kept for reuse. Sources without
+    /// huge mappings never get one.
+    ///
+    /// # Safety
+    /// `[base, base + len + GUARD_SIZE)` is a huge mapping of this source, unused.
+    unsafe fn huge_release(&self, base: usize, len: usize) {
+        // SAFETY: per the contract.
+        unsafe { os::unmap(base as *mut u8, len + GUARD_SIZE) };
+    }
 }
 
 /// The real page source: chunks are mmap'd with a guard page after them.
@@ -532,6 +541,12 @@ pub struct Pages<S: PageSource> {
     /// The highest `used_pages * PAGE_SIZE + huge_bytes` so far: the peak of memory handed to
     /// the heaps and to large and huge blocks (a page-level bound on the peak of live bytes).
     pub in_use_peak: usize,
+    /// Huge mappings freed recently, kept (base, length, time freed) for reuse: a program
+    /// that frees and reallocates a big buffer in a loop would otherwise pay a page fault per
+    /// page each time. Unmapped after the purge delay, or by a trim.
+    huge_cache: [(usize, usize, u64); HUGE_CACHE_SLOTS],
+    /// Bytes held in `huge_cache`.
+    pub huge_cached_bytes: usize,
     /// Large runs allocated and freed, huge blocks allocated and freed (statistics).
     pub large_counts: [u64; 2],
     /// See `large_counts`.
@@ -540,6 +555,10 @@ pub struct Pages<S: PageSource> {
 
 // SAFETY: the raw pointers are into metadata owned by this value; access is serialised.
 unsafe impl<S: PageSource + Send> Send for Pages<S> {}
+
+/// How many freed huge mappings are kept for reuse, and how many bytes at most.
+const HUGE_CACHE_SLOTS: usize = 4;
+const HUGE_CACHE_MAX_BYTES: usize = 256 << 20;
 
 const CHUNK_META_BYTES: usize = align_up(size_of::<Chunk>(), PAGE_SIZE);
 const HUGE_META_BYTES: usize = PAGE_SIZE;
@@ -565,6 +584,8 @@ impl<S: PageSource> Pages<S> {
             reserved_peak: 0,
             used_pages: 0,
             in_use_peak: 0,
+            huge_cache: [(0, 0, 0); HUGE_CACHE_SLOTS],
+            huge_cached_bytes: 0,
             large_counts: [0; 2],
             huge_counts: [0; 2],
         }
@@ -616,12 +637,17 @@ impl<S: PageSource> Pages<S> {
     /// Bytes of address space mapped now: chunks and huge blocks, with their guard pages.
     pub fn reserved_bytes(&self) -> usize {
         let huge_live = (self.huge_counts[0] - self.huge_counts[1]) as usize;
-        self.chunks * (CHUNK_SIZE + GUARD_SIZE) + self.huge_bytes + huge_live * GUARD_SIZE
+        let cached = self.huge_cache.iter().filter(|e| e.1 != 0).count();
+        self.chunks * (CHUNK_SIZE + GUARD_SIZE)
+            + self.huge_bytes
+            + huge_live * GUARD_SIZE
+            + self.huge_cached_bytes
+            + cached * GUARD_SIZE
     }
 
     /// Bytes that may be resident now: dirty chunk pages and huge mappings.
     pub fn committed_bytes(&self) -> usize {
-        self.dirty_pages * PAGE_SIZE + self.huge_bytes
+        self.dirty_pages * PAGE_SIZE + self.huge_bytes + self.huge_cached_bytes
     }
 
     fn note_peaks(&mut self) {
@@ -963,17 +989,31 @@ impl<S: PageSource> Pages<S> {
 
     /// Maps a huge block of at least `len` bytes aligned to `align` (a power of two), with a
     /// guard page after it. Returns its descriptor, or `None` when memory is exhausted.
-    pub fn huge_alloc(&mut self, len: usize, align: usize) -> Option<NonNull<Huge>>
+    pub fn huge_alloc(&mut self, len: usize, align: usize) -> Option<(NonNull<Huge>, bool)>
     where
         S: HugeSource,
     {
         let len = crate::util::checked_align_up(len, PAGE_SIZE)?;
         let h = self.huge_desc()?;
-        let Some(base) = self.source.huge_map(len, align.max(CHUNK_SIZE)) else {
-            self.recycle_huge(h);
-            return None;
+        // A cached mapping that fits (not more than twice the size, and aligned) is reused
+        // as it is; its pages may hold old bytes.
+        let align = align.max(CHUNK_SIZE);
+        let hit = self
+            .huge_cache
+            .iter()
+            .position(|&(b, l, _)| l >= len && l / 2 <= len && b & (align - 1) == 0);
+        let (base, len, fresh) = if let Some(i) = hit {
+            let (b, l, _) = self.huge_cache[i];
+            self.huge_cache[i] = (0, 0, 0);
+            self.huge_cached_bytes -= l;
+            (b, l, false)
+        } else {
+            let Some(base) = self.source.huge_map(len, align) else {
+                self.recycle_huge(h);
+                return None;
+            };
+            (base.as_ptr() as usize, len, true)
         };
-        let base = base.as_ptr() as usize;
         if !self.map.set(&self.source, base, len, h as usize) {
             // Clear the slots that were set before the failure.
             self.map.set(&self.source, base, len, 0);
@@ -990,7 +1030,27 @@ impl<S: PageSource> Pages<S> {
         self.huge_bytes += len;
         self.huge_counts[0] += 1;
         self.note_peaks();
-        NonNull::new(h)
+        NonNull::new(h).map(|h| (h, fresh))
+    }
+
+    /// Unmaps the cached huge mappings freed before `cutoff` (ms); all of them for
+    /// `u64::MAX`. Returns the bytes unmapped.
+    fn drop_cached_huge(&mut self, cutoff: u64) -> usize
+    where
+        S: PageSource,
+    {
+        let mut released = 0;
+        for i in 0..HUGE_CACHE_SLOTS {
+            let (base, len, freed) = self.huge_cache[i];
+            if len != 0 && freed <= cutoff {
+                self.huge_cache[i] = (0, 0, 0);
+                self.huge_cached_bytes -= len;
+                // SAFETY: a cached mapping is ours and unused.
+                unsafe { self.source.huge_release(base, len) };
+                released += len;
+            }
+        }
+        released
     }
 
     fn huge_desc(&mut self) -> Option<*mut Huge> {
@@ -1028,8 +1088,17 @@ impl<S: PageSource> Pages<S> {
         // SAFETY: per the contract.
         let (base, len) = unsafe { (h.as_ref().base, h.as_ref().len) };
         self.map.set(&self.source, base, len, 0);
-        // SAFETY: the block is no longer used or mapped to an owner.
-        unsafe { self.source.huge_unmap(base, len) };
+        let slot = self.huge_cache.iter().position(|e| e.1 == 0);
+        match slot {
+            Some(i) if self.huge_cached_bytes + len <= HUGE_CACHE_MAX_BYTES => {
+                self.now_ms = self.source.now_ms();
+                self.huge_cache[i] = (base, len, self.now_ms);
+                self.huge_cached_bytes += len;
+                self.purge_pending = true;
+            }
+            // SAFETY: the block is no longer used or mapped to an owner.
+            _ => unsafe { self.source.huge_unmap(base, len) },
+        }
         self.huge_bytes -= len;
         self.huge_counts[1] += 1;
         self.recycle_huge(h.as_ptr());
@@ -1109,6 +1178,7 @@ impl<S: PageSource> Pages<S> {
             }
             c = chunk.next_chunk;
         }
+        released += self.drop_cached_huge(u64::MAX);
         self.purged_bytes += released;
         self.purge_pending = false;
         released
@@ -1179,6 +1249,9 @@ impl<S: PageSource> Pages<S> {
     /// few bit tests per run); a sweep cut short goes on at the next operation.
     fn purge(&mut self) {
         const PURGE_CALLS: usize = 32;
+        // Cached huge mappings older than the delay go back whole.
+        let cutoff = self.now_ms.saturating_sub(crate::config::purge_delay_ms());
+        self.purged_bytes += self.drop_cached_huge(cutoff);
         // Return the pages aged by the previous sweep.
         let mut calls = PURGE_CALLS;
         let mut c = self.all;
@@ -1222,7 +1295,7 @@ impl<S: PageSource> Pages<S> {
             }
             c = chunk.next_chunk;
         }
-        if dirty_left {
+        if dirty_left || self.huge_cached_bytes > 0 {
             self.next_purge_ms = self.now_ms + crate::config::purge_delay_ms();
         } else {
             self.purge_pending = false;
@@ -1922,7 +1995,8 @@ pub(crate) mod tests {
     #[test]
     fn huge_blocks_on_the_real_os() {
         let mut p = Pages::new(OsSource, fake_map());
-        let h = p.huge_alloc(10 * CHUNK_SIZE + 5, 1).unwrap();
+        let (h, fresh) = p.huge_alloc(10 * CHUNK_SIZE + 5, 1).unwrap();
+        assert!(fresh);
         // SAFETY: live descriptor.
         let (base, len) = unsafe { (h.as_ref().base, h.as_ref().len) };
         assert_eq!(base % CHUNK_SIZE, 0);
@@ -1944,5 +2018,14 @@ pub(crate) mod tests {
             p.huge_free(h);
         }
         assert_eq!(p.huge_bytes, 0);
+        // The freed mapping is kept for a while and reused by a block it fits.
+        assert!(p.huge_cached_bytes > 0);
+        let (again, fresh) = p.huge_alloc(CHUNK_SIZE + 1, 1).unwrap();
+        assert!(!fresh, "a cached mapping is reused");
+        assert_eq!(p.huge_cached_bytes, 0);
+        // SAFETY: live descriptor.
+        unsafe { p.huge_free(again) };
+        assert!(p.trim() > 0);
+        assert_eq!(p.huge_cached_bytes, 0, "a trim unmaps the cache");
     }
 }
