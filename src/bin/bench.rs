@@ -176,6 +176,8 @@ fn allocators(repo: &Path) -> Vec<Alloc> {
         ("/usr/bin/python3", "python3"),
         ("/usr/bin/sqlite3", "sqlite3"),
         ("/usr/bin/gcc", "gcc"),
+        ("/usr/bin/redis-server", "redis-server"),
+        ("/usr/bin/redis-benchmark", "redis-tools"),
     ] {
         if !Path::new(tool).exists() {
             missing.push(pkg);
@@ -311,6 +313,28 @@ fn workloads(repo: &Path, work: &Path, scale: f64) -> Vec<Workload> {
         ],
         env: vec![],
     });
+    // redis-server under redis-benchmark: the server, the client and redis-cli all run on the
+    // allocator under test (the whole script is preloaded); the server's port is fixed per
+    // run of the runner, on loopback.
+    let requests = (100_000.0 * scale) as u64;
+    let port = 20_000 + (std::process::id() % 20_000);
+    let script = format!(
+        "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null & \
+         pid=$!; for i in $(seq 100); do redis-cli -p {port} ping >/dev/null 2>&1 && break; sleep 0.05; done; \
+         redis-benchmark -p {port} -n {requests} -r 100000 -q -t set,get,lpush,lrange_100,incr >/dev/null || exit 1; \
+         redis-cli -p {port} shutdown nosave >/dev/null 2>&1; wait $pid"
+    );
+    if Path::new("/usr/bin/redis-server").exists() && Path::new("/usr/bin/redis-benchmark").exists()
+    {
+        out.push(Workload {
+            name: "redis".into(),
+            what: format!("redis-server under redis-benchmark -n {requests} (set, get, lpush, lrange_100, incr)"),
+            argv: vec!["/bin/sh".into(), "-c".into(), script],
+            env: vec![],
+        });
+    } else {
+        println!("bench: redis left out (install redis-server and redis-tools)");
+    }
     // gcc: a large generated C file.
     let funcs = (3000.0 * scale) as u64;
     let c = work.join("big.c");
