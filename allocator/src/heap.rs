@@ -218,19 +218,12 @@ pub fn try_alloc_small(class: usize) -> *mut u8 {
 /// Allocates a block of `class`, or returns null when memory is exhausted.
 #[inline(always)]
 pub fn alloc_small(class: usize) -> *mut u8 {
-    let heap = current_heap();
-    // SAFETY: `heap` is this thread's heap or the sentinel; `current` always holds a valid span.
-    unsafe {
-        let s = *(*heap).current.get_unchecked(class);
-        let b = (*s).free;
-        if !b.is_null() {
-            (*s).free = *(b as *mut *mut u8);
-            (*s).used += 1;
-            (*heap).counters.alloc.get_unchecked(class).bump();
-            return b;
-        }
-        alloc_slow(heap, class)
+    let b = try_alloc_small(class);
+    if !b.is_null() {
+        return b;
     }
+    // SAFETY: the calling thread's heap (or a sentinel, which the slow path replaces).
+    unsafe { alloc_slow(current_heap(), class) }
 }
 
 #[cold]

@@ -387,16 +387,8 @@ fn command(w: &Workload, a: &Alloc) -> Command {
 /// allocator's library (glibc's libc for glibc) in the process it started.
 fn verify_preload(w: &Workload, a: &Alloc, work: &Path) {
     let prefix = work.join(format!("ld-{}-{}", w.name, a.name));
-    for e in std::fs::read_dir(work)
-        .expect("read target/bench")
-        .flatten()
-    {
-        if e.file_name()
-            .to_string_lossy()
-            .starts_with(&*prefix.file_name().unwrap().to_string_lossy())
-        {
-            let _ = std::fs::remove_file(e.path());
-        }
+    for f in ld_debug_files(work, &prefix) {
+        let _ = std::fs::remove_file(f);
     }
     let mut cmd = command(w, a);
     cmd.env("LD_DEBUG", "bindings")
@@ -414,22 +406,14 @@ fn verify_preload(w: &Workload, a: &Alloc, work: &Path) {
         None => "libc.so.6".into(),
     };
     let mut bound = false;
-    for e in std::fs::read_dir(work)
-        .expect("read target/bench")
-        .flatten()
-    {
-        if e.file_name()
-            .to_string_lossy()
-            .starts_with(&*prefix.file_name().unwrap().to_string_lossy())
-        {
-            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-            bound |= text.lines().any(|l| {
-                l.contains("normal symbol `malloc'")
-                    && l.contains(&format!("/{lib} "))
-                    && l.contains(" to ")
-            });
-            let _ = std::fs::remove_file(e.path());
-        }
+    for f in ld_debug_files(work, &prefix) {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        bound |= text.lines().any(|l| {
+            l.contains("normal symbol `malloc'")
+                && l.contains(&format!("/{lib} "))
+                && l.contains(" to ")
+        });
+        let _ = std::fs::remove_file(f);
     }
     if !bound {
         eprintln!(
@@ -438,6 +422,21 @@ fn verify_preload(w: &Workload, a: &Alloc, work: &Path) {
         );
         exit(1);
     }
+}
+
+/// The files `LD_DEBUG_OUTPUT=prefix` made (one per process: `prefix.PID`).
+fn ld_debug_files(work: &Path, prefix: &Path) -> Vec<PathBuf> {
+    let stem = prefix
+        .file_name()
+        .expect("a file name")
+        .to_string_lossy()
+        .into_owned();
+    std::fs::read_dir(work)
+        .expect("read target/bench")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&stem))
+        .map(|e| e.path())
+        .collect()
 }
 
 /// One timed run, measured by /usr/bin/time (wall, user + system, max RSS).
