@@ -1160,24 +1160,17 @@ impl<S: PageSource> Pages<S> {
             unsafe { self.unmap_chunk(spare) };
             released += CHUNK_SIZE;
         }
-        let mut c = self.all;
-        while !c.is_null() {
-            // SAFETY: listed chunks are live; we only touch free blocks' pages and bits.
-            let chunk = unsafe { &mut *c };
-            let mut p = 0;
-            while p < PAGES_PER_CHUNK {
-                let n = chunk.spans[p].npages as usize;
-                if chunk.spans[p].state == State::Free {
+        // SAFETY: listed chunks are live; decommitting touches free blocks' pages and bits only.
+        unsafe {
+            walk_runs(self.all, |c, p, n| {
+                if (*c).spans[p].state == State::Free {
                     let mut unlimited = usize::MAX;
-                    // SAFETY: a free block of a live chunk holds nothing.
-                    released += unsafe {
-                        self.decommit_block(c, p, n, &mut unlimited, |c, p| c.any_dirty(p, 1))
-                    };
+                    released +=
+                        self.decommit_block(c, p, n, &mut unlimited, |c, p| c.any_dirty(p, 1));
                 }
-                p += n;
-            }
-            c = chunk.next_chunk;
-        }
+                true
+            })
+        };
         released += self.drop_cached_huge(u64::MAX);
         self.purged_bytes += released;
         self.purge_pending = false;
@@ -1254,47 +1247,41 @@ impl<S: PageSource> Pages<S> {
         self.purged_bytes += self.drop_cached_huge(cutoff);
         // Return the pages aged by the previous sweep.
         let mut calls = PURGE_CALLS;
-        let mut c = self.all;
-        while !c.is_null() {
-            // SAFETY: listed chunks are live; the sweep only touches free blocks' pages and
-            // bits, never the lists.
-            let chunk = unsafe { &mut *c };
-            let mut p = 0;
-            while p < PAGES_PER_CHUNK {
-                let n = chunk.spans[p].npages as usize;
-                if chunk.spans[p].state == State::Free && (p..p + n).any(|q| chunk.ripe(q)) {
+        let first = self.all;
+        // SAFETY: listed chunks are live; the sweep only touches free blocks' pages and bits,
+        // never the lists.
+        let finished = unsafe {
+            walk_runs(first, |c, p, n| {
+                let ripe = (*c).spans[p].state == State::Free && (p..p + n).any(|q| (*c).ripe(q));
+                if ripe {
                     if calls == 0 {
-                        // Cut short: go on at the next operation (aging waits till then).
-                        self.next_purge_ms = self.now_ms;
-                        return;
+                        return false;
                     }
-                    // SAFETY: a free block of a live chunk.
-                    self.purged_bytes +=
-                        unsafe { self.decommit_block(c, p, n, &mut calls, Chunk::ripe) };
+                    self.purged_bytes += self.decommit_block(c, p, n, &mut calls, Chunk::ripe);
                 }
-                p += n;
-            }
-            c = chunk.next_chunk;
+                true
+            })
+        };
+        if !finished {
+            // Cut short: go on at the next operation (aging waits till then).
+            self.next_purge_ms = self.now_ms;
+            return;
         }
         // Age what is free and dirty now: it goes at the next sweep, a delay from now.
         let mut dirty_left = false;
-        let mut c = self.all;
-        while !c.is_null() {
-            // SAFETY: as above.
-            let chunk = unsafe { &mut *c };
-            let mut p = 0;
-            while p < PAGES_PER_CHUNK {
-                let n = chunk.spans[p].npages as usize;
+        // SAFETY: as above.
+        unsafe {
+            walk_runs(first, |c, p, n| {
+                let chunk = &mut *c;
                 if chunk.spans[p].state == State::Free && chunk.any_dirty(p, n) {
                     for q in p..p + n {
                         chunk.aged[q / 64] |= chunk.dirty[q / 64] & (1 << (q % 64));
                     }
                     dirty_left = true;
                 }
-                p += n;
-            }
-            c = chunk.next_chunk;
-        }
+                true
+            })
+        };
         if dirty_left || self.huge_cached_bytes > 0 {
             self.next_purge_ms = self.now_ms + crate::config::purge_delay_ms();
         } else {
@@ -1310,14 +1297,10 @@ impl<S: PageSource> Pages<S> {
             huge_bytes: self.huge_bytes,
             ..PageUsage::default()
         };
-        let mut c = self.all;
-        while !c.is_null() {
-            // SAFETY: listed chunks are live.
-            let chunk = unsafe { &*c };
-            let mut p = 0;
-            while p < PAGES_PER_CHUNK {
-                let s = &chunk.spans[p];
-                let n = s.npages as usize;
+        // SAFETY: listed chunks are live; the walk only reads.
+        unsafe {
+            walk_runs(self.all, |c, p, n| {
+                let s = &(*c).spans[p];
                 match s.state {
                     State::Free => {
                         u.free += n;
@@ -1332,10 +1315,9 @@ impl<S: PageSource> Pages<S> {
                     }
                     State::Large => u.large += n,
                 }
-                p += n;
-            }
-            c = chunk.next_chunk;
-        }
+                true
+            })
+        };
         u
     }
 
@@ -1421,6 +1403,34 @@ pub static MAP: PageMap = PageMap::new();
 /// The process's page layer; every caller takes its lock.
 pub static PAGES: crate::util::FutexLock<Pages<OsSource>> =
     crate::util::FutexLock::new(Pages::new(OsSource, &MAP));
+
+/// Calls `f(chunk, first_page, npages)` for every run and free block of every chunk in the
+/// list that starts at `first`, in list and page order, until `f` returns `false`. Returns
+/// whether the walk went to the end.
+///
+/// # Safety
+/// Every listed chunk is live, and `f` neither changes the chunk list nor any run's extent
+/// (it may read and write pages, bits and counters).
+unsafe fn walk_runs(
+    first: *mut Chunk,
+    mut f: impl FnMut(*mut Chunk, usize, usize) -> bool,
+) -> bool {
+    let mut c = first;
+    while !c.is_null() {
+        let mut p = 0;
+        while p < PAGES_PER_CHUNK {
+            // SAFETY: per the contract, the chunk is live and its runs tile its pages.
+            let n = unsafe { (*c).spans[p].npages } as usize;
+            if !f(c, p, n) {
+                return false;
+            }
+            p += n;
+        }
+        // SAFETY: as above.
+        c = unsafe { (*c).next_chunk };
+    }
+    true
+}
 
 /// A page source that can also map huge blocks (above the chunk size).
 pub trait HugeSource: PageSource {
