@@ -301,6 +301,10 @@ mod tests {
 
     #[test]
     fn spans_of_exited_threads_are_taken_over() {
+        // This thread sets up its own heap first, so that it cannot simply adopt the other
+        // thread's heap below: it must take its spans over.
+        // SAFETY: a live block, freed at once.
+        unsafe { free(alloc(48, 16).unwrap()) };
         let before = heap::registry_counts();
         // A thread fills spans of the 48-byte class, hands half of its blocks over and exits.
         let kept: Vec<usize> = std::thread::spawn(|| {
