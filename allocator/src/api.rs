@@ -22,7 +22,11 @@ pub const MAX_SIZE: usize = isize::MAX as usize - (1 << 24);
 #[inline(always)]
 pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
     if size <= SMALL_TABLE_MAX && align <= MIN_ALIGN {
-        return NonNull::new(heap::alloc_small(class_of_table(size)));
+        let p = heap::try_alloc_small(class_of_table(size));
+        if !p.is_null() {
+            // SAFETY: just checked.
+            return Some(unsafe { NonNull::new_unchecked(p) });
+        }
     }
     alloc_other(size, align, false)
 }
@@ -44,10 +48,16 @@ pub fn alloc_zeroed(size: usize, align: usize) -> Option<NonNull<u8>> {
     alloc_other(size, align, true)
 }
 
-/// Everything but the small unaligned sizes of the fast path: the other small sizes, aligned
-/// small blocks, large ones, and zeroed blocks of any kind.
+/// Everything but the fast path's pop: the other small sizes, aligned small blocks, large
+/// ones, zeroed blocks of any kind, a thread's first allocation, and the allocations the
+/// thread's countdown picks for the guard modes and redzones.
 #[inline(never)]
 fn alloc_other(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
+    if heap::sample_tick() {
+        if let Some(p) = alloc_checked(size, align, zero) {
+            return Some(p);
+        }
+    }
     if size <= SMALL_MAX && align <= MIN_ALIGN {
         let p = NonNull::new(heap::alloc_small(class_of(size)))?;
         if zero {
@@ -68,6 +78,26 @@ fn alloc_other(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
         return Some(p);
     }
     large::alloc(size, align, zero)
+}
+
+/// An allocation picked for checking: guarded (in `all` mode, or when sampled), else with a
+/// redzone (if on; requests too large for one are served as page runs). `None` hands the
+/// request back to the normal path.
+#[cold]
+fn alloc_checked(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
+    if size > MAX_SIZE || !align.is_power_of_two() {
+        return None;
+    }
+    if crate::guard::active() && crate::guard::sample_now() {
+        if let Some(p) = crate::guard::alloc(size, align) {
+            return Some(p);
+        }
+    }
+    if crate::config::redzone() == 0 {
+        return None;
+    }
+    crate::redzone::alloc(size, align, zero)
+        .or_else(|| large::alloc(size.max(SMALL_MAX + 1), align, zero))
 }
 
 /// Frees a block.
@@ -167,6 +197,14 @@ pub unsafe fn realloc(
     }
     // SAFETY: per the contract.
     let usable = match unsafe { heap::classify(p.as_ptr()) } {
+        Block::Small(span) if heap::has_redzones(span) => {
+            // Always moves: the new block gets a fresh canary, the old one is checked.
+            // SAFETY: a carved block of a marked span (the caller's live block).
+            unsafe {
+                crate::redzone::check_live(p.as_ptr() as usize, span.block_size as usize, "realloc")
+            }
+        }
+        Block::Guarded(size) => size,
         Block::Small(span) => {
             let size = span.block_size as usize;
             // Keep the block while the new size fits and wastes at most half of it.

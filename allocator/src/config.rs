@@ -2,8 +2,7 @@
 //! `getenv`, never allocating) and frozen.
 //!
 //! An unknown `RAMPART_*` name or a bad value is reported once on stderr and ignored; it never
-//! stops the program. Options that design.md names but that are not implemented yet
-//! (`RAMPART_GUARD`, …) are reported as such when set, so nobody believes they are on.
+//! stops the program.
 
 use core::ffi::{c_char, CStr};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -23,6 +22,70 @@ static HUGEPAGE: AtomicBool = AtomicBool::new(false);
 /// the OS (`MADV_DONTNEED`). Guards against a process keeping the memory it freed; costs a
 /// `madvise` per purged block and a page fault per page when the memory is used again.
 static PURGE_DELAY_MS: AtomicU64 = AtomicU64::new(DEFAULT_PURGE_DELAY_MS);
+
+/// `RAMPART_GUARD`: `off` (0), `sample` (1) or `all` (2); see `guard` for what each guards
+/// against and costs.
+static GUARD: AtomicU8 = AtomicU8::new(0);
+/// `RAMPART_GUARD_SAMPLE`: with `sample`, one allocation in this many is guarded.
+static GUARD_SAMPLE: AtomicU64 = AtomicU64::new(DEFAULT_GUARD_SAMPLE);
+/// `RAMPART_REDZONE`: bytes of canary after every small block (0: off). Guards against
+/// overflows and writes after free that stay inside the heap; costs the canary's bytes per
+/// block, a check on every free and the fast paths (every call takes the slow path).
+static REDZONE: AtomicUsize = AtomicUsize::new(0);
+/// `RAMPART_QUARANTINE`: bytes of freed guarded memory held back (PROT_NONE) before reuse;
+/// `usize::MAX` until set: the mode's default.
+static QUARANTINE: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// `RAMPART_GUARD_MPROTECT=1`: make guard pages with `mprotect` even where the kernel has
+/// `MADV_GUARD_INSTALL` (what kernels before 6.13 get; for measuring and testing that path).
+static GUARD_MPROTECT: AtomicBool = AtomicBool::new(false);
+
+/// The default of `RAMPART_GUARD_SAMPLE`.
+pub const DEFAULT_GUARD_SAMPLE: u64 = 1000;
+/// The largest `RAMPART_REDZONE`.
+pub const MAX_REDZONE: usize = 4096;
+
+/// The guard mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuardMode {
+    /// No guarded placement (the always-on guards at the end of mappings remain).
+    Off,
+    /// One allocation in [`guard_sample`] guarded.
+    Sample,
+    /// Every allocation guarded.
+    All,
+}
+
+/// The guard mode (`RAMPART_GUARD`).
+#[inline]
+pub fn guard_mode() -> GuardMode {
+    match GUARD.load(Ordering::Relaxed) {
+        0 => GuardMode::Off,
+        1 => GuardMode::Sample,
+        _ => GuardMode::All,
+    }
+}
+
+/// `RAMPART_GUARD_SAMPLE`.
+pub fn guard_sample() -> u64 {
+    GUARD_SAMPLE.load(Ordering::Relaxed)
+}
+
+/// `RAMPART_REDZONE` (bytes; 0 = off).
+#[inline]
+pub fn redzone() -> usize {
+    REDZONE.load(Ordering::Relaxed)
+}
+
+/// `RAMPART_QUARANTINE` in bytes, if set.
+pub fn quarantine() -> Option<usize> {
+    let q = QUARANTINE.load(Ordering::Relaxed);
+    (q != usize::MAX).then_some(q)
+}
+
+/// Whether guard pages are made with `mprotect` even where the advice works.
+pub fn guard_mprotect() -> bool {
+    GUARD_MPROTECT.load(Ordering::Relaxed)
+}
 
 /// The longest `RAMPART_HEAPMAP` path kept, its terminating NUL included (Linux's
 /// `PATH_MAX`).
@@ -92,14 +155,6 @@ fn set_heapmap_path(path: &[u8]) -> bool {
     true
 }
 
-/// Names design.md reserves for options still to come (reported as not implemented).
-const NOT_YET: [&str; 4] = [
-    "RAMPART_GUARD",
-    "RAMPART_GUARD_SAMPLE",
-    "RAMPART_REDZONE",
-    "RAMPART_QUARANTINE",
-];
-
 extern "C" {
     /// The process's environment block (glibc's `environ`).
     static environ: *const *const c_char;
@@ -107,11 +162,12 @@ extern "C" {
 
 /// Reads the options from the environment block, once; later calls do nothing. Safe to call
 /// before libc has set `environ` up (nothing is read then, and a later call reads it).
-pub fn init() {
+/// Returns whether this call read them.
+pub fn init() -> bool {
     // SAFETY: reading the pointer value of libc's environ is always allowed.
     let mut env = unsafe { environ };
     if env.is_null() || READ.swap(true, Ordering::AcqRel) {
-        return;
+        return false;
     }
     // SAFETY: environ is a null-terminated array of NUL-terminated strings.
     unsafe {
@@ -131,7 +187,25 @@ pub fn init() {
             .dec(purge_delay_ms())
             .str(" RAMPART_HUGEPAGE=")
             .dec(hugepage() as u64)
-            .str(" RAMPART_VERBOSE=1");
+            .str(" RAMPART_GUARD=")
+            .str(match guard_mode() {
+                GuardMode::Off => "off",
+                GuardMode::Sample => "sample",
+                GuardMode::All => "all",
+            })
+            .str(" RAMPART_GUARD_SAMPLE=")
+            .dec(guard_sample())
+            .str(" RAMPART_REDZONE=")
+            .dec(redzone() as u64)
+            .str(" RAMPART_QUARANTINE=");
+        match quarantine() {
+            Some(q) => line.dec(q as u64),
+            None => line.str("default"),
+        };
+        if guard_mprotect() {
+            line.str(" RAMPART_GUARD_MPROTECT=1");
+        }
+        line.str(" RAMPART_VERBOSE=1");
         let mut path = [0u8; HEAPMAP_PATH_MAX];
         if let Some(p) = heapmap_path(&mut path) {
             line.str(" RAMPART_HEAPMAP=")
@@ -139,6 +213,7 @@ pub fn init() {
         }
         line.emit();
     }
+    true
 }
 
 /// Applies one `RAMPART_NAME=value` entry.
@@ -153,11 +228,12 @@ fn apply(entry: &[u8]) {
         _ => None,
     };
     match name {
-        b"RAMPART_STATS" | b"RAMPART_VERBOSE" | b"RAMPART_HUGEPAGE" => {
+        b"RAMPART_STATS" | b"RAMPART_VERBOSE" | b"RAMPART_HUGEPAGE" | b"RAMPART_GUARD_MPROTECT" => {
             let target = match name {
                 b"RAMPART_STATS" => &STATS,
                 b"RAMPART_VERBOSE" => &VERBOSE,
-                _ => &HUGEPAGE,
+                b"RAMPART_HUGEPAGE" => &HUGEPAGE,
+                _ => &GUARD_MPROTECT,
             };
             match flag {
                 Some(on) => target.store(on, Ordering::Relaxed),
@@ -176,9 +252,24 @@ fn apply(entry: &[u8]) {
                 warn(name, "path too long (4095 bytes at most); ignored");
             }
         }
-        _ if NOT_YET.iter().any(|n| n.as_bytes() == name) => {
-            warn(name, "is not implemented yet in this build; ignored")
-        }
+        b"RAMPART_GUARD" => match value {
+            b"off" | b"0" => GUARD.store(0, Ordering::Relaxed),
+            b"sample" => GUARD.store(1, Ordering::Relaxed),
+            b"all" => GUARD.store(2, Ordering::Relaxed),
+            _ => warn(name, "bad value (expected off, sample or all); ignored"),
+        },
+        b"RAMPART_GUARD_SAMPLE" => match parse_u64(value) {
+            Some(n) if n >= 1 => GUARD_SAMPLE.store(n, Ordering::Relaxed),
+            _ => warn(name, "bad value (expected a number, 1 or more); ignored"),
+        },
+        b"RAMPART_REDZONE" => match parse_u64(value) {
+            Some(n) if n <= MAX_REDZONE as u64 => REDZONE.store(n as usize, Ordering::Relaxed),
+            _ => warn(name, "bad value (expected bytes, 0 to 4096); ignored"),
+        },
+        b"RAMPART_QUARANTINE" => match parse_u64(value) {
+            Some(n) if n < usize::MAX as u64 => QUARANTINE.store(n as usize, Ordering::Relaxed),
+            _ => warn(name, "bad value (expected bytes); ignored"),
+        },
         _ => warn(name, "is not a rampart option; ignored"),
     }
 }

@@ -57,6 +57,9 @@ pub struct Heap {
     next_all: *mut Heap,
     /// This heap's block counts (written by its thread only).
     counters: ThreadCounters,
+    /// Allocations until the next one leaves the fast path to be guarded (or given a
+    /// redzone); `usize::MAX` when nothing is sampled (see `guard::next_interval`).
+    sample_left: usize,
 }
 
 impl Heap {
@@ -70,6 +73,7 @@ impl Heap {
             next_abandoned: ptr::null_mut(),
             next_all: ptr::null_mut(),
             counters: ThreadCounters::ZERO,
+            sample_left: usize::MAX,
         }
     }
 }
@@ -196,14 +200,58 @@ static ABANDONED: AtomicUsize = AtomicUsize::new(0);
 /// Bytes of metadata mapped at a time for new heaps.
 const HEAP_BLOCK: usize = 64 * 1024;
 
-/// Pops a block of `class` from the current span's free list, or returns null when that
-/// needs the slow path (which [`alloc_small`] takes). Lets a C entry point keep its slow path
-/// a tail call.
+/// The fast path of an allocation: pops a block of `class` from the current span's free
+/// list, or returns null when that needs the slow path (an empty list), or when this
+/// allocation is due to be sampled (the countdown reached zero; the caller's slow path then
+/// calls [`sample_tick`]). The sampling costs one decrement. Lets a C entry point keep its
+/// slow path a tail call.
 #[inline(always)]
 pub fn try_alloc_small(class: usize) -> *mut u8 {
     let heap = current_heap();
     // SAFETY: `heap` is this thread's heap or the sentinel; `current` always holds a valid span.
     unsafe {
+        let s = *(*heap).current.get_unchecked(class);
+        let b = (*s).free;
+        let left = (*heap).sample_left.wrapping_sub(1);
+        if b.is_null() || left == 0 {
+            // The sentinel heaps are never written: their lists are always empty.
+            return ptr::null_mut();
+        }
+        (*heap).sample_left = left;
+        (*s).free = *(b as *mut *mut u8);
+        (*s).used += 1;
+        (*heap).counters.alloc.get_unchecked(class).bump();
+        b
+    }
+}
+
+/// Counts an allocation that did not come through [`try_alloc_small`]'s pop, and says
+/// whether it is the one to sample (guard, or give a redzone). Resets the countdown then.
+pub fn sample_tick() -> bool {
+    let heap = current_heap();
+    if heap == EMPTY_HEAP_PTR || heap == EXITING_HEAP_PTR {
+        // No heap yet (or any more): read the options now, and draw for this allocation as
+        // a heap would for its first (always picked when every allocation is).
+        crate::guard::init_options();
+        return crate::guard::next_interval() == 1;
+    }
+    // SAFETY: the calling thread's own heap.
+    let h = unsafe { &mut *heap };
+    if h.sample_left <= 1 {
+        h.sample_left = crate::guard::next_interval();
+        return true;
+    }
+    h.sample_left -= 1;
+    false
+}
+
+/// Allocates a block of `class` (without counting it towards sampling), or returns null when
+/// memory is exhausted.
+#[inline(always)]
+pub fn alloc_small(class: usize) -> *mut u8 {
+    let heap = current_heap();
+    // SAFETY: `heap` is this thread's heap or the sentinel; `current` always holds a valid span.
+    let b = unsafe {
         let s = *(*heap).current.get_unchecked(class);
         let b = (*s).free;
         if !b.is_null() {
@@ -212,13 +260,7 @@ pub fn try_alloc_small(class: usize) -> *mut u8 {
             (*heap).counters.alloc.get_unchecked(class).bump();
         }
         b
-    }
-}
-
-/// Allocates a block of `class`, or returns null when memory is exhausted.
-#[inline(always)]
-pub fn alloc_small(class: usize) -> *mut u8 {
-    let b = try_alloc_small(class);
+    };
     if !b.is_null() {
         return b;
     }
@@ -294,7 +336,7 @@ unsafe fn alloc_from(h: &mut Heap, class: usize) -> *mut u8 {
         };
         s = run.as_ptr();
         // SAFETY: a fresh run of the class's span size.
-        unsafe { slab::init(s, class, heap as usize) };
+        unsafe { slab::init(s, class, owner_word(heap)) };
     }
     // SAFETY: `s` is a live slab of this heap with room (partial spans always have some).
     let span = unsafe { &mut *s };
@@ -374,29 +416,56 @@ unsafe fn free_claimed(p: *mut u8, claimed: usize) {
             && span.free != p
             && claimed <= span.block_size as usize
         {
-            // SAFETY: the span is a slab of this thread's heap and `p` one of its blocks.
-            unsafe { *(p as *mut *mut u8) = span.free };
-            span.free = p;
-            span.used -= 1;
-            // SAFETY: `heap` is this thread's heap (the owner test passed).
-            unsafe {
-                (*heap)
-                    .counters
-                    .free
-                    .get_unchecked(span.class as usize)
-                    .bump()
-            };
-            if slab::needs_attention(span.used) {
-                // SAFETY: `heap` is this thread's heap and owns the span.
-                unsafe { span_attention(&mut *heap, s) };
-            }
-            return;
+            // SAFETY: the owner test passed: the span is a slab of this thread's heap, and
+            // the boundary test makes `p` one of its blocks.
+            return unsafe { free_local(heap, s, p) };
         }
         // SAFETY: as above.
         return unsafe { free_slow_chunk(s, p, claimed) };
     }
     // SAFETY: per the contract.
     unsafe { free_slow_other(p, entry, claimed) }
+}
+
+/// Pushes a block onto its span's local free list.
+///
+/// # Safety
+/// `heap` is the calling thread's heap, `s` one of its slabs and `p` a block of it that is
+/// not free.
+#[inline(always)]
+unsafe fn free_local(heap: *mut Heap, s: *mut Span, p: *mut u8) {
+    // SAFETY: per the contract.
+    unsafe {
+        let span = &mut *s;
+        *(p as *mut *mut u8) = span.free;
+        span.free = p;
+        span.used -= 1;
+        (*heap)
+            .counters
+            .free
+            .get_unchecked(span.class as usize)
+            .bump();
+        if slab::needs_attention(span.used) {
+            span_attention(&mut *heap, s);
+        }
+    }
+}
+
+/// The owner word of the spans of heap `h`: its address, with bit 0 set while redzones are on
+/// (`RAMPART_REDZONE`), so that the free fast path's owner test fails for their blocks and
+/// the slow path checks them.
+fn owner_word(h: *mut Heap) -> usize {
+    h as usize | (crate::config::redzone() != 0) as usize
+}
+
+/// The heap named by a span's owner word.
+fn owner_heap(word: usize) -> *mut Heap {
+    (word & !1) as *mut Heap
+}
+
+/// Whether a slab's blocks carry redzones (see [`owner_word`]).
+pub fn has_redzones(span: &Span) -> bool {
+    span.owner.load(Ordering::Relaxed) & 1 != 0
 }
 
 #[cold]
@@ -406,18 +475,29 @@ unsafe fn free_slow_chunk(s: *mut Span, p: *mut u8, claimed: usize) {
     let span = unsafe { &*s };
     match span.state {
         State::Slab if slab::is_block_start(span, p as usize) => {
-            if claimed > span.block_size as usize {
-                size_mismatch(p);
-            }
-            let owner = span.owner.load(Ordering::Relaxed) as *mut Heap;
-            if owner == current_heap() {
-                // A block of our own span that the fast path refused: the only reason left
-                // is that it is the block most recently freed to the span.
-                fatal(
-                    "double-free",
-                    "free of a block that is already free",
-                    p as usize,
-                );
+            let word = span.owner.load(Ordering::Relaxed);
+            let owner = owner_heap(word);
+            if word & 1 != 0 {
+                // Redzones: check the block (canary, double free, claimed size) and fill it.
+                // SAFETY: a carved block of a marked span, being freed by the caller.
+                unsafe { crate::redzone::retire(p as usize, span.block_size as usize, claimed) };
+                if owner == current_heap() {
+                    // SAFETY: our own span's block, checked not to be free already.
+                    return unsafe { free_local(owner, s, p) };
+                }
+            } else {
+                if claimed > span.block_size as usize {
+                    size_mismatch(p);
+                }
+                if owner == current_heap() {
+                    // A block of our own span that the fast path refused: the only reason
+                    // left is that it is the block most recently freed to the span.
+                    fatal(
+                        "double-free",
+                        "free of a block that is already free",
+                        p as usize,
+                    );
+                }
             }
             count_remote_free(span.class as usize);
             // SAFETY: a slab's owner heap lives for ever (heaps are recycled, never unmapped).
@@ -437,6 +517,10 @@ unsafe fn free_slow_chunk(s: *mut Span, p: *mut u8, claimed: usize) {
 #[cold]
 #[inline(never)]
 unsafe fn free_slow_other(p: *mut u8, entry: usize, claimed: usize) {
+    if crate::guard::contains(p as usize) {
+        // SAFETY: the pointer is in the guard pool.
+        return unsafe { crate::guard::free(p as usize, claimed) };
+    }
     match PageMap::decode(entry) {
         // SAFETY: the map names a live huge block; the check confirms `p` is its start.
         Owner::Huge(h) if unsafe { (*h).base } == p as usize => unsafe {
@@ -592,11 +676,11 @@ unsafe fn collect_remote(h: &mut Heap) {
             }
             let s = span_in_chunk(entry, b);
             let span = &mut *s;
-            let owner = span.owner.load(Ordering::Relaxed);
-            if owner != h as *mut Heap as usize {
+            let owner = owner_heap(span.owner.load(Ordering::Relaxed));
+            if owner != h as *mut Heap {
                 // Pushed here by a thread that read the span's owner just before another
                 // heap took the span over: send it on.
-                remote_push(owner as *mut Heap, b as *mut u8);
+                remote_push(owner, b as *mut u8);
                 b = next;
                 continue;
             }
@@ -632,7 +716,9 @@ fn thread_init() -> *mut Heap {
     };
 
     set_current_heap(heap);
-    crate::config::init();
+    crate::guard::init_options();
+    // SAFETY: the calling thread's heap, just acquired.
+    unsafe { (*heap).sample_left = crate::guard::next_interval() };
     if !FORK_HANDLERS.swap(true, Ordering::AcqRel) {
         // After HEAP is set and with no lock held: pthread_atfork may call malloc, which then
         // takes the fast path.
@@ -801,7 +887,7 @@ unsafe fn take_over_abandoned(h: &mut Heap) -> bool {
         ABANDONED.fetch_sub(1, Ordering::Relaxed);
         old
     };
-    let me = h as *mut Heap as usize;
+    let me = owner_word(h);
     // SAFETY: `old` is ours alone now (taken off the registry); `h` is the caller's.
     unsafe {
         let o = &mut *old;
@@ -859,11 +945,24 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
         let span = unsafe { &*span_in_chunk(entry, p as usize) };
         match span.state {
             State::Slab if slab::is_block_start(span, p as usize) => {
-                return span.block_size as usize
+                if has_redzones(span) {
+                    // SAFETY: a carved block of a marked span.
+                    return unsafe {
+                        crate::redzone::check_live(
+                            p as usize,
+                            span.block_size as usize,
+                            "size query",
+                        )
+                    };
+                }
+                return span.block_size as usize;
             }
             State::Large if span.addr == p as usize => return large::run_capacity(span),
             _ => invalid_free(p, span),
         }
+    }
+    if crate::guard::contains(p as usize) {
+        return crate::guard::size_of_live(p as usize, "size query");
     }
     match PageMap::decode(entry) {
         // SAFETY: the map names a live huge block.
@@ -884,6 +983,8 @@ pub enum Block<'a> {
     Large(NonNull<Span>),
     /// A huge mapping.
     Huge(NonNull<crate::pages::Huge>),
+    /// A guarded block of this many bytes.
+    Guarded(usize),
 }
 
 /// Classifies a block rampart returned; reports and aborts on any other pointer.
@@ -905,6 +1006,9 @@ pub unsafe fn classify<'a>(p: *mut u8) -> Block<'a> {
             }
             _ => invalid_free(p, span),
         };
+    }
+    if crate::guard::contains(p as usize) {
+        return Block::Guarded(crate::guard::size_of_live(p as usize, "realloc"));
     }
     match PageMap::decode(entry) {
         // SAFETY: the map names a live huge block.
@@ -1053,7 +1157,7 @@ pub fn validate_current_thread() {
         if c != EMPTY_SPAN_PTR {
             // SAFETY: live span of this heap.
             unsafe {
-                assert_eq!((*c).owner.load(Ordering::Relaxed), heap as usize);
+                assert_eq!(owner_heap((*c).owner.load(Ordering::Relaxed)), heap);
                 assert_eq!((*c).class as usize, class);
                 slab::validate(&*c, true);
             }
@@ -1062,7 +1166,7 @@ pub fn validate_current_thread() {
         while !s.is_null() {
             // SAFETY: live span of this heap.
             unsafe {
-                assert_eq!((*s).owner.load(Ordering::Relaxed), heap as usize);
+                assert_eq!(owner_heap((*s).owner.load(Ordering::Relaxed)), heap);
                 assert!((*s).used > 0);
                 slab::validate(&*s, false);
                 s = (*s).next;
@@ -1072,7 +1176,7 @@ pub fn validate_current_thread() {
         while !s.is_null() {
             // SAFETY: live span of this heap.
             unsafe {
-                assert_eq!((*s).owner.load(Ordering::Relaxed), heap as usize);
+                assert_eq!(owner_heap((*s).owner.load(Ordering::Relaxed)), heap);
                 assert!((*s).used < 0);
                 slab::validate(&*s, false);
                 s = (*s).next;

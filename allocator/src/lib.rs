@@ -37,11 +37,13 @@
 pub mod api;
 pub mod config;
 mod global_alloc;
+pub mod guard;
 pub mod heap;
 pub mod heapmap;
 pub mod large;
 pub mod os;
 pub mod pages;
+pub mod redzone;
 pub mod size_class;
 pub mod slab;
 pub mod stats;

@@ -15,7 +15,7 @@
 //!   `madvise` through libc, since rustix's `Advice` does not name them yet).
 //! - The clock is read through rustix's vDSO `clock_gettime`.
 
-use core::ffi::c_void;
+use core::ffi::{c_void, CStr};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
@@ -402,4 +402,226 @@ pub fn thread_key_create(dtor: unsafe extern "C" fn(*mut c_void)) -> Option<Thre
 pub unsafe fn thread_key_set(key: ThreadKey, value: *mut c_void) {
     // SAFETY: the key was created by `thread_key_create`; setspecific stores the pointer only.
     unsafe { libc::pthread_setspecific(key, value) };
+}
+
+/// Reserves `len` bytes of address space that faults on any access (`PROT_NONE`, no commit
+/// charge), for [`commit_rw`] to open up piece by piece.
+pub fn reserve(len: usize) -> Option<NonNull<u8>> {
+    count(MMAP);
+    // SAFETY: a null hint with no MAP_FIXED cannot replace an existing mapping.
+    let p = unsafe {
+        mm::mmap_anonymous(
+            ptr::null_mut(),
+            len,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE | MapFlags::NORESERVE,
+        )
+    };
+    p.ok().and_then(|p| NonNull::new(p.cast()))
+}
+
+/// Makes part of a [`reserve`]d range read-write (it merges with a read-write neighbour, so a
+/// range opened up front to back stays one mapping).
+///
+/// # Safety
+/// The range lies in a reservation owned by the caller.
+pub unsafe fn commit_rw(addr: *mut u8, len: usize) -> bool {
+    count(MPROTECT);
+    // SAFETY: the caller owns the range.
+    unsafe { mm::mprotect(addr.cast(), len, MprotectFlags::READ | MprotectFlags::WRITE).is_ok() }
+}
+
+/// Makes [`guard_install`] use `mprotect` even where `MADV_GUARD_INSTALL` works (for
+/// kernels before 6.13, and to measure what the advice saves). Call before any guard exists.
+pub fn force_mprotect_guards() {
+    GUARD_ADVICE.store(2, Ordering::Relaxed);
+}
+
+/// The calling thread's kernel id.
+pub fn gettid() -> u32 {
+    rustix::thread::gettid().as_raw_nonzero().get() as u32
+}
+
+/// Reads a small decimal number from a file such as `/proc/sys/vm/max_map_count`, or `None`.
+pub fn read_number(path: &core::ffi::CStr) -> Option<u64> {
+    // SAFETY: `path` is NUL-terminated.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let mut buf = [0u8; 32];
+    // SAFETY: the buffer is valid for writes of its length.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: our descriptor.
+    unsafe { libc::close(fd) };
+    if n <= 0 {
+        return None;
+    }
+    let digits = buf[..n as usize]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .fold(Some(0u64), |acc, &d| {
+            acc?.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        });
+    digits
+}
+
+/// A fault handler as `sigaction` calls it with `SA_SIGINFO`.
+pub type FaultHandler = extern "C" fn(i32, *mut libc::siginfo_t, *mut c_void);
+
+/// The action a signal had before [`install_fault_handler`] (to pass faults on to).
+pub type SavedAction = libc::sigaction;
+
+/// Installs `handler` for `sig` (on the alternate stack if the thread has one, with other
+/// faults deferred while it runs) and returns the action it replaced, or `None` if the kernel
+/// refused.
+pub fn install_fault_handler(sig: i32, handler: FaultHandler) -> Option<SavedAction> {
+    // SAFETY: an all-zero sigaction is a valid value to fill in.
+    let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
+    act.sa_sigaction = handler as usize;
+    act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
+    // SAFETY: as above.
+    let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
+    // SAFETY: both structs are valid; the handler is a plain function living for ever.
+    let rc = unsafe {
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaction(sig, &act, &mut old)
+    };
+    (rc == 0).then_some(old)
+}
+
+/// Passes a fault on to the action `prev` that was installed before ours: calls its handler,
+/// or, for the default action (or "ignore", which the kernel does not honour for a fault),
+/// restores it so that the faulting instruction, run again when we return, ends the process
+/// with the signal's default action.
+///
+/// # Safety
+/// Called from a fault handler with the arguments it was given.
+pub unsafe fn pass_fault_on(
+    prev: &SavedAction,
+    sig: i32,
+    info: *mut libc::siginfo_t,
+    ctx: *mut c_void,
+) {
+    let h = prev.sa_sigaction;
+    if h == libc::SIG_DFL || h == libc::SIG_IGN {
+        restore_default(sig);
+    } else if prev.sa_flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: the program installed this three-argument handler for `sig`.
+        let f: FaultHandler = unsafe { core::mem::transmute::<usize, FaultHandler>(h) };
+        f(sig, info, ctx);
+    } else {
+        // SAFETY: the program installed this one-argument handler for `sig`.
+        let f: extern "C" fn(i32) = unsafe { core::mem::transmute::<usize, extern "C" fn(i32)>(h) };
+        f(sig);
+    }
+}
+
+/// Sets `sig` back to its default action (for a fault: the process dies with that signal
+/// when the faulting instruction runs again).
+pub fn restore_default(sig: i32) {
+    // SAFETY: an all-zero sigaction with SIG_DFL is valid; sigaction neither allocates nor
+    // keeps the pointer.
+    unsafe {
+        let mut act: libc::sigaction = core::mem::zeroed();
+        act.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(sig, &act, ptr::null_mut());
+    }
+}
+
+/// Whether a page fault described by a handler's context was a write (bit 1 of the x86-64
+/// page-fault error code), `None` if the context is missing.
+///
+/// # Safety
+/// `ctx` is null or the `ucontext_t` a fault handler was given.
+pub unsafe fn fault_was_write(ctx: *mut c_void) -> Option<bool> {
+    if ctx.is_null() {
+        return None;
+    }
+    // SAFETY: per the contract.
+    let uc = unsafe { &*(ctx as *const libc::ucontext_t) };
+    Some(uc.uc_mcontext.gregs[libc::REG_ERR as usize] & 2 != 0)
+}
+
+#[repr(C)]
+struct UnwindContext {
+    _private: [u8; 0],
+}
+
+extern "C" {
+    fn _Unwind_Backtrace(
+        trace: extern "C" fn(*mut UnwindContext, *mut c_void) -> i32,
+        arg: *mut c_void,
+    ) -> i32;
+    fn _Unwind_GetIP(ctx: *mut UnwindContext) -> usize;
+}
+
+/// Where a backtrace is written: the frames, how many were kept, and how many to skip.
+struct Trace<'a> {
+    frames: &'a mut [usize],
+    len: usize,
+    skip: usize,
+}
+
+extern "C" fn trace_one(ctx: *mut UnwindContext, arg: *mut c_void) -> i32 {
+    // SAFETY: `arg` is the `Trace` passed by `backtrace` below, alive for the walk.
+    let t = unsafe { &mut *(arg as *mut Trace<'_>) };
+    // SAFETY: the unwinder hands us a live context.
+    let ip = unsafe { _Unwind_GetIP(ctx) };
+    if ip == 0 {
+        return 5; // _URC_END_OF_STACK
+    }
+    if t.skip > 0 {
+        t.skip -= 1;
+        return 0;
+    }
+    if t.len == t.frames.len() {
+        return 5;
+    }
+    t.frames[t.len] = ip;
+    t.len += 1;
+    0 // _URC_NO_REASON
+}
+
+/// Writes the return addresses of the calling stack into `frames` (after skipping `skip`
+/// frames of the caller's own), through libgcc's unwinder, which reads `.eh_frame` and does
+/// not allocate. Returns how many were written.
+pub fn backtrace(frames: &mut [usize], skip: usize) -> usize {
+    let mut t = Trace {
+        frames,
+        len: 0,
+        skip,
+    };
+    // SAFETY: the callback only writes into `t`, which outlives the walk.
+    unsafe { _Unwind_Backtrace(trace_one, (&raw mut t).cast()) };
+    t.len
+}
+
+/// A code address's symbol and module: `(symbol, offset from it, module path, offset from the
+/// module's base)`; either name may be missing.
+pub type Symbol = (Option<&'static CStr>, usize, Option<&'static CStr>, usize);
+
+/// The symbol and module of a code address, for a report (see [`Symbol`]). `dladdr` reads the
+/// loader's tables without allocating (it knows only the dynamic symbols).
+pub fn symbolize(pc: usize) -> Option<Symbol> {
+    // SAFETY: an all-zero Dl_info is valid to fill in.
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: dladdr only reads the loader's tables and writes `info`.
+    if unsafe { libc::dladdr(pc as *const c_void, &mut info) } == 0 {
+        return None;
+    }
+    // SAFETY: the names dladdr returns are NUL-terminated strings of loaded objects, which
+    // stay loaded while the report is written.
+    let name = |p: *const core::ffi::c_char| {
+        // SAFETY: as above.
+        (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) })
+    };
+    let sym = name(info.dli_sname);
+    let module = name(info.dli_fname);
+    Some((
+        sym,
+        pc.wrapping_sub(info.dli_saddr as usize),
+        module,
+        pc.wrapping_sub(info.dli_fbase as usize),
+    ))
 }

@@ -97,8 +97,13 @@ pub unsafe fn carve(s: &mut Span) -> bool {
         } else {
             ptr::null_mut()
         };
-        // SAFETY: the block lies inside the span's never-used range, which we own.
-        unsafe { b.write(next) };
+        // SAFETY: the block (16 bytes at least) lies inside the span's never-used range,
+        // which we own. Its second word is cleared so that stale bytes there never look like
+        // the mark of a freed block to the redzone checks (see `redzone`).
+        unsafe {
+            b.write(next);
+            b.add(1).write(ptr::null_mut());
+        }
     }
     s.free = base as *mut u8;
     s.bump = (start + n) as u16;

@@ -162,13 +162,16 @@ pub fn print_stats() {
 
 /// Reads the options (at load time).
 pub fn read_options() {
-    config::init();
+    rampart::guard::init_options();
 }
 
 /// At exit: the statistics, if `RAMPART_STATS=1`, and the heap map, if `RAMPART_HEAPMAP`
 /// names a file.
 pub fn at_exit() {
-    config::init();
+    rampart::guard::init_options();
+    if config::redzone() != 0 {
+        rampart::redzone::check_all();
+    }
     if config::stats_at_exit() {
         print_stats();
     }

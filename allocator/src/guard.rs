@@ -1,0 +1,939 @@
+//! Guarded placement, quarantine and fault reports (`RAMPART_GUARD=all|sample`).
+//!
+//! A guarded block lives alone in a *slot* of the guard pool, one reserved region of address
+//! space: whole data pages followed by one guard page that faults on any access. The block is
+//! placed at the end of its data pages, so its last byte touches the guard page and an
+//! overflow of even one byte faults on the offending instruction. Default-aligned blocks
+//! (`malloc`) are aligned to the largest power of two dividing their size, up to 16 (enough
+//! for any object of that size), which leaves no gap; a block with a larger requested
+//! alignment ends up to `align - 1` bytes before the guard. The bytes before the block on its
+//! first page are filled with a pattern checked when it is freed (an underflow that stays on
+//! the page is found then; one that reaches the previous guard page faults).
+//!
+//! A freed block's data pages become guard pages too (contents dropped) and its slot joins a
+//! FIFO quarantine bounded by `RAMPART_QUARANTINE` bytes, so a read or write after free
+//! faults; slots leaving the quarantine are reused for blocks of the same slot class. Since a
+//! slot is never handed out twice at once, double and invalid frees of guarded blocks are
+//! always found, with the block's size and stacks.
+//!
+//! - `all` (debugging): every allocation of the process is guarded while the pool has room
+//!   (64 GiB of address space, fewer if the address-space limit forbids) and the mapping
+//!   count allows. Costs two pages of address space and a few system calls per block, and
+//!   a stack walk per allocation and free.
+//! - `sample` (production): one allocation in `RAMPART_GUARD_SAMPLE`, of at most
+//!   [`SAMPLE_MAX_SIZE`] bytes, from a pool of 64 MiB; the others take the normal fast path,
+//!   where the sampling is one counter decrement (`heap::try_alloc_small`).
+//!
+//! Guard pages are installed with `MADV_GUARD_INSTALL` where the kernel has it (no new VMA),
+//! else with `mprotect`, which splits the pool's mapping at every guard. The pool counts the
+//! mappings it may have made and stops guarding new blocks (warning once) at half of
+//! `vm.max_map_count`, instead of failing.
+//!
+//! In these modes a `SIGSEGV`/`SIGBUS` handler turns a fault in the pool into a report (kind,
+//! read or write, address, offset from the block, the block's size, the stacks of the access,
+//! the allocation and the free) and re-raises the signal with its default action. Faults
+//! elsewhere go to the handler installed before ours, or to the default action.
+
+use core::cell::UnsafeCell;
+use core::ffi::c_void;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use crate::config::{self, GuardMode};
+use crate::os::{self, PAGE_SIZE};
+use crate::util::{FutexLock, Line};
+
+/// The largest block `sample` mode guards.
+pub const SAMPLE_MAX_SIZE: usize = 64 << 10;
+/// Address space reserved for the pool in `all` mode (halved until the kernel agrees).
+const ALL_POOL_BYTES: usize = 64 << 30;
+/// Address space of the pool in `sample` mode.
+const SAMPLE_POOL_BYTES: usize = 64 << 20;
+/// Default quarantine in `all` mode: freed slots held back before reuse (address space and
+/// page-table entries only; their pages are dropped).
+const ALL_QUARANTINE: usize = 256 << 20;
+/// Default quarantine in `sample` mode.
+const SAMPLE_QUARANTINE: usize = 16 << 20;
+/// Alignments above this are never guarded (the slot would waste too much).
+const MAX_GUARDED_ALIGN: usize = 1 << 20;
+/// Return addresses kept per stack.
+pub const FRAMES: usize = 14;
+/// Slot classes (data pages, rounded: 1 to 8 exactly, then four per doubling).
+const SLOT_CLASSES: usize = 96;
+/// The byte that fills the slack before a block on its first page.
+const SLACK_BYTE: u8 = 0xfb;
+/// How much of the reservation is opened up (made read-write) at a time.
+const COMMIT_STEP: usize = 1 << 20;
+
+/// A slot's state.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum SlotState {
+    /// Holds a live block.
+    Live,
+    /// Freed, PROT_NONE, in the quarantine.
+    Quarantined,
+    /// Freed, PROT_NONE, out of the quarantine: on its class's free list, ready for reuse.
+    Released,
+}
+
+/// A slot's record (kept beside the pool, never in it).
+#[repr(C)]
+struct Slot {
+    /// First data page.
+    data: usize,
+    /// Data pages (the guard page follows them).
+    pages: usize,
+    /// The block: its address, requested size and requested alignment.
+    ptr: usize,
+    size: usize,
+    class: u16,
+    state: SlotState,
+    alloc_frames_len: u8,
+    free_frames_len: u8,
+    /// Next slot (index + 1; 0 = none) in the quarantine or a free list.
+    next: u32,
+    alloc_tid: u32,
+    free_tid: u32,
+    alloc_frames: [usize; FRAMES],
+    free_frames: [usize; FRAMES],
+}
+
+impl Slot {
+    fn data_end(&self) -> usize {
+        self.data + self.pages * PAGE_SIZE
+    }
+}
+
+/// The pool of guarded slots.
+struct Pool {
+    /// The reservation: `[base, base + len)`; `committed` bytes from `base` are read-write
+    /// (with guard pages inside), `bump` bytes are carved into slots.
+    base: usize,
+    len: usize,
+    committed: usize,
+    bump: usize,
+    /// Slot records (`max_slots` reserved), and per pool page its slot's index + 1.
+    slots: *mut Slot,
+    max_slots: usize,
+    nslots: usize,
+    page_slot: *mut u32,
+    /// Released slots by class (index + 1; 0 = none).
+    free_heads: [u32; SLOT_CLASSES],
+    /// The quarantine, oldest first (index + 1), and the bytes of data pages it holds.
+    q_head: u32,
+    q_tail: u32,
+    q_bytes: usize,
+    q_limit: usize,
+    /// The most mappings the pool may have made, and where it stops making more.
+    vmas: usize,
+    vma_limit: usize,
+    /// Warned once that the pool is full (or the map count near).
+    warned: bool,
+}
+
+// SAFETY: the raw pointers are to the pool's own reservations; access is locked.
+unsafe impl Send for Pool {}
+
+static POOL: FutexLock<Pool> = FutexLock::new(Pool {
+    base: 0,
+    len: 0,
+    committed: 0,
+    bump: 0,
+    slots: ptr::null_mut(),
+    max_slots: 0,
+    nslots: 0,
+    page_slot: ptr::null_mut(),
+    free_heads: [0; SLOT_CLASSES],
+    q_head: 0,
+    q_tail: 0,
+    q_bytes: 0,
+    q_limit: 0,
+    vmas: 0,
+    vma_limit: 0,
+    warned: false,
+});
+
+/// The pool's range, for lock-free tests (`contains`) and the fault handler; 0 until set up.
+static BASE: AtomicUsize = AtomicUsize::new(0);
+static LEN: AtomicUsize = AtomicUsize::new(0);
+/// The slot records and the page table, for the fault handler (read without the lock).
+static SLOTS: AtomicUsize = AtomicUsize::new(0);
+static PAGE_SLOT: AtomicUsize = AtomicUsize::new(0);
+/// Whether every allocation should leave the fast path (`all` mode, or redzones).
+static DIVERT_ALL: AtomicBool = AtomicBool::new(false);
+/// Whether some allocations are guarded (`all` or `sample`, with a pool).
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// Guarded blocks allocated and freed (statistics).
+static GUARDED: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+/// State of the sampling intervals' random numbers.
+static SEED: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
+
+/// The fault actions that were installed before ours (SIGSEGV, SIGBUS).
+struct SavedActions(UnsafeCell<[Option<os::SavedAction>; 2]>);
+// SAFETY: written once, before our handler can run (each entry before its handler is
+// installed... by `sigaction` returning it; a fault in between finds `None`: default).
+unsafe impl Sync for SavedActions {}
+static PREV: SavedActions = SavedActions(UnsafeCell::new([None, None]));
+
+/// Reads the options (once; see `config::init`) and, in a guard mode, sets the pool and the
+/// fault handler up. Called on a thread's first allocation and by the C library's start-up.
+pub fn init_options() {
+    if !config::init() {
+        return;
+    }
+    if config::redzone() != 0 {
+        DIVERT_ALL.store(true, Ordering::Relaxed);
+    }
+    let mode = config::guard_mode();
+    if mode == GuardMode::Off {
+        return;
+    }
+    if config::guard_mprotect() {
+        os::force_mprotect_guards();
+    }
+    if mode == GuardMode::All {
+        DIVERT_ALL.store(true, Ordering::Relaxed);
+    }
+    let (want, quarantine) = match mode {
+        GuardMode::All => (ALL_POOL_BYTES, ALL_QUARANTINE),
+        _ => (SAMPLE_POOL_BYTES, SAMPLE_QUARANTINE),
+    };
+    if !POOL
+        .lock()
+        .setup(want, config::quarantine().unwrap_or(quarantine))
+    {
+        warn("could not reserve address space for guarded blocks; guard mode off");
+        return;
+    }
+    // SAFETY: PREV is written only here, once (config::init returned true once).
+    let prev = unsafe { &mut *PREV.0.get() };
+    prev[0] = os::install_fault_handler(libc::SIGSEGV, on_fault);
+    prev[1] = os::install_fault_handler(libc::SIGBUS, on_fault);
+    ACTIVE.store(true, Ordering::Release);
+}
+
+/// Whether every allocation must leave the fast path (set by `all` mode and by redzones);
+/// read by `heap` to set its threads' sampling countdowns.
+#[inline]
+pub fn divert_all() -> bool {
+    DIVERT_ALL.load(Ordering::Relaxed)
+}
+
+/// Whether guarded allocation is on (`all` or `sample` with a pool).
+#[inline]
+pub fn active() -> bool {
+    ACTIVE.load(Ordering::Relaxed)
+}
+
+/// How many allocations a thread makes before its next guarded one: 1 when every allocation
+/// is diverted, a random interval averaging `RAMPART_GUARD_SAMPLE` in `sample` mode, and
+/// "never" otherwise.
+pub fn next_interval() -> usize {
+    if divert_all() {
+        return 1;
+    }
+    if !active() {
+        return usize::MAX;
+    }
+    let n = config::guard_sample().max(1);
+    if n == 1 {
+        return 1;
+    }
+    // splitmix64 over a shared counter: uniform in [1, 2n - 1], mean n.
+    let mut z = SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (1 + z % (2 * n - 1)) as usize
+}
+
+/// Whether an allocation the heap's countdown picked should be guarded: always in `all`
+/// mode; in `sample` mode too, unless redzones divert every allocation, in which case one in
+/// `RAMPART_GUARD_SAMPLE` of them is (a shared countdown: that path is slow anyway).
+pub fn sample_now() -> bool {
+    if config::guard_mode() == GuardMode::All || !divert_all() {
+        return true;
+    }
+    static LEFT: AtomicUsize = AtomicUsize::new(1);
+    if LEFT.fetch_sub(1, Ordering::Relaxed) <= 1 {
+        LEFT.store(config::guard_sample() as usize, Ordering::Relaxed);
+        return true;
+    }
+    false
+}
+
+/// Whether `p` lies in the guard pool (a guarded block, or what is left of one).
+#[inline]
+pub fn contains(p: usize) -> bool {
+    p.wrapping_sub(BASE.load(Ordering::Relaxed)) < LEN.load(Ordering::Relaxed)
+}
+
+/// Guarded blocks allocated and freed so far.
+pub fn counts() -> (u64, u64) {
+    (
+        GUARDED[0].load(Ordering::Relaxed),
+        GUARDED[1].load(Ordering::Relaxed),
+    )
+}
+
+/// The slot class of a block needing `pages` data pages: `(class, pages of the class)`.
+fn slot_class(pages: usize) -> (usize, usize) {
+    if pages <= 8 {
+        return (pages.max(1) - 1, pages.max(1));
+    }
+    let e = (usize::BITS - 1 - (pages - 1).leading_zeros()) as usize; // 2^e < pages <= 2^(e+1)
+    let step = 1usize << (e - 2);
+    let i = (pages - 1 - (1 << e)) / step;
+    (8 + (e - 3) * 4 + i, (1 << e) + (i + 1) * step)
+}
+
+/// The alignment a guarded block gets: the requested one, or for default-aligned requests
+/// the largest power of two that divides the size, up to 16 (any object of that size fits).
+fn placement_align(size: usize, align: usize) -> usize {
+    if align > crate::api::MIN_ALIGN {
+        return align;
+    }
+    if size == 0 {
+        return crate::api::MIN_ALIGN;
+    }
+    (1usize << size.trailing_zeros()).min(crate::api::MIN_ALIGN)
+}
+
+/// Allocates a guarded block, or `None` when it cannot be guarded (too large for the mode,
+/// pool full, map count near its limit): the caller then allocates normally. The block's
+/// memory is zeroed.
+pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
+    if config::guard_mode() == GuardMode::Sample && size > SAMPLE_MAX_SIZE {
+        return None;
+    }
+    if align > MAX_GUARDED_ALIGN {
+        return None;
+    }
+    let align = placement_align(size, align);
+    let need = if align <= crate::api::MIN_ALIGN {
+        size
+    } else {
+        size.checked_add(align - 1)?
+    };
+    let pages = crate::util::checked_align_up(need.max(1), PAGE_SIZE)? / PAGE_SIZE;
+    let mut frames = [0usize; FRAMES];
+    let nframes = os::backtrace(&mut frames, 0);
+    let tid = os::gettid();
+    let mut pool = POOL.lock();
+    let idx = pool.take_slot(pages)?;
+    // SAFETY: a slot index the pool just handed out.
+    let slot = unsafe { &mut *pool.slots.add(idx) };
+    let end = slot.data_end();
+    let p = (end - size) & !(align - 1);
+    slot.ptr = p;
+    slot.size = size;
+    slot.state = SlotState::Live;
+    slot.alloc_tid = tid;
+    slot.alloc_frames = frames;
+    slot.alloc_frames_len = nframes as u8;
+    slot.free_frames_len = 0;
+    // The slack before the block on its first page gets a pattern, checked on free.
+    let from = (p & !(PAGE_SIZE - 1)).max(slot.data);
+    if p > from && p < end {
+        // SAFETY: the slot's data pages are read-write and ours.
+        unsafe { ptr::write_bytes(from as *mut u8, SLACK_BYTE, p - from) };
+    }
+    drop(pool);
+    GUARDED[0].fetch_add(1, Ordering::Relaxed);
+    NonNull::new(p as *mut u8)
+}
+
+/// The requested size of the live guarded block `p`; reports and aborts for any other
+/// pointer into the pool (`what` names the call, e.g. "realloc").
+pub fn size_of_live(p: usize, what: &str) -> usize {
+    let pool = POOL.lock();
+    match pool.slot_of(p) {
+        // SAFETY: an index from the page table.
+        Some(idx) => {
+            let slot = unsafe { &*pool.slots.add(idx) };
+            if slot.state == SlotState::Live && slot.ptr == p {
+                return slot.size;
+            }
+            let kind = if slot.ptr == p {
+                "double-free"
+            } else {
+                "invalid-free"
+            };
+            let why = if slot.ptr == p {
+                "of a block that is already free"
+            } else {
+                "of a pointer that is not the start of a block"
+            };
+            report_slot_error(kind, what, why, p, slot)
+        }
+        None => report_wild(what, p),
+    }
+}
+
+/// Frees a guarded block: checks it (double free, invalid free, a sized free's size, the
+/// slack's pattern), makes its pages fault, and quarantines it.
+///
+/// # Safety
+/// `p` lies in the pool (`contains(p)`).
+pub unsafe fn free(p: usize, claimed: usize) {
+    let mut frames = [0usize; FRAMES];
+    let nframes = os::backtrace(&mut frames, 0);
+    let tid = os::gettid();
+    let mut pool = POOL.lock();
+    let Some(idx) = pool.slot_of(p) else {
+        report_wild("free", p)
+    };
+    // SAFETY: an index from the page table.
+    let slot = unsafe { &mut *pool.slots.add(idx) };
+    if slot.ptr != p {
+        report_slot_error(
+            "invalid-free",
+            "free",
+            "of a pointer that is not the start of a block",
+            p,
+            slot,
+        );
+    }
+    if slot.state != SlotState::Live {
+        report_slot_error(
+            "double-free",
+            "free",
+            "of a block that is already free",
+            p,
+            slot,
+        );
+    }
+    if claimed > slot.size {
+        report_slot_error(
+            "invalid-free",
+            "sized free",
+            "with a size larger than the block",
+            p,
+            slot,
+        );
+    }
+    let from = (p & !(PAGE_SIZE - 1)).max(slot.data);
+    if p > from && p < slot.data_end() {
+        // SAFETY: the slack is read-write memory of the live slot.
+        let slack = unsafe { core::slice::from_raw_parts(from as *const u8, p - from) };
+        if let Some(last) = slack.iter().rposition(|&b| b != SLACK_BYTE) {
+            let at = from + last;
+            report_access("heap-buffer-underflow", Some(true), at, slot, None, true);
+            os::abort();
+        }
+    }
+    slot.state = SlotState::Quarantined;
+    slot.free_tid = tid;
+    slot.free_frames = frames;
+    slot.free_frames_len = nframes as u8;
+    // SAFETY: the slot's data pages are ours and hold nothing needed any more.
+    unsafe { protect_freed(slot.data, slot.pages * PAGE_SIZE) };
+    pool.quarantine(idx);
+    drop(pool);
+    GUARDED[1].fetch_add(1, Ordering::Relaxed);
+}
+
+/// Makes freed data pages fault and drops their contents.
+///
+/// # Safety
+/// The range is a slot's data pages, no longer used.
+unsafe fn protect_freed(addr: usize, len: usize) {
+    // SAFETY: per the contract.
+    unsafe {
+        if !os::guards_are_free() {
+            os::decommit(addr as *mut u8, len);
+        }
+        os::guard_install(addr as *mut u8, len);
+    }
+}
+
+impl Pool {
+    /// Reserves the pool (`want` bytes, halved until the kernel agrees, down to 16 MiB) and
+    /// its records. `false` if nothing could be reserved.
+    fn setup(&mut self, want: usize, quarantine: usize) -> bool {
+        let mut len = want;
+        let base = loop {
+            if let Some(b) = os::reserve(len) {
+                break b.as_ptr() as usize;
+            }
+            len /= 2;
+            if len < (16 << 20) {
+                return false;
+            }
+        };
+        let pages = len / PAGE_SIZE;
+        let max_slots = pages / 2;
+        let table_bytes = crate::util::align_up(pages * 4, PAGE_SIZE);
+        let slot_bytes = crate::util::align_up(max_slots * size_of::<Slot>(), PAGE_SIZE);
+        let (Some(table), Some(slots)) = (os::map(table_bytes), os::map(slot_bytes)) else {
+            return false;
+        };
+        self.base = base;
+        self.len = len;
+        self.page_slot = table.as_ptr().cast();
+        self.slots = slots.as_ptr().cast();
+        self.max_slots = max_slots;
+        self.q_limit = quarantine;
+        // The first page stays PROT_NONE: an underflow of the first slot's block faults.
+        self.bump = PAGE_SIZE;
+        self.committed = PAGE_SIZE;
+        // Mappings: the pool's two parts, plus (mprotect only) up to two per slot.
+        self.vmas = 2;
+        let max_map = os::read_number(c"/proc/sys/vm/max_map_count").unwrap_or(65530) as usize;
+        self.vma_limit = max_map / 2;
+        PAGE_SLOT.store(self.page_slot as usize, Ordering::Relaxed);
+        SLOTS.store(self.slots as usize, Ordering::Relaxed);
+        LEN.store(len, Ordering::Relaxed);
+        BASE.store(base, Ordering::Release);
+        true
+    }
+
+    /// The slot index of a pool address (its data or its guard page), if any.
+    fn slot_of(&self, addr: usize) -> Option<usize> {
+        slot_index(self.base, self.len, self.page_slot, addr)
+    }
+
+    /// A slot with at least `pages` data pages, ready for a block: a released slot of the
+    /// class, else a new one carved from the reservation, else one pushed out of the
+    /// quarantine early. `None` when none can be had.
+    fn take_slot(&mut self, pages: usize) -> Option<usize> {
+        let (class, class_pages) = slot_class(pages);
+        if class >= SLOT_CLASSES {
+            return None;
+        }
+        loop {
+            if let Some(idx) = self.pop_free(class) {
+                // SAFETY: a released slot: its data pages are guarded; open them again.
+                let slot = unsafe { &mut *self.slots.add(idx) };
+                // SAFETY: the slot's pages are ours.
+                if !unsafe { os::guard_remove(slot.data as *mut u8, slot.pages * PAGE_SIZE) } {
+                    return None;
+                }
+                return Some(idx);
+            }
+            if let Some(idx) = self.carve(class, class_pages) {
+                return Some(idx);
+            }
+            // Full: release the oldest quarantined slot early, and try again.
+            if !self.release_oldest() {
+                self.warn_once("the guard pool is full; further blocks are not guarded");
+                return None;
+            }
+        }
+    }
+
+    fn pop_free(&mut self, class: usize) -> Option<usize> {
+        let head = self.free_heads[class];
+        if head == 0 {
+            return None;
+        }
+        let idx = head as usize - 1;
+        // SAFETY: an index on the free list.
+        self.free_heads[class] = unsafe { (*self.slots.add(idx)).next };
+        Some(idx)
+    }
+
+    /// A new slot of `pages` data pages and a guard page, from the unused reservation.
+    fn carve(&mut self, class: usize, pages: usize) -> Option<usize> {
+        let bytes = (pages + 1) * PAGE_SIZE;
+        if self.nslots == self.max_slots || self.bump + bytes > self.len {
+            return None;
+        }
+        if !os::guards_are_free() && self.vmas + 2 > self.vma_limit {
+            self.warn_once(
+                "near vm.max_map_count: further blocks are not guarded (guard pages split \
+                 mappings on this kernel)",
+            );
+            return None;
+        }
+        while self.committed < self.bump + bytes {
+            let step = COMMIT_STEP.min(self.len - self.committed);
+            // SAFETY: inside our reservation.
+            if !unsafe { os::commit_rw((self.base + self.committed) as *mut u8, step) } {
+                return None;
+            }
+            self.committed += step;
+        }
+        let data = self.base + self.bump;
+        // SAFETY: the page after the data pages is ours and unused.
+        if !unsafe { os::guard_install((data + pages * PAGE_SIZE) as *mut u8, PAGE_SIZE) } {
+            return None;
+        }
+        if !os::guards_are_free() {
+            self.vmas += 2;
+        }
+        let idx = self.nslots;
+        self.nslots += 1;
+        self.bump += bytes;
+        // SAFETY: a record within the reserved table, never used before.
+        unsafe {
+            self.slots.add(idx).write(Slot {
+                data,
+                pages,
+                ptr: 0,
+                size: 0,
+                class: class as u16,
+                state: SlotState::Released,
+                alloc_frames_len: 0,
+                free_frames_len: 0,
+                next: 0,
+                alloc_tid: 0,
+                free_tid: 0,
+                alloc_frames: [0; FRAMES],
+                free_frames: [0; FRAMES],
+            });
+            let first = (data - self.base) / PAGE_SIZE;
+            for page in first..=first + pages {
+                *self.page_slot.add(page) = idx as u32 + 1;
+            }
+        }
+        Some(idx)
+    }
+
+    /// Puts a freed slot at the end of the quarantine and releases the oldest ones while it
+    /// holds more than its limit.
+    fn quarantine(&mut self, idx: usize) {
+        // SAFETY: a slot index.
+        let slot = unsafe { &mut *self.slots.add(idx) };
+        slot.next = 0;
+        self.q_bytes += slot.pages * PAGE_SIZE;
+        if self.q_tail == 0 {
+            self.q_head = idx as u32 + 1;
+        } else {
+            // SAFETY: the tail is a slot index.
+            unsafe { (*self.slots.add(self.q_tail as usize - 1)).next = idx as u32 + 1 };
+        }
+        self.q_tail = idx as u32 + 1;
+        while self.q_bytes > self.q_limit && self.release_oldest() {}
+    }
+
+    /// Moves the oldest quarantined slot to its class's free list; `false` if none.
+    fn release_oldest(&mut self) -> bool {
+        if self.q_head == 0 {
+            return false;
+        }
+        let idx = self.q_head as usize - 1;
+        // SAFETY: a slot index.
+        let slot = unsafe { &mut *self.slots.add(idx) };
+        self.q_head = slot.next;
+        if self.q_head == 0 {
+            self.q_tail = 0;
+        }
+        self.q_bytes -= slot.pages * PAGE_SIZE;
+        slot.state = SlotState::Released;
+        slot.next = self.free_heads[slot.class as usize];
+        self.free_heads[slot.class as usize] = idx as u32 + 1;
+        true
+    }
+
+    fn warn_once(&mut self, what: &str) {
+        if !self.warned {
+            self.warned = true;
+            warn(what);
+        }
+    }
+}
+
+/// The slot index of a pool address, from the page table.
+fn slot_index(base: usize, len: usize, page_slot: *const u32, addr: usize) -> Option<usize> {
+    let off = addr.wrapping_sub(base);
+    if off >= len || page_slot.is_null() {
+        return None;
+    }
+    // SAFETY: one entry per pool page; the table covers the whole reservation.
+    let v = unsafe { *page_slot.add(off / PAGE_SIZE) };
+    (v != 0).then(|| v as usize - 1)
+}
+
+fn warn(what: &str) {
+    let mut line = Line::new();
+    line.str("rampart: warning: ").str(what);
+    line.emit();
+}
+
+/// The fault handler of the guard modes (see the module's doc).
+extern "C" fn on_fault(sig: i32, info: *mut libc::siginfo_t, ctx: *mut c_void) {
+    // SAFETY: the kernel passes a valid siginfo for a fault.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    let base = BASE.load(Ordering::Acquire);
+    let len = LEN.load(Ordering::Relaxed);
+    if addr.wrapping_sub(base) < len {
+        // SAFETY: the context the kernel passed.
+        let write = unsafe { os::fault_was_write(ctx) };
+        let pc = fault_pc(ctx);
+        let page_slot = PAGE_SLOT.load(Ordering::Relaxed) as *const u32;
+        let slots = SLOTS.load(Ordering::Relaxed) as *const Slot;
+        match classify_fault(addr, base, len, page_slot, slots) {
+            Some((kind, slot)) => report_access(kind, write, addr, slot, pc, false),
+            None => {
+                let mut line = Line::new();
+                line.str("rampart: wild-access: ")
+                    .str(rw(write))
+                    .str(" at ")
+                    .hex(addr as u64)
+                    .str(", in rampart's guard pool but in no block");
+                line.emit();
+            }
+        }
+        os::restore_default(sig);
+        return;
+    }
+    // SAFETY: PREV was written before this handler was installed.
+    let prev = unsafe { &*PREV.0.get() };
+    let saved = if sig == libc::SIGBUS {
+        &prev[1]
+    } else {
+        &prev[0]
+    };
+    match saved {
+        // SAFETY: our own arguments, passed on.
+        Some(action) => unsafe { os::pass_fault_on(action, sig, info, ctx) },
+        None => os::restore_default(sig),
+    }
+}
+
+/// The faulting instruction's address from a handler's context.
+fn fault_pc(ctx: *mut c_void) -> Option<usize> {
+    if ctx.is_null() {
+        return None;
+    }
+    // SAFETY: a fault handler's context is a ucontext_t.
+    let uc = unsafe { &*(ctx as *const libc::ucontext_t) };
+    Some(uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize)
+}
+
+/// The kind of a fault at `addr` in the pool and the block it concerns: a fault in freed
+/// data pages is a use after free; one in a guard page is an overflow of the block before it,
+/// or an underflow of the block after it if that one's start is nearer.
+fn classify_fault(
+    addr: usize,
+    base: usize,
+    len: usize,
+    page_slot: *const u32,
+    slots: *const Slot,
+) -> Option<(&'static str, &'static Slot)> {
+    // SAFETY: indices from the table; records are never unmapped.
+    let at = |a: usize| slot_index(base, len, page_slot, a).map(|i| unsafe { &*slots.add(i) });
+    let before = at(addr);
+    if let Some(s) = before {
+        if addr < s.data_end() {
+            return Some(("use-after-free", s));
+        }
+    }
+    // In a guard page (or the pool's first page): which neighbour's edge is nearer?
+    let next_page = (addr | (PAGE_SIZE - 1)) + 1;
+    let after = at(next_page).filter(|n| n.data == next_page && n.state == SlotState::Live);
+    let past_end = before.map(|s| addr - (s.ptr + s.size).min(addr));
+    match (before, after) {
+        (_, Some(n)) if past_end.is_none_or(|d| n.ptr - addr <= d) => {
+            Some(("heap-buffer-underflow", n))
+        }
+        (Some(s), _) if s.state != SlotState::Live => Some(("use-after-free", s)),
+        (Some(s), _) => Some(("heap-buffer-overflow", s)),
+        _ => None,
+    }
+}
+
+fn rw(write: Option<bool>) -> &'static str {
+    match write {
+        Some(true) => "write",
+        Some(false) => "read",
+        None => "access",
+    }
+}
+
+/// Prints an access report: the first line (kind, read or write, address, offset from the
+/// block, its size) and the stacks of the access (`pc`), the allocation and the free.
+fn report_access(
+    kind: &str,
+    write: Option<bool>,
+    addr: usize,
+    slot: &Slot,
+    pc: Option<usize>,
+    found_on_free: bool,
+) {
+    let mut line = Line::new();
+    line.str("rampart: ")
+        .str(kind)
+        .str(": ")
+        .str(rw(write))
+        .str(" at ")
+        .hex(addr as u64)
+        .str(": offset ");
+    signed(&mut line, addr as i128 - slot.ptr as i128);
+    line.str(" from a block of ")
+        .dec(slot.size as u64)
+        .str(" bytes at ")
+        .hex(slot.ptr as u64);
+    if found_on_free {
+        line.str(" (found when the block was freed)");
+    }
+    line.emit();
+    if let Some(pc) = pc {
+        let mut frames = [0usize; FRAMES + 4];
+        let n = os::backtrace(&mut frames, 0);
+        // Skip the handler's own frames: start at the faulting instruction.
+        let start = frames[..n].iter().position(|&f| f == pc);
+        line = Line::new();
+        line.str("rampart:   accessed by thread ")
+            .dec(os::gettid() as u64)
+            .str(":");
+        line.emit();
+        match start {
+            Some(s) => print_frames(&frames[s..n]),
+            None => print_frames(&[pc]),
+        }
+    }
+    print_slot_stacks(slot);
+}
+
+fn signed(line: &mut Line, v: i128) {
+    if v < 0 {
+        line.str("-");
+    }
+    line.dec(v.unsigned_abs() as u64);
+}
+
+/// Prints the allocation and (if freed) the free stacks of a slot.
+fn print_slot_stacks(slot: &Slot) {
+    let mut line = Line::new();
+    line.str("rampart:   allocated by thread ")
+        .dec(slot.alloc_tid as u64)
+        .str(":");
+    line.emit();
+    print_frames(&slot.alloc_frames[..slot.alloc_frames_len as usize]);
+    if slot.state != SlotState::Live {
+        let mut line = Line::new();
+        line.str("rampart:   freed by thread ")
+            .dec(slot.free_tid as u64)
+            .str(":");
+        line.emit();
+        print_frames(&slot.free_frames[..slot.free_frames_len as usize]);
+    }
+}
+
+/// Prints return addresses, symbolized where the loader knows them, leaving out the frames
+/// of librampart itself (when it is a shared library of its own).
+fn print_frames(frames: &[usize]) {
+    let own_module = os::symbolize(print_frames as *const () as usize).and_then(|s| s.2);
+    let separate = own_module.is_some_and(|m| m.to_bytes().ends_with(b".so"));
+    let mut shown = 0;
+    for &pc in frames {
+        let sym = os::symbolize(pc);
+        if separate && shown == 0 && sym.is_some_and(|s| s.2 == own_module) {
+            continue;
+        }
+        let mut line = Line::new();
+        line.str("rampart:     #")
+            .dec(shown)
+            .str(" ")
+            .hex(pc as u64);
+        if let Some((name, off, module, moff)) = sym {
+            if let Some(name) = name {
+                line.str(" in ")
+                    .str(core::str::from_utf8(name.to_bytes()).unwrap_or("?"))
+                    .str("+")
+                    .hex(off as u64);
+            }
+            if let Some(module) = module {
+                line.str(" (")
+                    .str(core::str::from_utf8(module.to_bytes()).unwrap_or("?"))
+                    .str("+")
+                    .hex(moff as u64)
+                    .str(")");
+            }
+        }
+        line.emit();
+        shown += 1;
+    }
+    if shown == 0 {
+        let mut line = Line::new();
+        line.str("rampart:     (no frames)");
+        line.emit();
+    }
+}
+
+/// Reports an error found on a call with a guarded block (`double-free`, `invalid-free`)
+/// and aborts.
+fn report_slot_error(kind: &str, call: &str, why: &str, p: usize, slot: &Slot) -> ! {
+    let mut line = Line::new();
+    line.str("rampart: ")
+        .str(kind)
+        .str(": ")
+        .str(call)
+        .str(" ")
+        .str(why)
+        .str(" at ")
+        .hex(p as u64)
+        .str(": offset ");
+    signed(&mut line, p as i128 - slot.ptr as i128);
+    line.str(" from a block of ")
+        .dec(slot.size as u64)
+        .str(" bytes at ")
+        .hex(slot.ptr as u64);
+    line.emit();
+    let mut frames = [0usize; FRAMES];
+    let n = os::backtrace(&mut frames, 0);
+    line = Line::new();
+    line.str("rampart:   ")
+        .str(call)
+        .str(" called by thread ")
+        .dec(os::gettid() as u64)
+        .str(":");
+    line.emit();
+    print_frames(&frames[..n]);
+    print_slot_stacks(slot);
+    os::abort()
+}
+
+/// Reports a pointer into the pool that belongs to no slot, and aborts.
+fn report_wild(call: &str, p: usize) -> ! {
+    let mut line = Line::new();
+    line.str("rampart: invalid-free: ")
+        .str(call)
+        .str(" of a pointer rampart did not allocate at ")
+        .hex(p as u64);
+    line.emit();
+    os::abort()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_classes_cover_every_page_count() {
+        let mut last = slot_class(1);
+        assert_eq!(last, (0, 1));
+        for pages in 2..100_000 {
+            let (class, cp) = slot_class(pages);
+            assert!(cp >= pages, "{pages} -> {cp}");
+            assert!(
+                cp <= pages + pages / 4 + 1,
+                "{pages} -> {cp}: too much waste"
+            );
+            // Classes grow with the page count, one class per distinct size, no gaps.
+            if cp == last.1 {
+                assert_eq!(class, last.0);
+            } else {
+                assert_eq!(class, last.0 + 1, "{pages} pages");
+                assert_eq!(pages, last.1 + 1, "{pages} pages");
+            }
+            assert_eq!(slot_class(cp), (class, cp), "a class's own size maps to it");
+            last = (class, cp);
+        }
+        assert!(slot_class((64usize << 30) / PAGE_SIZE).0 < SLOT_CLASSES);
+    }
+
+    #[test]
+    fn default_alignment_leaves_no_gap() {
+        for size in 1..200usize {
+            let a = placement_align(size, 16);
+            assert_eq!(size % a, 0, "size {size}");
+            assert!(a == 16 || a == 1 << size.trailing_zeros());
+        }
+        assert_eq!(placement_align(0, 16), 16);
+        assert_eq!(placement_align(24, 64), 64);
+    }
+}

@@ -1,0 +1,227 @@
+//! Redzones (`RAMPART_REDZONE=N`): canary bytes after every small block, and a pattern in
+//! freed blocks.
+//!
+//! Guards against overflows that stay inside the heap (they land in the canary) and writes
+//! after free (they spoil the pattern), without a page per block. Costs N bytes and a
+//! trailer word per block (blocks move to larger size classes), and every allocation and
+//! free take the slow paths, which write and check the bytes.
+//!
+//! A block of class size `B` holding a request of `size` bytes:
+//!
+//! ```text
+//! [0, size)            the caller's bytes
+//! [size, B - 8)        canary, at least N bytes: first byte 0 (a string overflow stops
+//!                      there), then CANARY
+//! [B - 8, B)           trailer: size | check << 32, check = hash(address, size)
+//! ```
+//!
+//! A freed block: word 0 is the free-list link, word 1 `FREED ^ address`, word 2 the size it
+//! had, the rest FILL. The canary is checked on free, on `realloc` and at exit
+//! (`check_all`); the fill when the block is handed out again (a freed block's first word is
+//! the allocator's, so a write there is not seen). Requests that do not fit a size class
+//! with their redzone are served as page runs (no redzone). A corrupted canary or fill is
+//! reported (`redzone-overwritten`, `use-after-free`) and the process aborts.
+//!
+//! Spans holding such blocks are marked through their owner word (bit 0, see
+//! `heap::owner_word`), so the free fast path leaves them to the slow path.
+
+use core::ptr::{self, NonNull};
+
+use crate::size_class::{class_of_aligned, class_size};
+use crate::util::Line;
+
+/// Bytes of the trailer at the end of every block.
+const TRAILER: usize = 8;
+/// The canary's bytes after its first (zero) byte.
+const CANARY: u8 = 0xca;
+/// A freed block's fill.
+const FILL: u8 = 0xdf;
+/// Word 1 of a freed block is this xor its address.
+const FREED: usize = 0x5eed_f4ee_d0dd_b10c;
+
+/// The check half of a trailer.
+fn check_of(p: usize, size: usize) -> u64 {
+    let mut z = (p ^ size.rotate_left(40)) as u64 ^ 0x2545_f491_4f6c_dd1d;
+    z = (z ^ (z >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    (z ^ (z >> 32)) & 0xffff_ffff
+}
+
+/// Allocates a block with a redzone, or `None` if the request needs no slab (the caller
+/// serves it as a page run) or memory is exhausted... which the caller tells apart by
+/// trying the normal path.
+pub fn alloc(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
+    let rz = crate::config::redzone();
+    let need = size.checked_add(rz.max(1) + TRAILER)?;
+    let class = class_of_aligned(need, align.max(crate::api::MIN_ALIGN))?;
+    let b = NonNull::new(crate::heap::alloc_small(class))?;
+    let p = b.as_ptr() as usize;
+    let bsize = class_size(class);
+    // SAFETY: a block of `bsize` bytes just handed out to us.
+    unsafe {
+        check_fill(p, bsize);
+        if zero {
+            ptr::write_bytes(b.as_ptr(), 0, size);
+        }
+        arm(p, size, bsize);
+    }
+    Some(b)
+}
+
+/// Writes the canary and the trailer of a block of `bsize` bytes holding `size`.
+///
+/// # Safety
+/// `p` is a block of `bsize` bytes owned by the caller, `size + 1 + TRAILER <= bsize`.
+unsafe fn arm(p: usize, size: usize, bsize: usize) {
+    // SAFETY: per the contract, all inside the block.
+    unsafe {
+        *((p + size) as *mut u8) = 0;
+        let canary_end = p + bsize - TRAILER;
+        ptr::write_bytes((p + size + 1) as *mut u8, CANARY, canary_end - p - size - 1);
+        ((canary_end) as *mut u64).write_unaligned(size as u64 | check_of(p, size) << 32);
+    }
+}
+
+/// The requested size of a live block with a redzone, after checking its canary (reports
+/// and aborts on damage; a block that looks freed is reported as a double free, under the
+/// name of `call`).
+///
+/// # Safety
+/// `p` is the start of a carved block of `bsize` bytes in a marked span.
+pub unsafe fn check_live(p: usize, bsize: usize, call: &str) -> usize {
+    // SAFETY: per the contract, every offset read is inside the block.
+    unsafe {
+        let trailer = ((p + bsize - TRAILER) as *const u64).read_unaligned();
+        let size = (trailer & 0xffff_ffff) as usize;
+        if size + 1 + TRAILER <= bsize && trailer >> 32 == check_of(p, size) {
+            let canary =
+                core::slice::from_raw_parts((p + size) as *const u8, bsize - TRAILER - size);
+            let bad = canary
+                .iter()
+                .enumerate()
+                .position(|(i, &c)| c != if i == 0 { 0 } else { CANARY });
+            if let Some(i) = bad {
+                overwritten(p, size as u64, size + i, call);
+            }
+            return size;
+        }
+        if bsize >= 16 && *((p + 8) as *const usize) == FREED ^ p {
+            crate::util::fatal("double-free", "free of a block that is already free", p);
+        }
+        // The trailer itself is damaged: the overflow ran to the block's end.
+        overwritten(p, 0, bsize - TRAILER, call)
+    }
+}
+
+/// Checks a block being freed and fills it with the freed pattern (after which its first
+/// word is free to link it). Returns the size it held.
+///
+/// # Safety
+/// As for [`check_live`]; the block is being freed by the caller.
+pub unsafe fn retire(p: usize, bsize: usize, claimed: usize) -> usize {
+    // SAFETY: per the contract.
+    let size = unsafe { check_live(p, bsize, "free") };
+    if claimed > size {
+        crate::util::fatal(
+            "invalid-free",
+            "sized free with a size larger than the block",
+            p,
+        );
+    }
+    // SAFETY: the block is the caller's and at least 16 bytes long.
+    unsafe {
+        *((p + 8) as *mut usize) = FREED ^ p;
+        if bsize >= 24 {
+            *((p + 16) as *mut usize) = size;
+            ptr::write_bytes((p + 24) as *mut u8, FILL, bsize - 24);
+        }
+    }
+    size
+}
+
+/// Checks the fill of a block just handed out, if it was freed with one.
+///
+/// # Safety
+/// `p` is a block of `bsize` bytes just taken off a free list.
+unsafe fn check_fill(p: usize, bsize: usize) {
+    // SAFETY: per the contract.
+    unsafe {
+        if *((p + 8) as *const usize) != FREED ^ p || bsize < 24 {
+            return;
+        }
+        let old = *((p + 16) as *const usize);
+        let fill = core::slice::from_raw_parts((p + 24) as *const u8, bsize - 24);
+        if let Some(i) = fill.iter().position(|&b| b != FILL) {
+            let mut line = Line::new();
+            line.str("rampart: use-after-free: write at ")
+                .hex((p + 24 + i) as u64)
+                .str(": offset ")
+                .dec(24 + i as u64)
+                .str(" from a block of ")
+                .dec(if old < bsize {
+                    old as u64
+                } else {
+                    bsize as u64
+                })
+                .str(" bytes at ")
+                .hex(p as u64)
+                .str(" (found when the freed block was reused)");
+            line.emit();
+            crate::os::abort();
+        }
+    }
+}
+
+#[cold]
+fn overwritten(p: usize, size: u64, offset: usize, call: &str) -> ! {
+    let mut line = Line::new();
+    line.str("rampart: redzone-overwritten: byte at ")
+        .hex((p + offset) as u64)
+        .str(": offset ")
+        .dec(offset as u64)
+        .str(" from a block of ");
+    if size == 0 && offset != 0 {
+        line.str("unknown size (its trailer was overwritten too)");
+    } else {
+        line.dec(size).str(" bytes");
+    }
+    line.str(" at ")
+        .hex(p as u64)
+        .str(" (found on ")
+        .str(call)
+        .str(")");
+    line.emit();
+    crate::os::abort()
+}
+
+/// Checks the canary of every live block with a redzone (at exit): blocks whose trailer is
+/// intact and which are not marked freed. Other threads may still run; their blocks are read
+/// as they are.
+pub fn check_all() {
+    let pages = crate::pages::PAGES.lock();
+    for chunk in pages.chunk_views() {
+        pages.for_each_run(chunk.base, |run| {
+            if run.state != crate::pages::State::Slab || run.block_size < 16 {
+                return;
+            }
+            let start = chunk.base + run.index * crate::os::PAGE_SIZE;
+            let end = start + run.npages * crate::os::PAGE_SIZE;
+            let bsize = run.block_size;
+            let mut p = start;
+            while p + bsize <= end {
+                // SAFETY: slab memory is mapped and readable while the chunk lives (we hold
+                // the page lock); reads of never-carved blocks see zeros or stale bytes.
+                unsafe {
+                    let trailer = ((p + bsize - TRAILER) as *const u64).read_volatile();
+                    let size = (trailer & 0xffff_ffff) as usize;
+                    let live = size + 1 + TRAILER <= bsize
+                        && trailer >> 32 == check_of(p, size)
+                        && *((p + 8) as *const usize) != FREED ^ p;
+                    if live {
+                        check_live(p, bsize, "exit");
+                    }
+                }
+                p += bsize;
+            }
+        });
+    }
+}
