@@ -103,6 +103,57 @@ impl Slot {
     fn data_end(&self) -> usize {
         self.data + self.pages * PAGE_SIZE
     }
+
+    /// The slack of a live block that is filled with [`SLACK_BYTE`]: before it on its first
+    /// page, and after it up to the guard page.
+    fn slack(&self) -> (core::ops::Range<usize>, core::ops::Range<usize>) {
+        let end = self.data_end();
+        let from = (self.ptr & !(PAGE_SIZE - 1)).max(self.data).min(self.ptr);
+        let block_end = (self.ptr + self.size).min(end);
+        (from..self.ptr.min(end), block_end..end)
+    }
+}
+
+/// Checks the slack of a live guarded block: a write there is an underflow (before it) or an
+/// overflow (after it) that did not reach a guard page. Reports and aborts on damage; `when`
+/// says when it was found ("freed", "checked at exit").
+///
+/// # Safety
+/// `slot` is a live slot (its data pages are read-write).
+unsafe fn check_slack(slot: &Slot, when: &str) {
+    let (head, tail) = slot.slack();
+    // SAFETY: per the contract, both ranges are read-write memory of the slot.
+    let (h, t) = unsafe {
+        (
+            core::slice::from_raw_parts(head.start as *const u8, head.len()),
+            core::slice::from_raw_parts(tail.start as *const u8, tail.len()),
+        )
+    };
+    // The damage nearest the block is where the bad access began.
+    let damage = if let Some(i) = h.iter().rposition(|&b| b != SLACK_BYTE) {
+        Some(("heap-buffer-underflow", head.start + i))
+    } else {
+        t.iter()
+            .position(|&b| b != SLACK_BYTE)
+            .map(|i| ("heap-buffer-overflow", tail.start + i))
+    };
+    if let Some((kind, at)) = damage {
+        report_access(kind, Some(true), at, slot, None, Some(when));
+        os::abort();
+    }
+}
+
+/// Checks the slack of every live guarded block (at exit). Other threads may still run.
+pub fn check_all() {
+    let pool = POOL.lock();
+    for idx in 0..pool.nslots {
+        // SAFETY: slots below `nslots` are initialised records.
+        let slot = unsafe { &*pool.slots.add(idx) };
+        if slot.state == SlotState::Live {
+            // SAFETY: a live slot, and we hold the lock.
+            unsafe { check_slack(slot, "checked at exit") };
+        }
+    }
 }
 
 /// The pool of guarded slots.
@@ -288,16 +339,13 @@ fn slot_class(pages: usize) -> (usize, usize) {
     (8 + (e - 3) * 4 + i, (1 << e) + (i + 1) * step)
 }
 
-/// The alignment a guarded block gets: the requested one, or for default-aligned requests
-/// the largest power of two that divides the size, up to 16 (any object of that size fits).
-fn placement_align(size: usize, align: usize) -> usize {
-    if align > crate::api::MIN_ALIGN {
-        return align;
-    }
-    if size == 0 {
-        return crate::api::MIN_ALIGN;
-    }
-    (1usize << size.trailing_zeros()).min(crate::api::MIN_ALIGN)
+/// The alignment a guarded block gets: what was asked. C's `malloc` family asks for 16 (the
+/// ABI's, which compilers and programs rely on even for odd sizes, e.g. a header followed by
+/// a string), so a block whose size is not a multiple of 16 ends up to 15 bytes before the
+/// guard page; that tail is filled with a pattern checked on free and at exit. Rust asks for
+/// its type's alignment, which divides the size, so its blocks touch the guard exactly.
+fn placement_align(align: usize) -> usize {
+    align.max(1)
 }
 
 /// Allocates a guarded block, or `None` when it cannot be guarded (too large for the mode,
@@ -310,7 +358,8 @@ pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
     if align > MAX_GUARDED_ALIGN {
         return None;
     }
-    let align = placement_align(size, align);
+    let align = placement_align(align);
+    // Up to 16, the page end is aligned enough; beyond, leave room to align down.
     let need = if align <= crate::api::MIN_ALIGN {
         size
     } else {
@@ -333,11 +382,13 @@ pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
     slot.alloc_frames = frames;
     slot.alloc_frames_len = nframes as u8;
     slot.free_frames_len = 0;
-    // The slack before the block on its first page gets a pattern, checked on free.
-    let from = (p & !(PAGE_SIZE - 1)).max(slot.data);
-    if p > from && p < end {
-        // SAFETY: the slot's data pages are read-write and ours.
-        unsafe { ptr::write_bytes(from as *mut u8, SLACK_BYTE, p - from) };
+    // The slack around the block (before it on its first page, after it up to the guard)
+    // gets a pattern, checked on free and at exit.
+    let (head, tail) = slot.slack();
+    // SAFETY: the slot's data pages are read-write and ours.
+    unsafe {
+        ptr::write_bytes(head.start as *mut u8, SLACK_BYTE, head.len());
+        ptr::write_bytes(tail.start as *mut u8, SLACK_BYTE, tail.len());
     }
     drop(pool);
     GUARDED[0].fetch_add(1, Ordering::Relaxed);
@@ -413,16 +464,8 @@ pub unsafe fn free(p: usize, claimed: usize) {
             slot,
         );
     }
-    let from = (p & !(PAGE_SIZE - 1)).max(slot.data);
-    if p > from && p < slot.data_end() {
-        // SAFETY: the slack is read-write memory of the live slot.
-        let slack = unsafe { core::slice::from_raw_parts(from as *const u8, p - from) };
-        if let Some(last) = slack.iter().rposition(|&b| b != SLACK_BYTE) {
-            let at = from + last;
-            report_access("heap-buffer-underflow", Some(true), at, slot, None, true);
-            os::abort();
-        }
-    }
+    // SAFETY: a live slot.
+    unsafe { check_slack(slot, "freed") };
     slot.state = SlotState::Quarantined;
     slot.free_tid = tid;
     slot.free_frames = frames;
@@ -665,7 +708,7 @@ extern "C" fn on_fault(sig: i32, info: *mut libc::siginfo_t, ctx: *mut c_void) {
         let page_slot = PAGE_SLOT.load(Ordering::Relaxed) as *const u32;
         let slots = SLOTS.load(Ordering::Relaxed) as *const Slot;
         match classify_fault(addr, base, len, page_slot, slots) {
-            Some((kind, slot)) => report_access(kind, write, addr, slot, pc, false),
+            Some((kind, slot)) => report_access(kind, write, addr, slot, pc, None),
             None => {
                 let mut line = Line::new();
                 line.str("rampart: wild-access: ")
@@ -751,7 +794,7 @@ fn report_access(
     addr: usize,
     slot: &Slot,
     pc: Option<usize>,
-    found_on_free: bool,
+    found: Option<&str>,
 ) {
     let mut line = Line::new();
     line.str("rampart: ")
@@ -766,8 +809,8 @@ fn report_access(
         .dec(slot.size as u64)
         .str(" bytes at ")
         .hex(slot.ptr as u64);
-    if found_on_free {
-        line.str(" (found when the block was freed)");
+    if let Some(when) = found {
+        line.str(" (found when the block was ").str(when).str(")");
     }
     line.emit();
     if let Some(pc) = pc {
@@ -927,13 +970,10 @@ mod tests {
     }
 
     #[test]
-    fn default_alignment_leaves_no_gap() {
-        for size in 1..200usize {
-            let a = placement_align(size, 16);
-            assert_eq!(size % a, 0, "size {size}");
-            assert!(a == 16 || a == 1 << size.trailing_zeros());
-        }
-        assert_eq!(placement_align(0, 16), 16);
-        assert_eq!(placement_align(24, 64), 64);
+    fn alignment_is_what_was_asked() {
+        assert_eq!(placement_align(1), 1);
+        assert_eq!(placement_align(16), 16);
+        assert_eq!(placement_align(0), 1);
+        assert_eq!(placement_align(64), 64);
     }
 }

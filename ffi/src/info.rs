@@ -172,6 +172,9 @@ pub fn at_exit() {
     if config::redzone() != 0 {
         rampart::redzone::check_all();
     }
+    if rampart::guard::active() {
+        rampart::guard::check_all();
+    }
     if config::stats_at_exit() {
         print_stats();
     }

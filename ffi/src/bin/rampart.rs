@@ -1,7 +1,8 @@
 //! The launcher: runs a program with librampart.so as its malloc.
 //!
 //! ```text
-//! rampart [--stats] [--verbose] [--heapmap PATH] [--lib PATH] [--] PROGRAM [ARGS...]
+//! rampart [--stats] [--verbose] [--heapmap PATH] [--guard all|sample] [--sample N]
+//!         [--redzone N] [--quarantine BYTES] [--lib PATH] [--] PROGRAM [ARGS...]
 //! ```
 //!
 //! It finds `librampart.so` next to its own executable (where cargo builds both), or at
@@ -15,7 +16,8 @@ use std::path::PathBuf;
 use std::process::{exit, Command};
 
 const USAGE: &str =
-    "usage: rampart [--stats] [--verbose] [--heapmap PATH] [--lib PATH] [--] PROGRAM [ARGS...]
+    "usage: rampart [--stats] [--verbose] [--heapmap PATH] [--guard all|sample] [--sample N]
+               [--redzone N] [--quarantine BYTES] [--lib PATH] [--] PROGRAM [ARGS...]
 
 Runs PROGRAM with librampart.so as its malloc (LD_PRELOAD).
 
@@ -25,6 +27,16 @@ Runs PROGRAM with librampart.so as its malloc (LD_PRELOAD).
                write an SVG picture of the heap to PATH when the program exits
                (RAMPART_HEAPMAP=PATH; %p in PATH becomes the process id, so that child
                processes, which inherit it, write maps of their own)
+  --guard all  place every allocation against a PROT_NONE page and quarantine freed blocks
+               as PROT_NONE: overflows and uses after free fault on the offending
+               instruction, with a report (debugging; RAMPART_GUARD=all)
+  --guard sample
+               the same for one allocation in N (production; RAMPART_GUARD=sample)
+  --sample N   with --guard sample: one allocation in N (RAMPART_GUARD_SAMPLE, default 1000)
+  --redzone N  N bytes of canary after every small block, checked on free, realloc and at
+               exit; freed blocks filled and checked on reuse (RAMPART_REDZONE=N)
+  --quarantine BYTES
+               freed guarded memory held back before reuse (RAMPART_QUARANTINE)
   --lib PATH   use this librampart.so (default: $RAMPART_LIB, else the one next to this
                launcher)";
 
@@ -33,6 +45,7 @@ fn main() {
     let mut env: Vec<(&str, &str)> = Vec::new();
     let mut lib: Option<PathBuf> = std::env::var_os("RAMPART_LIB").map(PathBuf::from);
     let mut heapmap: Option<PathBuf> = None;
+    let mut values: Vec<(&str, String)> = Vec::new();
     while let Some(arg) = args.peek() {
         match arg.to_str() {
             Some("--stats") => env.push(("RAMPART_STATS", "1")),
@@ -42,6 +55,21 @@ fn main() {
                 match args.peek() {
                     Some(path) => lib = Some(PathBuf::from(path)),
                     None => fail("--lib needs a path"),
+                }
+            }
+            Some(flag @ ("--guard" | "--sample" | "--redzone" | "--quarantine")) => {
+                let flag = flag.to_owned();
+                let var = match flag.as_str() {
+                    "--guard" => "RAMPART_GUARD",
+                    "--sample" => "RAMPART_GUARD_SAMPLE",
+                    "--redzone" => "RAMPART_REDZONE",
+                    _ => "RAMPART_QUARANTINE",
+                };
+                args.next();
+                match args.peek().and_then(|v| v.to_str()) {
+                    // The library checks the value (and warns about a bad one).
+                    Some(value) => values.push((var, value.to_owned())),
+                    None => fail(&format!("{flag} needs a value")),
                 }
             }
             Some("--heapmap") => {
@@ -87,6 +115,7 @@ fn main() {
         .args(args)
         .env("LD_PRELOAD", preload)
         .envs(env)
+        .envs(values)
         .envs(heapmap.map(|p| ("RAMPART_HEAPMAP", p)))
         .exec();
     eprintln!("rampart: cannot run {}: {err}", program.to_string_lossy());
