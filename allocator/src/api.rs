@@ -166,6 +166,7 @@ pub fn stats() -> crate::stats::Stats {
     let (os, guards) = crate::os::calls();
     st.os = os;
     st.guard_pages = guards;
+    (st.guarded_allocated, st.guarded_freed) = crate::guard::counts();
     st
 }
 

@@ -123,8 +123,13 @@ pub struct Stats {
     pub purged_bytes: usize,
     /// Kernel calls.
     pub os: OsCalls,
-    /// Guard pages installed (one after every mapping).
+    /// Guard pages installed (one after every mapping, one after every guarded block, and a
+    /// freed guarded block's pages).
     pub guard_pages: u64,
+    /// Guarded blocks (`RAMPART_GUARD`) allocated.
+    pub guarded_allocated: u64,
+    /// Guarded blocks freed (and quarantined).
+    pub guarded_freed: u64,
     /// Frees of blocks owned by another thread's heap.
     pub remote_frees: u64,
     /// Thread heaps made, reused by a new thread, and taken over by a running thread.
@@ -149,6 +154,8 @@ impl Default for Stats {
             purged_bytes: 0,
             os: OsCalls::default(),
             guard_pages: 0,
+            guarded_allocated: 0,
+            guarded_freed: 0,
             remote_frees: 0,
             heaps: crate::heap::HeapCounts::default(),
         }

@@ -136,6 +136,14 @@ pub fn print_stats() {
         .str("; guard pages ")
         .dec(st.guard_pages);
     l.emit();
+    if st.guarded_allocated != 0 {
+        let mut l = Line::new();
+        l.str("  guarded blocks          allocated ")
+            .dec(st.guarded_allocated)
+            .str(", freed ")
+            .dec(st.guarded_freed);
+        l.emit();
+    }
     let mut l = Line::new();
     l.str("  thread heaps            ")
         .dec(st.heaps.created as u64)

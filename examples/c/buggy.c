@@ -1,0 +1,69 @@
+/*
+ * buggy.c: two classic heap bugs, to try rampart's guard modes on (README, "Finding memory
+ * errors").
+ *
+ *   gcc -g -O1 -rdynamic examples/c/buggy.c -o /tmp/buggy
+ *   /tmp/buggy overflow                                   # glibc: runs "fine"
+ *   target/release/rampart --guard all /tmp/buggy overflow
+ *   target/release/rampart --guard all /tmp/buggy use-after-free
+ *
+ * -rdynamic puts the program's functions in its dynamic symbol table, where the report's
+ * symbolizer (dladdr) finds them; without it, frames show as module+offset for addr2line.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct point {
+    double x, y;
+};
+
+/* An off-by-one: fills n + 1 points of an array of n. */
+struct point *make_path(int n)
+{
+    struct point *path = malloc(n * sizeof *path);
+    for (int i = 0; i <= n; i++) {
+        path[i].x = i;
+        path[i].y = -i;
+    }
+    return path;
+}
+
+struct node {
+    struct node *next;
+    char name[24];
+};
+
+struct node *push(struct node *head, const char *name)
+{
+    struct node *n = malloc(sizeof *n);
+    n->next = head;
+    snprintf(n->name, sizeof n->name, "%s", name);
+    return n;
+}
+
+/* Reads n->next after freeing n. */
+void free_list(struct node *head)
+{
+    for (struct node *n = head; n != NULL; n = n->next)
+        free(n);
+}
+
+int main(int argc, char **argv)
+{
+    const char *what = argc > 1 ? argv[1] : "overflow";
+    if (strcmp(what, "overflow") == 0) {
+        struct point *p = make_path(100);
+        printf("path ends at (%g, %g)\n", p[99].x, p[99].y);
+        free(p);
+    } else if (strcmp(what, "use-after-free") == 0) {
+        struct node *list = push(push(push(NULL, "alpha"), "beta"), "gamma");
+        printf("list starts with %s\n", list->name);
+        free_list(list);
+    } else {
+        fprintf(stderr, "usage: buggy overflow|use-after-free\n");
+        return 2;
+    }
+    puts("done");
+    return 0;
+}
