@@ -102,14 +102,60 @@ fn out_of_range_delay_keeps_the_default() {
 }
 
 #[test]
-fn unknown_and_unimplemented_names_warn_once() {
+fn unknown_names_and_too_long_paths_warn_once() {
     let long_path = "/tmp/".to_string() + &"x".repeat(5000);
-    let out = run_with(&[
-        ("RAMPART_BOGUS", "1"),
-        ("RAMPART_GUARD", "all"),
-        ("RAMPART_HEAPMAP", &long_path),
-    ]);
+    let out = run_with(&[("RAMPART_BOGUS", "1"), ("RAMPART_HEAPMAP", &long_path)]);
     assert_warned_once(&out, "RAMPART_BOGUS", "is not a rampart option");
-    assert_warned_once(&out, "RAMPART_GUARD", "not implemented");
     assert_warned_once(&out, "RAMPART_HEAPMAP", "");
+}
+
+#[test]
+fn guard_options_take_effect() {
+    let out = run_with(&[
+        ("RAMPART_GUARD", "sample"),
+        ("RAMPART_GUARD_SAMPLE", "77"),
+        ("RAMPART_REDZONE", "32"),
+        ("RAMPART_QUARANTINE", "1048576"),
+    ]);
+    let line = options_line(&out);
+    for want in [
+        "RAMPART_GUARD=sample",
+        "RAMPART_GUARD_SAMPLE=77",
+        "RAMPART_REDZONE=32",
+        "RAMPART_QUARANTINE=1048576",
+    ] {
+        assert!(line.contains(want), "{want} missing: {line}");
+    }
+    assert!(!out.stderr.contains("warning"), "{}", out.describe());
+}
+
+#[test]
+fn bad_guard_values_warn_once_and_keep_the_default() {
+    let out = run_with(&[
+        ("RAMPART_GUARD", "everything"),
+        ("RAMPART_GUARD_SAMPLE", "0"),
+        ("RAMPART_REDZONE", "5000"),
+        ("RAMPART_QUARANTINE", "lots"),
+    ]);
+    let line = options_line(&out);
+    let default_sample = format!(
+        "RAMPART_GUARD_SAMPLE={}",
+        rampart::config::DEFAULT_GUARD_SAMPLE
+    );
+    for want in [
+        "RAMPART_GUARD=off",
+        &default_sample,
+        "RAMPART_REDZONE=0",
+        "RAMPART_QUARANTINE=default",
+    ] {
+        assert!(line.contains(want), "{want} missing: {line}");
+    }
+    for name in [
+        "RAMPART_GUARD",
+        "RAMPART_GUARD_SAMPLE",
+        "RAMPART_REDZONE",
+        "RAMPART_QUARANTINE",
+    ] {
+        assert_warned_once(&out, name, "bad value");
+    }
 }

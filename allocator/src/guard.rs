@@ -2,13 +2,15 @@
 //!
 //! A guarded block lives alone in a *slot* of the guard pool, one reserved region of address
 //! space: whole data pages followed by one guard page that faults on any access. The block is
-//! placed at the end of its data pages, so its last byte touches the guard page and an
-//! overflow of even one byte faults on the offending instruction. Default-aligned blocks
-//! (`malloc`) are aligned to the largest power of two dividing their size, up to 16 (enough
-//! for any object of that size), which leaves no gap; a block with a larger requested
-//! alignment ends up to `align - 1` bytes before the guard. The bytes before the block on its
-//! first page are filled with a pattern checked when it is freed (an underflow that stays on
-//! the page is found then; one that reaches the previous guard page faults).
+//! placed at the end of its data pages, so its last byte touches the guard page (as far as
+//! its alignment allows) and an overflow faults on the offending instruction. C's `malloc`
+//! family asks for 16-byte alignment (the ABI's, which programs rely on even for odd sizes),
+//! so a block whose size is not a multiple of 16 ends up to 15 bytes before the guard; a
+//! block with a larger requested alignment up to `align - 1` bytes. Rust asks for its type's
+//! alignment, which divides the size, so its blocks touch the guard exactly. The slack around
+//! the block (before it on its first page, after it up to the guard) is filled with a
+//! pattern checked when it is freed and at exit: a write there is reported then (an overflow
+//! or underflow that reaches a guard page faults at once).
 //!
 //! A freed block's data pages become guard pages too (contents dropped) and its slot joins a
 //! FIFO quarantine bounded by `RAMPART_QUARANTINE` bytes, so a read or write after free
@@ -264,6 +266,18 @@ pub fn init_options() {
     ACTIVE.store(true, Ordering::Release);
 }
 
+/// Reads the options when the program is loaded, before any `main` (and before Rust's
+/// runtime set-up, which installs a SIGSEGV handler of its own only where it finds the
+/// default action: it must find ours, or it would displace it and no report would be
+/// printed). Allocations made earlier, by the loader, read them on their own.
+extern "C" fn init_at_load() {
+    init_options();
+}
+
+#[used]
+#[link_section = ".init_array"]
+static INIT_AT_LOAD: extern "C" fn() = init_at_load;
+
 /// Whether every allocation must leave the fast path (set by `all` mode and by redzones);
 /// read by `heap` to set its threads' sampling countdowns.
 #[inline]
@@ -400,8 +414,8 @@ pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
 pub fn size_of_live(p: usize, what: &str) -> usize {
     let pool = POOL.lock();
     match pool.slot_of(p) {
-        // SAFETY: an index from the page table.
         Some(idx) => {
+            // SAFETY: an index from the page table.
             let slot = unsafe { &*pool.slots.add(idx) };
             if slot.state == SlotState::Live && slot.ptr == p {
                 return slot.size;

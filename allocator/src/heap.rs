@@ -677,7 +677,7 @@ unsafe fn collect_remote(h: &mut Heap) {
             let s = span_in_chunk(entry, b);
             let span = &mut *s;
             let owner = owner_heap(span.owner.load(Ordering::Relaxed));
-            if owner != h as *mut Heap {
+            if !ptr::eq(owner, h) {
                 // Pushed here by a thread that read the span's owner just before another
                 // heap took the span over: send it on.
                 remote_push(owner, b as *mut u8);

@@ -457,13 +457,12 @@ pub fn read_number(path: &core::ffi::CStr) -> Option<u64> {
     if n <= 0 {
         return None;
     }
-    let digits = buf[..n as usize]
+    buf[..n as usize]
         .iter()
         .take_while(|b| b.is_ascii_digit())
-        .fold(Some(0u64), |acc, &d| {
-            acc?.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        });
-    digits
+        .try_fold(0u64, |acc, &d| {
+            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
 }
 
 /// A fault handler as `sigaction` calls it with `SA_SIGINFO`.

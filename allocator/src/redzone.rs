@@ -15,10 +15,11 @@
 //! [B - 8, B)           trailer: size | check << 32, check = hash(address, size)
 //! ```
 //!
-//! A freed block: word 0 is the free-list link, word 1 `FREED ^ address`, word 2 the size it
-//! had, the rest FILL. The canary is checked on free, on `realloc` and at exit
-//! (`check_all`); the fill when the block is handed out again (a freed block's first word is
-//! the allocator's, so a write there is not seen). Requests that do not fit a size class
+//! A freed block: word 0 is the free-list link, `[8, B - 8)` FILL, and the last word a mark
+//! `address ^ size << 47 ^ FREED` (so a freed block is recognised, with the size it had, even
+//! if the write after free hit its first bytes). The canary is checked on free, on `realloc`
+//! and at exit (`check_all`); the fill when the block is handed out again (a freed block's
+//! first word is the allocator's, so a write there is not seen, nor one that spoils the mark). Requests that do not fit a size class
 //! with their redzone are served as page runs (no redzone). A corrupted canary or fill is
 //! reported (`redzone-overwritten`, `use-after-free`) and the process aborts.
 //!
@@ -36,8 +37,25 @@ const TRAILER: usize = 8;
 const CANARY: u8 = 0xca;
 /// A freed block's fill.
 const FILL: u8 = 0xdf;
-/// Word 1 of a freed block is this xor its address.
-const FREED: usize = 0x5eed_f4ee_d0dd_b10c;
+/// The last word of a freed block is this xor its address xor its size shifted left by 47.
+const FREED: usize = 0x0000_74ee_d0dd_b10c;
+/// Bits of a user-space address (x86-64).
+const ADDR_BITS: u32 = 47;
+
+/// The mark of a freed block at `p` that held `size` bytes.
+fn freed_mark(p: usize, size: usize) -> usize {
+    p ^ (size << ADDR_BITS) ^ FREED
+}
+
+/// The size a freed block held, if its last word is the mark of a freed block.
+///
+/// # Safety
+/// `p` is a block of `bsize` bytes (readable).
+unsafe fn freed_size(p: usize, bsize: usize) -> Option<usize> {
+    // SAFETY: per the contract.
+    let w = unsafe { ((p + bsize - TRAILER) as *const usize).read_volatile() } ^ FREED ^ p;
+    (w & ((1 << ADDR_BITS) - 1) == 0).then_some(w >> ADDR_BITS)
+}
 
 /// The check half of a trailer.
 fn check_of(p: usize, size: usize) -> u64 {
@@ -104,7 +122,7 @@ pub unsafe fn check_live(p: usize, bsize: usize, call: &str) -> usize {
             }
             return size;
         }
-        if bsize >= 16 && *((p + 8) as *const usize) == FREED ^ p {
+        if freed_size(p, bsize).is_some() {
             crate::util::fatal("double-free", "free of a block that is already free", p);
         }
         // The trailer itself is damaged: the overflow ran to the block's end.
@@ -129,11 +147,8 @@ pub unsafe fn retire(p: usize, bsize: usize, claimed: usize) -> usize {
     }
     // SAFETY: the block is the caller's and at least 16 bytes long.
     unsafe {
-        *((p + 8) as *mut usize) = FREED ^ p;
-        if bsize >= 24 {
-            *((p + 16) as *mut usize) = size;
-            ptr::write_bytes((p + 24) as *mut u8, FILL, bsize - 24);
-        }
+        ptr::write_bytes((p + 8) as *mut u8, FILL, bsize - 8 - TRAILER);
+        ((p + bsize - TRAILER) as *mut usize).write(freed_mark(p, size));
     }
     size
 }
@@ -145,23 +160,18 @@ pub unsafe fn retire(p: usize, bsize: usize, claimed: usize) -> usize {
 unsafe fn check_fill(p: usize, bsize: usize) {
     // SAFETY: per the contract.
     unsafe {
-        if *((p + 8) as *const usize) != FREED ^ p || bsize < 24 {
+        let Some(old) = freed_size(p, bsize) else {
             return;
-        }
-        let old = *((p + 16) as *const usize);
-        let fill = core::slice::from_raw_parts((p + 24) as *const u8, bsize - 24);
+        };
+        let fill = core::slice::from_raw_parts((p + 8) as *const u8, bsize - 8 - TRAILER);
         if let Some(i) = fill.iter().position(|&b| b != FILL) {
             let mut line = Line::new();
             line.str("rampart: use-after-free: write at ")
-                .hex((p + 24 + i) as u64)
+                .hex((p + 8 + i) as u64)
                 .str(": offset ")
-                .dec(24 + i as u64)
+                .dec(8 + i as u64)
                 .str(" from a block of ")
-                .dec(if old < bsize {
-                    old as u64
-                } else {
-                    bsize as u64
-                })
+                .dec(old as u64)
                 .str(" bytes at ")
                 .hex(p as u64)
                 .str(" (found when the freed block was reused)");
@@ -213,9 +223,7 @@ pub fn check_all() {
                 unsafe {
                     let trailer = ((p + bsize - TRAILER) as *const u64).read_volatile();
                     let size = (trailer & 0xffff_ffff) as usize;
-                    let live = size + 1 + TRAILER <= bsize
-                        && trailer >> 32 == check_of(p, size)
-                        && *((p + 8) as *const usize) != FREED ^ p;
+                    let live = size + 1 + TRAILER <= bsize && trailer >> 32 == check_of(p, size);
                     if live {
                         check_live(p, bsize, "exit");
                     }

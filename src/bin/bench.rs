@@ -4,8 +4,12 @@
 //! the callgrind fast-path figure of every allocator.
 //!
 //! ```text
-//! cargo run --release --bin bench -- [--quick] [--reps N] [--out DIR]
+//! cargo run --release --bin bench -- [--quick] [--reps N] [--out DIR] [--guard-modes]
 //! ```
+//!
+//! `--guard-modes` measures what rampart's checks cost instead: glibc, rampart, and rampart
+//! with `RAMPART_GUARD=sample` (the default 1 in 1000), `RAMPART_GUARD=all` and
+//! `RAMPART_REDZONE=16`.
 //!
 //! It installs the peers from Debian (`libmimalloc2.0`, `libjemalloc2`,
 //! `libtcmalloc-minimal4`) when they are missing and it runs as root, builds librampart,
@@ -34,10 +38,12 @@ const PEERS: [(&str, &str, &str); 3] = [
     ),
 ];
 
-/// An allocator under test: its name and the library to preload (none for glibc).
+/// An allocator under test: its name, the library to preload (none for glibc), and the
+/// environment it runs with.
 struct Alloc {
     name: &'static str,
     preload: Option<PathBuf>,
+    env: Vec<(&'static str, &'static str)>,
 }
 
 /// A workload: how to run it at a scale.
@@ -58,6 +64,7 @@ struct Sample {
 
 struct Options {
     quick: bool,
+    guard_modes: bool,
     reps: usize,
     out: PathBuf,
 }
@@ -70,7 +77,7 @@ fn main() {
     std::fs::create_dir_all(&work).expect("create target/bench");
     std::fs::create_dir_all(&opts.out).expect("create the output folder");
 
-    let allocs = allocators(&repo);
+    let allocs = allocators(&repo, opts.guard_modes);
     let scale = if opts.quick { 0.2 } else { 1.0 };
     let workloads = workloads(&repo, &work, scale);
     println!(
@@ -133,6 +140,7 @@ fn main() {
 fn parse_args() -> Options {
     let mut opts = Options {
         quick: false,
+        guard_modes: false,
         reps: 0,
         out: PathBuf::from("bench-results"),
     };
@@ -140,6 +148,7 @@ fn parse_args() -> Options {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => opts.quick = true,
+            "--guard-modes" => opts.guard_modes = true,
             "--reps" => {
                 opts.reps = args
                     .next()
@@ -157,12 +166,14 @@ fn parse_args() -> Options {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: cargo run --release --bin bench -- [--quick] [--reps N] [--out DIR]");
+    eprintln!(
+        "usage: cargo run --release --bin bench -- [--quick] [--reps N] [--out DIR] [--guard-modes]"
+    );
     exit(2);
 }
 
 /// glibc, the peers (installed from Debian if missing and possible), and rampart (built).
-fn allocators(repo: &Path) -> Vec<Alloc> {
+fn allocators(repo: &Path, guard_modes: bool) -> Vec<Alloc> {
     let mut missing: Vec<&str> = PEERS
         .iter()
         .filter(|(_, lib, _)| !Path::new(PEER_DIR).join(lib).exists())
@@ -210,13 +221,31 @@ fn allocators(repo: &Path) -> Vec<Alloc> {
     let mut allocs = vec![Alloc {
         name: "glibc",
         preload: None,
+        env: vec![],
     }];
+    let rampart = repo.join("target/release/librampart.so");
+    if guard_modes {
+        for (name, env) in [
+            ("rampart", vec![]),
+            ("rampart-sample", vec![("RAMPART_GUARD", "sample")]),
+            ("rampart-all", vec![("RAMPART_GUARD", "all")]),
+            ("rampart-redzone", vec![("RAMPART_REDZONE", "16")]),
+        ] {
+            allocs.push(Alloc {
+                name,
+                preload: Some(rampart.clone()),
+                env,
+            });
+        }
+        return allocs;
+    }
     for (name, lib, pkg) in PEERS {
         let path = Path::new(PEER_DIR).join(lib);
         if path.exists() {
             allocs.push(Alloc {
                 name,
                 preload: Some(path),
+                env: vec![],
             });
         } else {
             println!("bench: {name} left out ({pkg} is not installed)");
@@ -224,7 +253,8 @@ fn allocators(repo: &Path) -> Vec<Alloc> {
     }
     allocs.push(Alloc {
         name: "rampart",
-        preload: Some(repo.join("target/release/librampart.so")),
+        preload: Some(rampart),
+        env: vec![],
     });
     allocs
 }
@@ -376,6 +406,7 @@ fn command(w: &Workload, a: &Alloc) -> Command {
             cmd.env_remove(k);
         }
     }
+    cmd.envs(a.env.iter().copied());
     match &a.preload {
         Some(lib) => cmd.env("LD_PRELOAD", lib),
         None => cmd.env_remove("LD_PRELOAD"),
@@ -506,6 +537,7 @@ fn fast_path_figures(allocs: &[Alloc], work: &Path) -> Vec<(String, Option<f64>)
             if let Some(lib) = &a.preload {
                 cmd.env("LD_PRELOAD", lib);
             }
+            cmd.envs(a.env.iter().copied());
             let o = cmd.stdout(Stdio::null()).output().ok()?;
             let err = String::from_utf8_lossy(&o.stderr);
             err.lines()
@@ -572,13 +604,29 @@ fn report(
         "| workload | allocator | wall s | ×g | ×p | cpu s | peak RSS MiB | ×g | ×p |"
     );
     let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
+    // With --guard-modes, ×p compares with rampart with its checks off instead.
+    let guard_modes = allocs.iter().any(|a| a.name == "rampart-all");
+    if guard_modes {
+        let _ = writeln!(
+            t,
+            "(--guard-modes: ×p is the ratio to `rampart` with its checks off.)\n"
+        );
+    }
     let mut time_ratios: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut rss_ratios: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut time_vs_p: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut rss_vs_p: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for w in workloads {
         let g = med[&(w.name.clone(), "glibc")];
         let peers: Vec<(f64, f64, f64)> = allocs
             .iter()
-            .filter(|a| a.name != "glibc" && a.name != "rampart")
+            .filter(|a| {
+                if guard_modes {
+                    a.name == "rampart"
+                } else {
+                    a.name != "glibc" && a.name != "rampart"
+                }
+            })
             .map(|a| med[&(w.name.clone(), a.name)])
             .collect();
         let best_t = peers.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
@@ -587,6 +635,8 @@ fn report(
             let (wall, cpu, rss) = med[&(w.name.clone(), a.name)];
             time_ratios.entry(a.name).or_default().push(wall / g.0);
             rss_ratios.entry(a.name).or_default().push(rss / g.2);
+            time_vs_p.entry(a.name).or_default().push(wall / best_t);
+            rss_vs_p.entry(a.name).or_default().push(rss / best_r);
             let _ = writeln!(
                 t,
                 "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} |",
@@ -605,9 +655,9 @@ fn report(
     let _ = writeln!(t, "\nGeometric means over the {} workloads, and the fast path (callgrind instructions per malloc(64)+free pair, C loop through the PLT, benches/c/pairs.c):\n", workloads.len());
     let _ = writeln!(
         t,
-        "| allocator | time ×glibc | peak RSS ×glibc | fast path |"
+        "| allocator | time ×glibc | peak RSS ×glibc | time ×p | peak RSS ×p | fast path |"
     );
-    let _ = writeln!(t, "|---|---|---|---|");
+    let _ = writeln!(t, "|---|---|---|---|---|---|");
     for a in allocs {
         let fp = fast_path
             .iter()
@@ -615,10 +665,12 @@ fn report(
             .and_then(|(_, v)| *v);
         let _ = writeln!(
             t,
-            "| {} | {:.2} | {:.2} | {} |",
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
             a.name,
             geomean(&time_ratios[a.name]),
             geomean(&rss_ratios[a.name]),
+            geomean(&time_vs_p[a.name]),
+            geomean(&rss_vs_p[a.name]),
             fp.map_or("n/a".into(), |v| format!("{v:.0}"))
         );
     }
