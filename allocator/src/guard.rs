@@ -334,6 +334,24 @@ pub fn contains(p: usize) -> bool {
     p.wrapping_sub(BASE.load(Ordering::Relaxed)) < LEN.load(Ordering::Relaxed)
 }
 
+/// Before `fork`: takes the pool's lock (it is taken with no other lock held, and takes none,
+/// so any order with the other locks is safe), so that the child finds it consistent.
+pub fn fork_prepare() {
+    core::mem::forget(POOL.lock());
+}
+
+/// After `fork`, in the parent: releases what [`fork_prepare`] took.
+pub fn fork_parent() {
+    // SAFETY: fork_prepare took the lock in this thread and forgot the guard.
+    unsafe { POOL.force_unlock() };
+}
+
+/// After `fork`, in the child: the lock is free again.
+pub fn fork_child() {
+    // SAFETY: the child has one thread; the lock's holder (our prepare step) is gone.
+    unsafe { POOL.reset_after_fork() };
+}
+
 /// Guarded blocks allocated and freed so far.
 pub fn counts() -> (u64, u64) {
     (

@@ -809,6 +809,7 @@ static FORK_HANDLERS: AtomicBool = AtomicBool::new(false);
 /// Before `fork`: take every global lock, so the child does not inherit one held by a thread
 /// that does not exist there (lock order: registry, then pages, as everywhere).
 extern "C" fn fork_prepare() {
+    crate::guard::fork_prepare();
     core::mem::forget(REGISTRY.lock());
     core::mem::forget(PAGES.lock());
 }
@@ -820,6 +821,7 @@ extern "C" fn fork_parent() {
         PAGES.force_unlock();
         REGISTRY.force_unlock();
     }
+    crate::guard::fork_parent();
 }
 
 /// After `fork`, in the child (one thread): the locks are free again. The other threads'
@@ -831,6 +833,7 @@ extern "C" fn fork_child() {
         PAGES.reset_after_fork();
         REGISTRY.reset_after_fork();
     }
+    crate::guard::fork_child();
 }
 
 /// The `pthread` key destructor: the thread is exiting.

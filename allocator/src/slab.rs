@@ -98,11 +98,12 @@ pub unsafe fn carve(s: &mut Span) -> bool {
             ptr::null_mut()
         };
         // SAFETY: the block (16 bytes at least) lies inside the span's never-used range,
-        // which we own. Its second word is cleared so that stale bytes there never look like
-        // the mark of a freed block to the redzone checks (see `redzone`).
+        // which we own. Its last word is cleared so that stale bytes there (from an earlier
+        // slab on these pages) never look like the mark of a freed block to the redzone
+        // checks (see `redzone`).
         unsafe {
             b.write(next);
-            b.add(1).write(ptr::null_mut());
+            b.byte_add(size - 8).write(ptr::null_mut());
         }
     }
     s.free = base as *mut u8;
