@@ -116,12 +116,12 @@ impl Slot {
     }
 }
 
-/// Checks the slack of a live guarded block: a write there is an underflow (before it) or an
+/// Checks the slack of a guarded block (live, or being freed): a write there is an underflow (before it) or an
 /// overflow (after it) that did not reach a guard page. Reports and aborts on damage; `when`
 /// says when it was found ("freed", "checked at exit").
 ///
 /// # Safety
-/// `slot` is a live slot (its data pages are read-write).
+/// `slot` is live or being freed (its data pages are read-write).
 unsafe fn check_slack(slot: &Slot, when: &str) {
     let (head, tail) = slot.slack();
     // SAFETY: per the contract, both ranges are read-write memory of the slot.
@@ -401,10 +401,29 @@ pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
     let mut frames = [0usize; FRAMES];
     let nframes = os::backtrace(&mut frames, 0);
     let tid = os::gettid();
-    let mut pool = POOL.lock();
-    let idx = pool.take_slot(pages)?;
-    // SAFETY: a slot index the pool just handed out.
-    let slot = unsafe { &mut *pool.slots.add(idx) };
+    let (idx, fresh, slot) = {
+        let mut pool = POOL.lock();
+        let (idx, fresh) = pool.take_slot(pages)?;
+        // SAFETY: a slot index the pool just handed out; records never move. The slot is
+        // ours alone from here on (in no list), so the system calls below run unlocked.
+        (idx, fresh, unsafe { &mut *pool.slots.add(idx) })
+    };
+    // SAFETY: the slot's pages are ours: a new slot's guard page goes in, a reused one's data
+    // pages (guarded since its free) open again.
+    let opened = unsafe {
+        if fresh {
+            os::guard_install(slot.data_end() as *mut u8, PAGE_SIZE)
+        } else {
+            os::guard_remove(slot.data as *mut u8, slot.pages * PAGE_SIZE)
+        }
+    };
+    if !opened {
+        // A new slot without its guard page is never used; a reused one goes back.
+        if !fresh {
+            POOL.lock().push_free(idx);
+        }
+        return None;
+    }
     let end = slot.data_end();
     let p = (end - size) & !(align - 1);
     slot.ptr = p;
@@ -422,7 +441,6 @@ pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
         ptr::write_bytes(head.start as *mut u8, SLACK_BYTE, head.len());
         ptr::write_bytes(tail.start as *mut u8, SLACK_BYTE, tail.len());
     }
-    drop(pool);
     GUARDED[0].fetch_add(1, Ordering::Relaxed);
     NonNull::new(p as *mut u8)
 }
@@ -463,7 +481,7 @@ pub unsafe fn free(p: usize, claimed: usize) {
     let mut frames = [0usize; FRAMES];
     let nframes = os::backtrace(&mut frames, 0);
     let tid = os::gettid();
-    let mut pool = POOL.lock();
+    let pool = POOL.lock();
     let Some(idx) = pool.slot_of(p) else {
         report_wild("free", p)
     };
@@ -496,16 +514,18 @@ pub unsafe fn free(p: usize, claimed: usize) {
             slot,
         );
     }
-    // SAFETY: a live slot.
-    unsafe { check_slack(slot, "freed") };
+    // No longer live (a second free now finds it freed), but in no list yet: the slot is the
+    // caller's alone while its slack is checked and its pages are guarded, unlocked.
     slot.state = SlotState::Quarantined;
     slot.free_tid = tid;
     slot.free_frames = frames;
     slot.free_frames_len = nframes as u8;
+    drop(pool);
+    // SAFETY: the slot's data pages are still read-write, and ours.
+    unsafe { check_slack(slot, "freed") };
     // SAFETY: the slot's data pages are ours and hold nothing needed any more.
     unsafe { protect_freed(slot.data, slot.pages * PAGE_SIZE) };
-    pool.quarantine(idx);
-    drop(pool);
+    POOL.lock().quarantine(idx);
     GUARDED[1].fetch_add(1, Ordering::Relaxed);
 }
 
@@ -569,26 +589,21 @@ impl Pool {
         slot_index(self.base, self.len, self.page_slot, addr)
     }
 
-    /// A slot with at least `pages` data pages, ready for a block: a released slot of the
-    /// class, else a new one carved from the reservation, else one pushed out of the
+    /// A slot with at least `pages` data pages for a block, and whether it is new: a
+    /// released slot of the class (its data pages still guarded), else a new one carved from
+    /// the reservation (its guard page not installed yet), else one pushed out of the
     /// quarantine early. `None` when none can be had.
-    fn take_slot(&mut self, pages: usize) -> Option<usize> {
+    fn take_slot(&mut self, pages: usize) -> Option<(usize, bool)> {
         let (class, class_pages) = slot_class(pages);
         if class >= SLOT_CLASSES {
             return None;
         }
         loop {
             if let Some(idx) = self.pop_free(class) {
-                // SAFETY: a released slot: its data pages are guarded; open them again.
-                let slot = unsafe { &mut *self.slots.add(idx) };
-                // SAFETY: the slot's pages are ours.
-                if !unsafe { os::guard_remove(slot.data as *mut u8, slot.pages * PAGE_SIZE) } {
-                    return None;
-                }
-                return Some(idx);
+                return Some((idx, false));
             }
             if let Some(idx) = self.carve(class, class_pages) {
-                return Some(idx);
+                return Some((idx, true));
             }
             // Full: release the oldest quarantined slot early, and try again.
             if !self.release_oldest() {
@@ -631,10 +646,6 @@ impl Pool {
             self.committed += step;
         }
         let data = self.base + self.bump;
-        // SAFETY: the page after the data pages is ours and unused.
-        if !unsafe { os::guard_install((data + pages * PAGE_SIZE) as *mut u8, PAGE_SIZE) } {
-            return None;
-        }
         if !os::guards_are_free() {
             self.vmas += 2;
         }
@@ -696,10 +707,17 @@ impl Pool {
             self.q_tail = 0;
         }
         self.q_bytes -= slot.pages * PAGE_SIZE;
+        self.push_free(idx);
+        true
+    }
+
+    /// Puts a slot whose data pages are guarded on its class's free list.
+    fn push_free(&mut self, idx: usize) {
+        // SAFETY: a slot index.
+        let slot = unsafe { &mut *self.slots.add(idx) };
         slot.state = SlotState::Released;
         slot.next = self.free_heads[slot.class as usize];
         self.free_heads[slot.class as usize] = idx as u32 + 1;
-        true
     }
 
     fn warn_once(&mut self, what: &str) {
