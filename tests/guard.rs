@@ -799,3 +799,89 @@ fn own_handler_installed_before_rampart() {
     }
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
+
+/// The number after `label` in a statistics line (`guarded blocks          allocated N`).
+fn stat_after(stderr: &str, line_start: &str, label: &str) -> Option<u64> {
+    let line = stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with(line_start))?;
+    let rest = &line[line.find(label)? + label.len()..];
+    rest.trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// No false alarms: programs that check their own data (threads handing blocks to each
+/// other, `fork` while threads allocate, 10,000 short-lived threads, Python) run clean under
+/// every checking mode, and the guard modes really guarded some of their blocks (their
+/// statistics say how many). A mode that reported a correct program, or hung it, fails here.
+#[test]
+fn correct_programs_run_clean_in_every_mode() {
+    let fork = gcc("fork", &["tests/c/fork.c", "-lpthread"]);
+    let churn = gcc("churn", &["tests/c/churn.c", "-lpthread"]);
+    let script = "import json, threading\n\
+        def work(n):\n    d = {str(i): [i] * (i % 40) for i in range(n)}\n    \
+        assert json.loads(json.dumps(d)) == d\n\
+        ts = [threading.Thread(target=work, args=(20000,)) for _ in range(4)]\n\
+        [t.start() for t in ts]; [t.join() for t in ts]\nprint('python ok')";
+    let modes: [(&str, &[(&str, &str)]); 4] = [
+        (
+            "sample",
+            &[("RAMPART_GUARD", "sample"), ("RAMPART_GUARD_SAMPLE", "10")],
+        ),
+        ("all", &[("RAMPART_GUARD", "all")]),
+        ("redzone", &[("RAMPART_REDZONE", "16")]),
+        (
+            "sample+redzone",
+            &[("RAMPART_GUARD", "sample"), ("RAMPART_REDZONE", "8")],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (mode, vars) in modes {
+        let programs: Vec<(&str, PathBuf, Vec<&str>)> = vec![
+            ("fork", fork.clone(), vec![]),
+            ("churn", churn.clone(), vec![]),
+            (
+                "python3",
+                PathBuf::from("/usr/bin/python3"),
+                vec!["-c", script],
+            ),
+        ];
+        for (name, prog, args) in programs {
+            // fork.c's 8 threads of large blocks take minutes when every block is guarded;
+            // `all` runs the other two.
+            if mode == "all" && name == "fork" {
+                continue;
+            }
+            let mut cmd = preloaded(&prog);
+            cmd.args(&args).env("RAMPART_STATS", "1");
+            for (k, v) in vars {
+                cmd.env(k, v);
+            }
+            let out = run(cmd, Duration::from_secs(240));
+            let reports: Vec<&str> = out
+                .stderr
+                .lines()
+                .filter(|l| l.starts_with("rampart: ") && !l.starts_with("rampart: statistics"))
+                .collect();
+            let guarded = stat_after(&out.stderr, "guarded blocks", "allocated");
+            let wants_guarded = mode != "redzone";
+            if !out.status.success() || out.timed_out || !reports.is_empty() {
+                failures.push(format!("{mode} {name}: not clean\n{}", out.describe()));
+            } else if wants_guarded && guarded.is_none_or(|n| n == 0) {
+                failures.push(format!(
+                    "{mode} {name}: no guarded blocks in the statistics\n{}",
+                    out.describe()
+                ));
+            } else {
+                eprintln!(
+                    "{mode} {name}: clean in {:.1?}, guarded blocks {guarded:?}",
+                    out.elapsed
+                );
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

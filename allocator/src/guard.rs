@@ -54,8 +54,9 @@ const SAMPLE_POOL_BYTES: usize = 64 << 20;
 /// Default quarantine in `all` mode: freed slots held back before reuse (address space and
 /// page-table entries only; their pages are dropped).
 const ALL_QUARANTINE: usize = 256 << 20;
-/// Default quarantine in `sample` mode.
-const SAMPLE_QUARANTINE: usize = 16 << 20;
+/// Default quarantine in `sample` mode: 256 one-page slots, so the pool's records and page
+/// tables stay small (each slot ever made costs a record of about 300 bytes).
+const SAMPLE_QUARANTINE: usize = 1 << 20;
 /// Alignments above this are never guarded (the slot would waste too much).
 const MAX_GUARDED_ALIGN: usize = 1 << 20;
 /// Return addresses kept per stack.
@@ -132,12 +133,10 @@ unsafe fn check_slack(slot: &Slot, when: &str) {
         )
     };
     // The damage nearest the block is where the bad access began.
-    let damage = if let Some(i) = h.iter().rposition(|&b| b != SLACK_BYTE) {
+    let damage = if let Some(i) = crate::util::last_not(h, SLACK_BYTE) {
         Some(("heap-buffer-underflow", head.start + i))
     } else {
-        t.iter()
-            .position(|&b| b != SLACK_BYTE)
-            .map(|i| ("heap-buffer-overflow", tail.start + i))
+        crate::util::first_not(t, SLACK_BYTE).map(|i| ("heap-buffer-overflow", tail.start + i))
     };
     if let Some((kind, at)) = damage {
         report_access(kind, Some(true), at, slot, None, Some(when));
@@ -245,9 +244,6 @@ pub fn init_options() {
     if config::guard_mprotect() {
         os::force_mprotect_guards();
     }
-    if mode == GuardMode::All {
-        DIVERT_ALL.store(true, Ordering::Relaxed);
-    }
     let (want, quarantine) = match mode {
         GuardMode::All => (ALL_POOL_BYTES, ALL_QUARANTINE),
         _ => (SAMPLE_POOL_BYTES, SAMPLE_QUARANTINE),
@@ -264,6 +260,9 @@ pub fn init_options() {
     prev[0] = os::install_fault_handler(libc::SIGSEGV, on_fault);
     prev[1] = os::install_fault_handler(libc::SIGBUS, on_fault);
     ACTIVE.store(true, Ordering::Release);
+    if mode == GuardMode::All {
+        DIVERT_ALL.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Reads the options when the program is loaded, before any `main` (and before Rust's

@@ -113,10 +113,11 @@ pub unsafe fn check_live(p: usize, bsize: usize, call: &str) -> usize {
         if size + 1 + TRAILER <= bsize && trailer >> 32 == check_of(p, size) {
             let canary =
                 core::slice::from_raw_parts((p + size) as *const u8, bsize - TRAILER - size);
-            let bad = canary
-                .iter()
-                .enumerate()
-                .position(|(i, &c)| c != if i == 0 { 0 } else { CANARY });
+            let bad = if canary[0] != 0 {
+                Some(0)
+            } else {
+                crate::util::first_not(&canary[1..], CANARY).map(|i| i + 1)
+            };
             if let Some(i) = bad {
                 overwritten(p, size as u64, size + i, call);
             }
@@ -164,7 +165,7 @@ unsafe fn check_fill(p: usize, bsize: usize) {
             return;
         };
         let fill = core::slice::from_raw_parts((p + 8) as *const u8, bsize - 8 - TRAILER);
-        if let Some(i) = fill.iter().position(|&b| b != FILL) {
+        if let Some(i) = crate::util::first_not(fill, FILL) {
             let mut line = Line::new();
             line.str("rampart: use-after-free: write at ")
                 .hex((p + 8 + i) as u64)

@@ -216,6 +216,42 @@ impl Default for Line {
     }
 }
 
+/// The index of the first byte of `bytes` that is not `want`, or `None`: eight bytes at a
+/// time (the redzone and guard-slack checks scan up to a page per call).
+pub fn first_not(bytes: &[u8], want: u8) -> Option<usize> {
+    let pattern = u64::from_ne_bytes([want; 8]);
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for c in chunks.by_ref() {
+        let word = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        if word != pattern {
+            return c.iter().position(|&b| b != want).map(|i| at + i);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b != want)
+        .map(|i| at + i)
+}
+
+/// The index of the last byte of `bytes` that is not `want`, or `None` (as [`first_not`],
+/// from the end).
+pub fn last_not(bytes: &[u8], want: u8) -> Option<usize> {
+    let pattern = u64::from_ne_bytes([want; 8]);
+    let mut chunks = bytes.rchunks_exact(8);
+    let mut end = bytes.len();
+    for c in chunks.by_ref() {
+        let word = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        if word != pattern {
+            return c.iter().rposition(|&b| b != want).map(|i| end - 8 + i);
+        }
+        end -= 8;
+    }
+    chunks.remainder().iter().rposition(|&b| b != want)
+}
+
 /// Reports an impossible internal state or a detected heap corruption and aborts.
 #[cold]
 #[inline(never)]
@@ -245,6 +281,26 @@ mod tests {
         assert_eq!(log2_ceil(3), 2);
         assert_eq!(log2_ceil(4096), 12);
         assert_eq!(log2_ceil(4097), 13);
+    }
+
+    #[test]
+    fn pattern_scans_find_the_odd_byte() {
+        for len in 0..40 {
+            let clean = vec![0xabu8; len];
+            assert_eq!(first_not(&clean, 0xab), None);
+            assert_eq!(last_not(&clean, 0xab), None);
+            for bad in 0..len {
+                let mut v = clean.clone();
+                v[bad] = 0;
+                assert_eq!(first_not(&v, 0xab), Some(bad), "len {len} bad {bad}");
+                assert_eq!(last_not(&v, 0xab), Some(bad), "len {len} bad {bad}");
+                if bad + 3 < len {
+                    v[bad + 3] = 1;
+                    assert_eq!(first_not(&v, 0xab), Some(bad));
+                    assert_eq!(last_not(&v, 0xab), Some(bad + 3));
+                }
+            }
+        }
     }
 
     #[test]

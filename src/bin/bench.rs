@@ -4,12 +4,13 @@
 //! the callgrind fast-path figure of every allocator.
 //!
 //! ```text
-//! cargo run --release --bin bench -- [--quick] [--reps N] [--out DIR] [--guard-modes]
+//! cargo run --release --bin bench -- [--quick] [--reps N] [--out DIR] [--guard-modes|--guard-all]
 //! ```
 //!
 //! `--guard-modes` measures what rampart's checks cost instead: glibc, rampart, and rampart
-//! with `RAMPART_GUARD=sample` (the default 1 in 1000), `RAMPART_GUARD=all` and
-//! `RAMPART_REDZONE=16`.
+//! with `RAMPART_GUARD=sample` (the default 1 in 1000) and `RAMPART_REDZONE=16`.
+//! `--guard-all`: glibc, rampart and rampart with `RAMPART_GUARD=all` (a debugging mode one
+//! to two orders of magnitude slower on allocation-heavy workloads: use `--quick --reps 1`).
 //!
 //! It installs the peers from Debian (`libmimalloc2.0`, `libjemalloc2`,
 //! `libtcmalloc-minimal4`) when they are missing and it runs as root, builds librampart,
@@ -64,7 +65,8 @@ struct Sample {
 
 struct Options {
     quick: bool,
-    guard_modes: bool,
+    /// 0: the peers; 1: rampart's production checks; 2: `RAMPART_GUARD=all`.
+    guard_modes: u8,
     reps: usize,
     out: PathBuf,
 }
@@ -140,7 +142,7 @@ fn main() {
 fn parse_args() -> Options {
     let mut opts = Options {
         quick: false,
-        guard_modes: false,
+        guard_modes: 0,
         reps: 0,
         out: PathBuf::from("bench-results"),
     };
@@ -148,7 +150,8 @@ fn parse_args() -> Options {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => opts.quick = true,
-            "--guard-modes" => opts.guard_modes = true,
+            "--guard-modes" => opts.guard_modes = 1,
+            "--guard-all" => opts.guard_modes = 2,
             "--reps" => {
                 opts.reps = args
                     .next()
@@ -167,13 +170,13 @@ fn parse_args() -> Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo run --release --bin bench -- [--quick] [--reps N] [--out DIR] [--guard-modes]"
+        "usage: cargo run --release --bin bench -- [--quick] [--reps N] [--out DIR] [--guard-modes|--guard-all]"
     );
     exit(2);
 }
 
 /// glibc, the peers (installed from Debian if missing and possible), and rampart (built).
-fn allocators(repo: &Path, guard_modes: bool) -> Vec<Alloc> {
+fn allocators(repo: &Path, guard_modes: u8) -> Vec<Alloc> {
     let mut missing: Vec<&str> = PEERS
         .iter()
         .filter(|(_, lib, _)| !Path::new(PEER_DIR).join(lib).exists())
@@ -224,13 +227,20 @@ fn allocators(repo: &Path, guard_modes: bool) -> Vec<Alloc> {
         env: vec![],
     }];
     let rampart = repo.join("target/release/librampart.so");
-    if guard_modes {
-        for (name, env) in [
-            ("rampart", vec![]),
-            ("rampart-sample", vec![("RAMPART_GUARD", "sample")]),
-            ("rampart-all", vec![("RAMPART_GUARD", "all")]),
-            ("rampart-redzone", vec![("RAMPART_REDZONE", "16")]),
-        ] {
+    if guard_modes != 0 {
+        let modes = if guard_modes == 1 {
+            vec![
+                ("rampart", vec![]),
+                ("rampart-sample", vec![("RAMPART_GUARD", "sample")]),
+                ("rampart-redzone", vec![("RAMPART_REDZONE", "16")]),
+            ]
+        } else {
+            vec![
+                ("rampart", vec![]),
+                ("rampart-all", vec![("RAMPART_GUARD", "all")]),
+            ]
+        };
+        for (name, env) in modes {
             allocs.push(Alloc {
                 name,
                 preload: Some(rampart.clone()),
@@ -605,7 +615,7 @@ fn report(
     );
     let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
     // With --guard-modes, ×p compares with rampart with its checks off instead.
-    let guard_modes = allocs.iter().any(|a| a.name == "rampart-all");
+    let guard_modes = allocs.iter().any(|a| a.name.starts_with("rampart-"));
     if guard_modes {
         let _ = writeln!(
             t,
