@@ -1,12 +1,12 @@
 //! Memory back to the OS: `benches/c/rss_return.c` under librampart. 4 threads allocate 1 GiB
 //! in 64-byte blocks and free it all (half from another thread), then `malloc_trim(0)`.
 //!
-//! Bounds (memory figures, not times): the peak RSS above the starting RSS is within 2 % of
-//! the live bytes (the figure: rampart's metadata is 72 KiB per 4 MiB chunk, 1.8 %),
-//! and the RSS after the trim is within 5 % of the RSS before the allocations plus 512 KiB
-//! of slack: rampart's own pages come back exactly to where they were, but RSS outside the
-//! heap (thread stacks and the like) moves by up to about 90 KiB between runs, which is more
-//! than 5 % of a 2 MiB baseline (see the README's Performance section).
+//! Bounds (memory figures, not times), the issue's: the peak RSS above the starting RSS is
+//! within 2 % of the live bytes (rampart's metadata is 72 KiB per 4 MiB chunk, 1.8 %), and
+//! the RSS after the trim is within 5 % of the RSS before the allocations. The program reads
+//! the RSS from `/proc/self/smaps_rollup` (exact) after a first read that pages in its own
+//! reading code: without that, the code's pages (tens of KiB of libc text) counted after but
+//! not before, and the figure moved by up to 6 % between runs for no reason of the heap's.
 
 mod c_support;
 
@@ -61,7 +61,7 @@ fn freed_memory_goes_back_to_the_os() {
         out.describe()
     );
     assert!(
-        after <= before * 1.05 + 512.0,
+        after <= before * 1.05,
         "RSS after the trim {after} KiB, before the allocations {before} KiB\n{}",
         out.describe()
     );
