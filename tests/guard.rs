@@ -31,13 +31,12 @@
 
 mod c_support;
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use c_support::{clear_rampart_env, gcc, lib_a, preloaded, run, Outcome, SIGABRT};
+use c_support::{clear_rampart_env, gcc, lib_a, no_core_dumps, preloaded, run, Outcome, SIGABRT};
 
 #[global_allocator]
 static GLOBAL: rampart::Rampart = rampart::Rampart;
@@ -376,23 +375,6 @@ fn memerr_static() -> &'static PathBuf {
         ];
         gcc("memerr-static", &args)
     })
-}
-
-/// Core dumps off in the child: a hundred deliberate crashes would otherwise each write one
-/// (or wait on a crash collector) where `ulimit -c` allows it.
-fn no_core_dumps(cmd: &mut Command) {
-    // SAFETY: the closure runs in the child between fork and exec; it only calls
-    // setrlimit, which is async-signal-safe, on a local `rlimit`.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            libc::setrlimit(libc::RLIMIT_CORE, &lim);
-            Ok(())
-        });
-    }
 }
 
 /// Runs `memerr CASE SIZE` preloaded in `mode` (inherited `RAMPART_*` variables removed).

@@ -17,11 +17,10 @@
 mod c_support;
 
 use std::alloc::Layout;
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
-use c_support::{clear_rampart_env, run, Outcome, SIGABRT};
+use c_support::{clear_rampart_env, no_core_dumps, run, Outcome, SIGABRT};
 
 #[global_allocator]
 static A: rampart::Rampart = rampart::Rampart;
@@ -219,22 +218,6 @@ fn parent() {
     println!("guard_global: {passed} passed, {} failed", failed.len());
     if !failed.is_empty() {
         std::process::exit(1);
-    }
-}
-
-/// Core dumps off in the child (deliberate crashes).
-fn no_core_dumps(cmd: &mut Command) {
-    // SAFETY: the closure runs in the child between fork and exec and only calls
-    // setrlimit, which is async-signal-safe, on a local `rlimit`.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            libc::setrlimit(libc::RLIMIT_CORE, &lim);
-            Ok(())
-        });
     }
 }
 

@@ -851,13 +851,8 @@ fn report_access(
         .str(": ")
         .str(rw(write))
         .str(" at ")
-        .hex(addr as u64)
-        .str(": offset ");
-    signed(&mut line, addr as i128 - slot.ptr as i128);
-    line.str(" from a block of ")
-        .dec(slot.size as u64)
-        .str(" bytes at ")
-        .hex(slot.ptr as u64);
+        .hex(addr as u64);
+    where_in_block(&mut line, addr, slot);
     if let Some(when) = found {
         line.str(" (found when the block was ").str(when).str(")");
     }
@@ -880,11 +875,19 @@ fn report_access(
     print_slot_stacks(slot);
 }
 
-fn signed(line: &mut Line, v: i128) {
-    if v < 0 {
+/// Appends `: offset N from a block of S bytes at 0x…`, the part of every report that places
+/// an address against its block (N negative before the block).
+fn where_in_block(line: &mut Line, addr: usize, slot: &Slot) {
+    line.str(": offset ");
+    let offset = addr as i128 - slot.ptr as i128;
+    if offset < 0 {
         line.str("-");
     }
-    line.dec(v.unsigned_abs() as u64);
+    line.dec(offset.unsigned_abs() as u64)
+        .str(" from a block of ")
+        .dec(slot.size as u64)
+        .str(" bytes at ")
+        .hex(slot.ptr as u64);
 }
 
 /// Prints the allocation and (if freed) the free stacks of a slot.
@@ -957,13 +960,8 @@ fn report_slot_error(kind: &str, call: &str, why: &str, p: usize, slot: &Slot) -
         .str(" ")
         .str(why)
         .str(" at ")
-        .hex(p as u64)
-        .str(": offset ");
-    signed(&mut line, p as i128 - slot.ptr as i128);
-    line.str(" from a block of ")
-        .dec(slot.size as u64)
-        .str(" bytes at ")
-        .hex(slot.ptr as u64);
+        .hex(p as u64);
+    where_in_block(&mut line, p, slot);
     line.emit();
     let mut frames = [0usize; FRAMES];
     let n = os::backtrace(&mut frames, 0);

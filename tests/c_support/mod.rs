@@ -285,3 +285,22 @@ pub fn heap_counts(stderr: &str) -> Option<(u64, u64)> {
     (words.next()? == "reused").then_some(())?;
     Some((created, reused))
 }
+
+/// Core dumps off in the child: tests that crash programs on purpose (a hundred of them in
+/// `tests/guard.rs`) would otherwise each write one, or wait on a crash collector, where
+/// `ulimit -c` allows it.
+pub fn no_core_dumps(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec; it only calls
+    // setrlimit, which is async-signal-safe, on a local `rlimit`.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &lim);
+            Ok(())
+        });
+    }
+}
