@@ -14,6 +14,10 @@
 //!   binding: `sbrk` (libc) and the guard advice `MADV_GUARD_INSTALL`/`REMOVE` (raw
 //!   `madvise` through libc, since rustix's `Advice` does not name them yet).
 //! - The clock is read through rustix's vDSO `clock_gettime`.
+//! - For the guard modes: `sigaction` (libc: the fault handler, passing faults on to the
+//!   action installed before), the fault context's error code, stack walks through libgcc's
+//!   `_Unwind_Backtrace` (reads `.eh_frame`; does not allocate), `dladdr` for symbol names
+//!   at report time, and small reads of `/proc` files (`vm.max_map_count`). None allocates.
 
 use core::ffi::{c_void, CStr};
 use core::ptr::{self, NonNull};
