@@ -356,7 +356,7 @@ fn expected(case: &str, size: usize, mode: Mode) -> Expect {
 fn memerr() -> &'static PathBuf {
     static PROG: OnceLock<PathBuf> = OnceLock::new();
     // -O1 (after c_support's -O2): the volatile accesses stay as written.
-    PROG.get_or_init(|| gcc("memerr", &["-O1", "tests/c/memerr.c", "-ldl"]))
+    PROG.get_or_init(|| gcc("memerr", &["-O1", "tests/c/memerr.c", "-ldl", "-lpthread"]))
 }
 
 /// memerr linked statically against `librampart.a`: its own constructors can then run
@@ -866,4 +866,98 @@ fn correct_programs_run_clean_in_every_mode() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+const ALL_MODES: [Mode; 4] = [Mode::Off, Mode::Redzone, Mode::Sample, Mode::All];
+
+/// A SIGSEGV that was sent (`raise`), not raised by a fault, still ends the program in every
+/// mode: rampart's handler passes it to the default action rather than returning (which
+/// would swallow it) and prints no report for it.
+#[test]
+fn a_sent_sigsegv_still_ends_the_program() {
+    for mode in ALL_MODES {
+        let out = run_row("raise", 16, mode);
+        assert_eq!(
+            out.signal(),
+            Some(SIGSEGV),
+            "{}: {}",
+            mode.name(),
+            out.describe()
+        );
+        assert!(
+            !out.stderr.lines().any(|l| l.starts_with("rampart: ")),
+            "{}: a report for a signal that was not a fault\n{}",
+            mode.name(),
+            out.describe()
+        );
+    }
+}
+
+/// `fork` while three threads allocate, 20 times, in every mode: each child allocates and
+/// exits 0 (a lock left held across the fork, such as the guard pool's, hangs the child
+/// until its alarm kills it). In `all` mode each thread's very first allocation is guarded,
+/// which must still set the thread's heap up (and the fork handlers with it).
+#[test]
+fn fork_while_threads_allocate_in_every_mode() {
+    for mode in ALL_MODES {
+        for size in [64, 5000] {
+            let out = run_row("fork-threads", size, mode);
+            assert!(
+                out.status.success() && !out.timed_out,
+                "{} size {size}: {}",
+                mode.name(),
+                out.describe()
+            );
+        }
+    }
+}
+
+/// Guarded slots reused at once (`RAMPART_QUARANTINE=0`): `calloc` still hands out zeroes
+/// after the slot held 0xff bytes, for sizes that fill a page and sizes that do not.
+#[test]
+fn reused_guarded_slots_are_zeroed_for_calloc() {
+    for mode in [Mode::Sample, Mode::All] {
+        for size in [13, 4096, 9000] {
+            let mut cmd = preloaded(memerr());
+            cmd.arg("calloc-reuse").arg(size.to_string());
+            for (k, v) in mode.env() {
+                cmd.env(k, v);
+            }
+            cmd.env("RAMPART_QUARANTINE", "0").env("RAMPART_STATS", "1");
+            let out = run(cmd, ROW_WATCHDOG);
+            assert!(
+                out.status.success(),
+                "{} size {size}: {}",
+                mode.name(),
+                out.describe()
+            );
+            let guarded = stat_after(&out.stderr, "guarded blocks", "allocated").unwrap_or(0);
+            assert!(
+                guarded >= 400,
+                "{} size {size}: only {guarded} guarded blocks\n{}",
+                mode.name(),
+                out.describe()
+            );
+        }
+    }
+}
+
+/// A block whose slot has spare pages before the block's own (36 KiB is 9 pages, its slot
+/// class 10): those pages stay guarded, so `p[-1]` faults at once as an underflow.
+#[test]
+fn underflow_into_a_slots_spare_pages_faults() {
+    let size = 36 * 1024;
+    let out = run_row("underflow-write", size, Mode::All);
+    assert_eq!(out.signal(), Some(SIGSEGV), "{}", out.describe());
+    let first = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("rampart: "))
+        .unwrap_or_default();
+    assert!(
+        first.starts_with("rampart: heap-buffer-underflow: write at ")
+            && first.contains(&format!(": offset -1 from a block of {size} bytes at ")),
+        "{}",
+        out.describe()
+    );
 }

@@ -259,8 +259,11 @@ fn apply(entry: &[u8]) {
             _ => warn(name, "bad value (expected off, sample or all); ignored"),
         },
         b"RAMPART_GUARD_SAMPLE" => match parse_u64(value) {
-            Some(n) if n >= 1 => GUARD_SAMPLE.store(n, Ordering::Relaxed),
-            _ => warn(name, "bad value (expected a number, 1 or more); ignored"),
+            Some(n) if (1..=1 << 32).contains(&n) => GUARD_SAMPLE.store(n, Ordering::Relaxed),
+            _ => warn(
+                name,
+                "bad value (expected a number, 1 to 4294967296); ignored",
+            ),
         },
         b"RAMPART_REDZONE" => match parse_u64(value) {
             Some(n) if n <= MAX_REDZONE as u64 => REDZONE.store(n as usize, Ordering::Relaxed),

@@ -81,6 +81,7 @@ enum SlotState {
 }
 
 /// A slot's record (kept beside the pool, never in it).
+#[derive(Clone, Copy)]
 #[repr(C)]
 struct Slot {
     /// First data page.
@@ -397,8 +398,13 @@ pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
         size.checked_add(align - 1)?
     };
     let pages = crate::util::checked_align_up(need.max(1), PAGE_SIZE)? / PAGE_SIZE;
+    if BUSY.get() {
+        // Called back from inside a stack walk (libgcc allocates the first time it searches
+        // frames registered at run time, e.g. by a JIT): not guarded, no second walk.
+        return None;
+    }
     let mut frames = [0usize; FRAMES];
-    let nframes = os::backtrace(&mut frames, 0);
+    let nframes = traced_backtrace(&mut frames);
     let tid = os::gettid();
     let (idx, fresh, slot) = {
         let mut pool = POOL.lock();
@@ -407,68 +413,86 @@ pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
         // ours alone from here on (in no list), so the system calls below run unlocked.
         (idx, fresh, unsafe { &mut *pool.slots.add(idx) })
     };
-    // SAFETY: the slot's pages are ours: a new slot's guard page goes in, a reused one's data
-    // pages (guarded since its free) open again.
+    let end = slot.data_end();
+    let p = (end - size) & !(align - 1);
+    // Pages of the slot before the block's first page (a class rounded up, an alignment)
+    // stay guarded, so an underflow that leaves the block's page faults too.
+    let first = (p & !(PAGE_SIZE - 1)).min(end);
+    // SAFETY: the slot's pages are ours: a new slot's spare head pages and its guard page go
+    // in; a reused one's pages (all guarded since its free) open from the block's page on.
     let opened = unsafe {
         if fresh {
-            os::guard_install(slot.data_end() as *mut u8, PAGE_SIZE)
+            (first == slot.data || os::guard_install(slot.data as *mut u8, first - slot.data))
+                && os::guard_install(end as *mut u8, PAGE_SIZE)
         } else {
-            os::guard_remove(slot.data as *mut u8, slot.pages * PAGE_SIZE)
+            first == end || os::guard_remove(first as *mut u8, end - first)
         }
     };
     if !opened {
-        // A new slot without its guard page is never used; a reused one goes back.
+        // A new slot without its guards is never used; a reused one goes back.
         if !fresh {
             POOL.lock().push_free(idx);
         }
         return None;
     }
-    let end = slot.data_end();
-    let p = (end - size) & !(align - 1);
     slot.ptr = p;
     slot.size = size;
-    slot.state = SlotState::Live;
     slot.alloc_tid = tid;
     slot.alloc_frames = frames;
     slot.alloc_frames_len = nframes as u8;
     slot.free_frames_len = 0;
-    // The slack around the block (before it on its first page, after it up to the guard)
-    // gets a pattern, checked on free and at exit.
+    // The slack around the block (before it on its page, after it up to the guard) gets a
+    // pattern, checked on free and at exit; only then is the slot live (the exit check of
+    // another thread may look at it).
     let (head, tail) = slot.slack();
-    // SAFETY: the slot's data pages are read-write and ours.
+    // SAFETY: the block's pages are read-write and ours.
     unsafe {
         ptr::write_bytes(head.start as *mut u8, SLACK_BYTE, head.len());
         ptr::write_bytes(tail.start as *mut u8, SLACK_BYTE, tail.len());
     }
+    slot.state = SlotState::Live;
     GUARDED[0].fetch_add(1, Ordering::Relaxed);
     NonNull::new(p as *mut u8)
+}
+
+std::thread_local! {
+    /// Whether this thread is inside a stack walk of ours (see [`traced_backtrace`]). A const
+    /// initialiser and no `Drop` (design.md): no allocation, no destructor.
+    static BUSY: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// A stack walk, with [`BUSY`] set while it runs so that an allocation from inside the
+/// unwinder is not guarded (which would walk again and take the unwinder's lock twice).
+fn traced_backtrace(frames: &mut [usize]) -> usize {
+    BUSY.set(true);
+    let n = os::backtrace(frames, 0);
+    BUSY.set(false);
+    n
 }
 
 /// The requested size of the live guarded block `p`; reports and aborts for any other
 /// pointer into the pool (`what` names the call, e.g. "realloc").
 pub fn size_of_live(p: usize, what: &str) -> usize {
     let pool = POOL.lock();
-    match pool.slot_of(p) {
-        Some(idx) => {
-            // SAFETY: an index from the page table.
-            let slot = unsafe { &*pool.slots.add(idx) };
-            if slot.state == SlotState::Live && slot.ptr == p {
-                return slot.size;
-            }
-            let kind = if slot.ptr == p {
-                "double-free"
-            } else {
-                "invalid-free"
-            };
-            let why = if slot.ptr == p {
-                "of a block that is already free"
-            } else {
-                "of a pointer that is not the start of a block"
-            };
-            report_slot_error(kind, what, why, p, slot)
-        }
-        None => report_wild(what, p),
+    let Some(idx) = pool.slot_of(p) else {
+        drop(pool);
+        report_wild(what, p)
+    };
+    // SAFETY: an index from the page table.
+    let slot = unsafe { *pool.slots.add(idx) };
+    drop(pool);
+    if slot.state == SlotState::Live && slot.ptr == p {
+        return slot.size;
     }
+    let (kind, why) = if slot.ptr == p {
+        ("double-free", "of a block that is already free")
+    } else {
+        (
+            "invalid-free",
+            "of a pointer that is not the start of a block",
+        )
+    };
+    report_slot_error(kind, what, why, p, &slot)
 }
 
 /// Frees a guarded block: checks it (double free, invalid free, a sized free's size, the
@@ -478,40 +502,42 @@ pub fn size_of_live(p: usize, what: &str) -> usize {
 /// `p` lies in the pool (`contains(p)`).
 pub unsafe fn free(p: usize, claimed: usize) {
     let mut frames = [0usize; FRAMES];
-    let nframes = os::backtrace(&mut frames, 0);
+    let nframes = if BUSY.get() {
+        0
+    } else {
+        traced_backtrace(&mut frames)
+    };
     let tid = os::gettid();
     let pool = POOL.lock();
     let Some(idx) = pool.slot_of(p) else {
+        drop(pool);
         report_wild("free", p)
     };
     // SAFETY: an index from the page table.
     let slot = unsafe { &mut *pool.slots.add(idx) };
-    if slot.ptr != p {
-        report_slot_error(
+    let error = if slot.ptr != p {
+        Some((
             "invalid-free",
             "free",
             "of a pointer that is not the start of a block",
-            p,
-            slot,
-        );
-    }
-    if slot.state != SlotState::Live {
-        report_slot_error(
-            "double-free",
-            "free",
-            "of a block that is already free",
-            p,
-            slot,
-        );
-    }
-    if claimed > slot.size {
-        report_slot_error(
+        ))
+    } else if slot.state != SlotState::Live {
+        Some(("double-free", "free", "of a block that is already free"))
+    } else if claimed > slot.size {
+        Some((
             "invalid-free",
             "sized free",
             "with a size larger than the block",
-            p,
-            slot,
-        );
+        ))
+    } else {
+        None
+    };
+    if let Some((kind, call, why)) = error {
+        // Reported from a copy, unlocked: the report's symbol look-ups take the loader's
+        // lock, which a thread in dlopen may hold while it waits for ours.
+        let copy = *slot;
+        drop(pool);
+        report_slot_error(kind, call, why, p, &copy);
     }
     // No longer live (a second free now finds it freed), but in no list yet: the slot is the
     // caller's alone while its slack is checked and its pages are guarded, unlocked.
@@ -594,22 +620,27 @@ impl Pool {
     /// quarantine early. `None` when none can be had.
     fn take_slot(&mut self, pages: usize) -> Option<(usize, bool)> {
         let (class, class_pages) = slot_class(pages);
-        if class >= SLOT_CLASSES {
+        if class >= SLOT_CLASSES || (class_pages + 1) * PAGE_SIZE > self.len {
             return None;
         }
-        loop {
+        if let Some(idx) = self.pop_free(class) {
+            return Some((idx, false));
+        }
+        if let Some(idx) = self.carve(class, class_pages) {
+            return Some((idx, true));
+        }
+        // Full: release quarantined slots early, oldest first, until one of this class is
+        // free (a bounded number: the quarantine is what catches uses after free).
+        for _ in 0..64 {
+            if !self.release_oldest() {
+                break;
+            }
             if let Some(idx) = self.pop_free(class) {
                 return Some((idx, false));
             }
-            if let Some(idx) = self.carve(class, class_pages) {
-                return Some((idx, true));
-            }
-            // Full: release the oldest quarantined slot early, and try again.
-            if !self.release_oldest() {
-                self.warn_once("the guard pool is full; further blocks are not guarded");
-                return None;
-            }
         }
+        self.warn_once("the guard pool is full; some blocks are not guarded");
+        None
     }
 
     fn pop_free(&mut self, class: usize) -> Option<usize> {
@@ -746,11 +777,14 @@ fn warn(what: &str) {
 
 /// The fault handler of the guard modes (see the module's doc).
 extern "C" fn on_fault(sig: i32, info: *mut libc::siginfo_t, ctx: *mut c_void) {
-    // SAFETY: the kernel passes a valid siginfo for a fault.
-    let addr = unsafe { (*info).si_addr() } as usize;
+    // SAFETY: the kernel passes a valid siginfo.
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
     let base = BASE.load(Ordering::Acquire);
     let len = LEN.load(Ordering::Relaxed);
-    if addr.wrapping_sub(base) < len {
+    // si_code > 0: sent by the kernel for a fault (not by kill, raise or sigqueue, whose
+    // si_addr means nothing).
+    let fault = code > 0;
+    if fault && addr.wrapping_sub(base) < len {
         // SAFETY: the context the kernel passed.
         let write = unsafe { os::fault_was_write(ctx) };
         let pc = fault_pc(ctx);
@@ -780,8 +814,8 @@ extern "C" fn on_fault(sig: i32, info: *mut libc::siginfo_t, ctx: *mut c_void) {
     };
     match saved {
         // SAFETY: our own arguments, passed on.
-        Some(action) => unsafe { os::pass_fault_on(action, sig, info, ctx) },
-        None => os::restore_default(sig),
+        Some(action) => unsafe { os::pass_fault_on(action, sig, info, ctx, fault) },
+        None => os::pass_default(sig, fault),
     }
 }
 
@@ -810,7 +844,13 @@ fn classify_fault(
     let before = at(addr);
     if let Some(s) = before {
         if addr < s.data_end() {
-            return Some(("use-after-free", s));
+            // In the data pages: freed ones, or the guarded pages before a live block.
+            let kind = if s.state == SlotState::Live && addr < s.ptr {
+                "heap-buffer-underflow"
+            } else {
+                "use-after-free"
+            };
+            return Some((kind, s));
         }
     }
     // In a guard page (or the pool's first page): which neighbour's edge is nearer?

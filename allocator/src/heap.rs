@@ -60,6 +60,10 @@ pub struct Heap {
     /// Allocations until the next one leaves the fast path to be guarded (or given a
     /// redzone); `usize::MAX` when nothing is sampled (see `guard::next_interval`).
     sample_left: usize,
+    /// 1 if this heap's blocks carry redzones (`RAMPART_REDZONE` was on when the heap was
+    /// made), else 0: the bit its spans' owner words carry (see [`owner_word`]). Fixed for
+    /// the heap's life, so a span's mark always matches how its blocks were allocated.
+    redzone: usize,
 }
 
 impl Heap {
@@ -74,6 +78,7 @@ impl Heap {
             next_all: ptr::null_mut(),
             counters: ThreadCounters::ZERO,
             sample_left: usize::MAX,
+            redzone: 0,
         }
     }
 }
@@ -229,12 +234,21 @@ pub fn try_alloc_small(class: usize) -> *mut u8 {
 /// whether it is the one to sample (guard, or give a redzone). Resets the countdown then.
 pub fn sample_tick() -> bool {
     let heap = current_heap();
-    if heap == EMPTY_HEAP_PTR || heap == EXITING_HEAP_PTR {
-        // No heap yet (or any more): read the options now, and draw for this allocation as
-        // a heap would for its first (always picked when every allocation is).
-        crate::guard::init_options();
+    let heap = if heap == EMPTY_HEAP_PTR {
+        // The thread's first allocation: set its heap up now (options, fork handlers, exit
+        // key), so that the draw below is the heap's own, even when this very block is
+        // guarded and never reaches the heap's slow path.
+        let h = thread_init();
+        if h.is_null() {
+            return false;
+        }
+        h
+    } else if heap == EXITING_HEAP_PTR {
+        // A thread past its clean-up: no countdown of its own any more.
         return crate::guard::next_interval() == 1;
-    }
+    } else {
+        heap
+    };
     // SAFETY: the calling thread's own heap.
     let h = unsafe { &mut *heap };
     if h.sample_left <= 1 {
@@ -451,11 +465,12 @@ unsafe fn free_local(heap: *mut Heap, s: *mut Span, p: *mut u8) {
     }
 }
 
-/// The owner word of the spans of heap `h`: its address, with bit 0 set while redzones are on
-/// (`RAMPART_REDZONE`), so that the free fast path's owner test fails for their blocks and
-/// the slow path checks them.
+/// The owner word of the spans of heap `h`: its address, with bit 0 set if the heap's blocks
+/// carry redzones (`RAMPART_REDZONE`), so that the free fast path's owner test fails for
+/// them and the slow path checks them.
 fn owner_word(h: *mut Heap) -> usize {
-    h as usize | (crate::config::redzone() != 0) as usize
+    // SAFETY: heaps are never unmapped; `redzone` is fixed when the heap is made.
+    h as usize | unsafe { (*h).redzone }
 }
 
 /// The heap named by a span's owner word.
@@ -702,6 +717,8 @@ unsafe fn collect_remote(h: &mut Heap) {
 /// memory is exhausted.
 #[cold]
 fn thread_init() -> *mut Heap {
+    // Before the heap is made: a new heap's redzone bit comes from the options.
+    crate::guard::init_options();
     let (heap, key) = {
         let mut r = REGISTRY.lock();
         if !r.key_tried {
@@ -716,7 +733,6 @@ fn thread_init() -> *mut Heap {
     };
 
     set_current_heap(heap);
-    crate::guard::init_options();
     // SAFETY: the calling thread's heap, just acquired.
     unsafe { (*heap).sample_left = crate::guard::next_interval() };
     if !FORK_HANDLERS.swap(true, Ordering::AcqRel) {
@@ -764,6 +780,7 @@ fn acquire_heap(r: &mut Registry) -> *mut Heap {
         unsafe {
             h.write(Heap {
                 next_all: r.all,
+                redzone: (crate::config::redzone() != 0) as usize,
                 ..Heap::new()
             })
         };
@@ -885,7 +902,13 @@ unsafe fn take_over_abandoned(h: &mut Heap) -> bool {
         if old.is_null() {
             return false;
         }
+        // A heap made with the other redzone setting (only possible for heaps made before the
+        // options could be read) keeps its spans: their marks must match their blocks.
         // SAFETY: abandoned heaps are valid and owned by the registry.
+        if unsafe { (*old).redzone } != h.redzone {
+            return false;
+        }
+        // SAFETY: as above.
         r.abandoned = unsafe { (*old).next_abandoned };
         ABANDONED.fetch_sub(1, Ordering::Relaxed);
         old

@@ -21,7 +21,7 @@
 
 use core::ffi::{c_void, CStr};
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use rustix::mm::{self, MapFlags, MprotectFlags, MremapFlags, ProtFlags};
 
@@ -129,8 +129,12 @@ pub unsafe fn advise_hugepage(addr: *mut u8, len: usize) -> bool {
     unsafe { mm::madvise(addr.cast(), len, mm::Advice::LinuxHugepage).is_ok() }
 }
 
-/// Whether the kernel accepted `MADV_GUARD_INSTALL` (0 unknown, 1 yes, 2 no).
+/// Whether the kernel accepted `MADV_GUARD_INSTALL` (0 unknown, 1 yes, 2 no or not wanted).
+/// Once it has worked it stays 1: a later refusal (an `mlock`ed range, say) falls back to
+/// `mprotect` for that range only, and [`MPROTECT_GUARDS`] records that some exist.
 static GUARD_ADVICE: AtomicU8 = AtomicU8::new(0);
+/// Whether some guard was made with `mprotect` (so [`guard_remove`] must undo that too).
+static MPROTECT_GUARDS: AtomicBool = AtomicBool::new(false);
 
 /// Makes a range fault on any access. Uses `MADV_GUARD_INSTALL` where the kernel has it (no new
 /// VMA), else `mprotect(PROT_NONE)`. Returns `false` if neither worked (the range stays
@@ -140,7 +144,8 @@ static GUARD_ADVICE: AtomicU8 = AtomicU8::new(0);
 /// The range must be owned by the caller, hold nothing it needs, and not be touched until
 /// [`guard_remove`].
 pub unsafe fn guard_install(addr: *mut u8, len: usize) -> bool {
-    if GUARD_ADVICE.load(Ordering::Relaxed) != 2 {
+    let state = GUARD_ADVICE.load(Ordering::Relaxed);
+    if state != 2 {
         count(MADVISE);
         let saved = errno();
         // SAFETY: the caller owns the range; the advice discards its contents.
@@ -151,8 +156,12 @@ pub unsafe fn guard_install(addr: *mut u8, len: usize) -> bool {
             count(GUARDS);
             return true;
         }
-        GUARD_ADVICE.store(2, Ordering::Relaxed);
+        if state == 0 {
+            // Never worked: this kernel does not have it.
+            GUARD_ADVICE.store(2, Ordering::Relaxed);
+        }
     }
+    MPROTECT_GUARDS.store(true, Ordering::Relaxed);
     count(MPROTECT);
     // SAFETY: as above; the range is the caller's.
     let ok = unsafe { mm::mprotect(addr.cast(), len, MprotectFlags::empty()).is_ok() };
@@ -162,26 +171,30 @@ pub unsafe fn guard_install(addr: *mut u8, len: usize) -> bool {
     ok
 }
 
-/// Undoes [`guard_install`]: the range becomes zeroed read-write memory again.
+/// Undoes [`guard_install`]: the range becomes zeroed read-write memory again, whichever
+/// way its guard was made.
 ///
 /// # Safety
 /// The range must be owned by the caller and have been guarded with [`guard_install`].
 pub unsafe fn guard_remove(addr: *mut u8, len: usize) -> bool {
+    let mut ok = true;
     if GUARD_ADVICE.load(Ordering::Relaxed) == 1 {
         count(MADVISE);
         let saved = errno();
         // SAFETY: the caller owns the range.
-        let ok = unsafe { libc::madvise(addr.cast(), len, MADV_GUARD_REMOVE) } == 0;
+        ok = unsafe { libc::madvise(addr.cast(), len, MADV_GUARD_REMOVE) } == 0;
         set_errno(saved);
-        return ok;
     }
-    count(MPROTECT);
-    count(MADVISE);
-    // SAFETY: the caller owns the range.
-    unsafe {
-        mm::mprotect(addr.cast(), len, MprotectFlags::READ | MprotectFlags::WRITE).is_ok()
-            && mm::madvise(addr.cast(), len, mm::Advice::LinuxDontNeed).is_ok()
+    if MPROTECT_GUARDS.load(Ordering::Relaxed) {
+        count(MPROTECT);
+        count(MADVISE);
+        // SAFETY: the caller owns the range.
+        ok &= unsafe {
+            mm::mprotect(addr.cast(), len, MprotectFlags::READ | MprotectFlags::WRITE).is_ok()
+                && mm::madvise(addr.cast(), len, mm::Advice::LinuxDontNeed).is_ok()
+        };
     }
+    ok
 }
 
 /// Whether guard pages cost no VMA on this kernel (`MADV_GUARD_INSTALL` worked once).
@@ -493,22 +506,26 @@ pub fn install_fault_handler(sig: i32, handler: FaultHandler) -> Option<SavedAct
     (rc == 0).then_some(old)
 }
 
-/// Passes a fault on to the action `prev` that was installed before ours: calls its handler,
-/// or, for the default action (or "ignore", which the kernel does not honour for a fault),
-/// restores it so that the faulting instruction, run again when we return, ends the process
-/// with the signal's default action.
+/// Passes a signal on to the action `prev` that was installed before ours: calls its
+/// handler; for "ignore", ignores a signal that was sent (a fault cannot be ignored: it is
+/// treated as the default); for the default action, see [`pass_default`].
 ///
 /// # Safety
-/// Called from a fault handler with the arguments it was given.
+/// Called from a fault handler with the arguments it was given; `fault` says whether the
+/// kernel raised the signal for a fault (`si_code > 0`).
 pub unsafe fn pass_fault_on(
     prev: &SavedAction,
     sig: i32,
     info: *mut libc::siginfo_t,
     ctx: *mut c_void,
+    fault: bool,
 ) {
     let h = prev.sa_sigaction;
+    if h == libc::SIG_IGN && !fault {
+        return;
+    }
     if h == libc::SIG_DFL || h == libc::SIG_IGN {
-        restore_default(sig);
+        pass_default(sig, fault);
     } else if prev.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: the program installed this three-argument handler for `sig`.
         let f: FaultHandler = unsafe { core::mem::transmute::<usize, FaultHandler>(h) };
@@ -517,6 +534,18 @@ pub unsafe fn pass_fault_on(
         // SAFETY: the program installed this one-argument handler for `sig`.
         let f: extern "C" fn(i32) = unsafe { core::mem::transmute::<usize, extern "C" fn(i32)>(h) };
         f(sig);
+    }
+}
+
+/// Takes the default action for `sig` from inside its handler: restores it, and, for a
+/// signal that was sent rather than raised by a fault, sends it again (it is delivered when
+/// the handler returns); a fault happens again when the faulting instruction runs again.
+/// Either way the process dies with that signal.
+pub fn pass_default(sig: i32, fault: bool) {
+    restore_default(sig);
+    if !fault {
+        // SAFETY: raise has no preconditions.
+        unsafe { libc::raise(sig) };
     }
 }
 

@@ -146,10 +146,12 @@ pub unsafe fn retire(p: usize, bsize: usize, claimed: usize) -> usize {
             p,
         );
     }
-    // SAFETY: the block is the caller's and at least 16 bytes long.
+    // SAFETY: the block is the caller's and at least 16 bytes long. The mark goes first: an
+    // exit check in another thread then sees a freed block, never a live one whose canary
+    // the fill has spoiled.
     unsafe {
+        ((p + bsize - TRAILER) as *mut usize).write_volatile(freed_mark(p, size));
         ptr::write_bytes((p + 8) as *mut u8, FILL, bsize - 8 - TRAILER);
-        ((p + bsize - TRAILER) as *mut usize).write(freed_mark(p, size));
     }
     size
 }

@@ -88,6 +88,7 @@ pub unsafe fn carve(s: &mut Span) -> bool {
         return false;
     }
     let n = (CARVE_BYTES / size).clamp(1, left);
+    let marked = s.owner.load(core::sync::atomic::Ordering::Relaxed) & 1 != 0;
     let base = s.addr + start * size;
     // Link blocks in address order: block i points to block i + 1, the last to null.
     for i in 0..n {
@@ -98,12 +99,15 @@ pub unsafe fn carve(s: &mut Span) -> bool {
             ptr::null_mut()
         };
         // SAFETY: the block (16 bytes at least) lies inside the span's never-used range,
-        // which we own. Its last word is cleared so that stale bytes there (from an earlier
-        // slab on these pages) never look like the mark of a freed block to the redzone
-        // checks (see `redzone`).
+        // which we own. In a span with redzones, its last word is cleared so that stale
+        // bytes there (from an earlier slab on these pages) never look like the mark of a
+        // freed block to the redzone checks (see `redzone`); elsewhere it is left alone, so
+        // carving never touches more than the link's page.
         unsafe {
             b.write(next);
-            b.byte_add(size - 8).write(ptr::null_mut());
+            if marked {
+                b.byte_add(size - 8).write(ptr::null_mut());
+            }
         }
     }
     s.free = base as *mut u8;

@@ -34,12 +34,14 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static void *(*volatile do_malloc)(size_t) = malloc;
@@ -222,6 +224,48 @@ static int ok_case(size_t size)
 
 /* ---- the errors -------------------------------------------------------------------------- */
 
+static volatile int stop_workers;
+
+static void *churn_worker(void *arg)
+{
+    size_t size = (size_t)arg;
+    while (!stop_workers) {
+        unsigned char *p = block(size);
+        memset(p, 1, size);
+        do_free(p);
+    }
+    return NULL;
+}
+
+static int fork_threads(size_t size)
+{
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++)
+        pthread_create(&t[i], NULL, churn_worker, (void *)size);
+    for (int i = 0; i < 20; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            alarm(20); /* a deadlocked child dies of SIGALRM instead of hanging the test */
+            for (int k = 0; k < 100; k++) {
+                unsigned char *p = block(size);
+                memset(p, 2, size);
+                do_free(p);
+            }
+            _exit(0);
+        }
+        int status;
+        waitpid(pid, &status, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "memerr: fork child %d ended with status %#x\n", i, status);
+            return 5;
+        }
+    }
+    stop_workers = 1;
+    for (int i = 0; i < 3; i++)
+        pthread_join(t[i], NULL);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) {
@@ -249,6 +293,37 @@ int main(int argc, char **argv)
     }
     if (!strcmp(c, "own-handler") || !strcmp(c, "own-handler-early"))
         return own_handler_case(!strcmp(c, "own-handler-early"));
+
+    /* A SIGSEGV sent, not raised by a fault: it must still end the program (rampart's
+       handler passes it on to the default action instead of swallowing it). */
+    if (!strcmp(c, "raise")) {
+        raise(SIGSEGV);
+        return undetected("raise(SIGSEGV) returned: the signal was swallowed");
+    }
+
+    /* Blocks freed and allocated again (run with RAMPART_QUARANTINE=0, so guarded slots are
+       reused at once): calloc must still hand out zeroes, malloc a writable block. */
+    if (!strcmp(c, "calloc-reuse")) {
+        for (int i = 0; i < 200; i++) {
+            unsigned char *p = block(size);
+            memset(p, 0xff, size);
+            do_free(p);
+            unsigned char *z = calloc(1, size);
+            for (size_t k = 0; k < size; k++)
+                if (z[k] != 0) {
+                    fprintf(stderr, "memerr: calloc(%zu) byte %zu is %d after reuse\n", size, k,
+                            z[k]);
+                    return 4;
+                }
+            do_free(z);
+        }
+        return 0;
+    }
+
+    /* fork() while threads allocate: the child must be able to allocate (the guard pool's
+       lock is taken around fork like the others). */
+    if (!strcmp(c, "fork-threads"))
+        return fork_threads(size);
 
     /* Overflows off the end; the block is then freed, where a redzone is checked. */
     if (!strcmp(c, "overflow1-write") || !strcmp(c, "overflow1-read") ||
