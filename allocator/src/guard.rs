@@ -573,21 +573,36 @@ impl Pool {
     /// its records. `false` if nothing could be reserved.
     fn setup(&mut self, want: usize, quarantine: usize) -> bool {
         let mut len = want;
-        let base = loop {
-            if let Some(b) = os::reserve(len) {
-                break b.as_ptr() as usize;
-            }
-            len /= 2;
+        // The reservation and its records (a page-table entry per page, a record per
+        // possible slot: about 3.5 % of the reservation, mapped without commit charge but
+        // counted by a strict overcommit policy), halved together until the kernel agrees.
+        let (base, table, slots, max_slots) = loop {
             if len < (16 << 20) {
                 return false;
             }
-        };
-        let pages = len / PAGE_SIZE;
-        let max_slots = pages / 2;
-        let table_bytes = crate::util::align_up(pages * 4, PAGE_SIZE);
-        let slot_bytes = crate::util::align_up(max_slots * size_of::<Slot>(), PAGE_SIZE);
-        let (Some(table), Some(slots)) = (os::map(table_bytes), os::map(slot_bytes)) else {
-            return false;
+            let pages = len / PAGE_SIZE;
+            let max_slots = pages / 2;
+            let table_bytes = crate::util::align_up(pages * 4, PAGE_SIZE);
+            let slot_bytes = crate::util::align_up(max_slots * size_of::<Slot>(), PAGE_SIZE);
+            let base = os::reserve(len);
+            let table = os::map(table_bytes);
+            let slots = os::map(slot_bytes);
+            if let (Some(b), Some(t), Some(s)) = (base, table, slots) {
+                break (b.as_ptr() as usize, t, s, max_slots);
+            }
+            // SAFETY: whatever was mapped above is ours and unused.
+            unsafe {
+                if let Some(b) = base {
+                    os::unmap(b.as_ptr(), len);
+                }
+                if let Some(t) = table {
+                    os::unmap(t.as_ptr(), table_bytes);
+                }
+                if let Some(s) = slots {
+                    os::unmap(s.as_ptr(), slot_bytes);
+                }
+            }
+            len /= 2;
         };
         self.base = base;
         self.len = len;
