@@ -304,6 +304,39 @@ pub extern "C" fn malloc_stats() {
     print_stats();
 }
 
+/// The `<total>`, `<system>` and `<aspace>` elements that close a `<heap>` and the whole
+/// `<malloc>` in glibc's `malloc_info`: free blocks `(count, bytes)`, mapped blocks (only
+/// for the whole), system bytes `(current, max)` and address space.
+fn xml_totals(
+    x: &mut Line,
+    rest: (u64, u64),
+    mmap: Option<(u64, u64)>,
+    system: (u64, u64),
+    aspace: u64,
+) {
+    x.str("<total type=\"fast\" count=\"0\" size=\"0\"/>\n<total type=\"rest\" count=\"")
+        .dec(rest.0)
+        .str("\" size=\"")
+        .dec(rest.1)
+        .str("\"/>\n");
+    if let Some((count, size)) = mmap {
+        x.str("<total type=\"mmap\" count=\"")
+            .dec(count)
+            .str("\" size=\"")
+            .dec(size)
+            .str("\"/>\n");
+    }
+    x.str("<system type=\"current\" size=\"")
+        .dec(system.0)
+        .str("\"/>\n<system type=\"max\" size=\"")
+        .dec(system.1)
+        .str("\"/>\n<aspace type=\"total\" size=\"")
+        .dec(aspace)
+        .str("\"/>\n<aspace type=\"mprotect\" size=\"")
+        .dec(aspace)
+        .str("\"/>\n");
+}
+
 extern "C" {
     fn fputs(s: *const c_char, stream: *mut c_void) -> c_int;
 }
@@ -353,35 +386,23 @@ pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut c_void) -> c_i
         prev = c.size;
     }
     let x = &mut lines[0];
-    x.str("</sizes>\n<total type=\"fast\" count=\"0\" size=\"0\"/>\n<total type=\"rest\" count=\"")
-        .dec(free_blocks)
-        .str("\" size=\"")
-        .dec(f.free as u64)
-        .str("\"/>\n<system type=\"current\" size=\"")
-        .dec(st.committed_bytes as u64)
-        .str("\"/>\n<system type=\"max\" size=\"")
-        .dec(st.committed_peak as u64)
-        .str("\"/>\n<aspace type=\"total\" size=\"")
-        .dec(st.reserved_bytes as u64)
-        .str("\"/>\n<aspace type=\"mprotect\" size=\"")
-        .dec(st.reserved_bytes as u64)
-        .str("\"/>\n</heap>\n<total type=\"fast\" count=\"0\" size=\"0\"/>\n<total type=\"rest\" count=\"")
-        .dec(free_blocks)
-        .str("\" size=\"")
-        .dec(f.free as u64)
-        .str("\"/>\n<total type=\"mmap\" count=\"")
-        .dec(st.huge_allocated - st.huge_freed)
-        .str("\" size=\"")
-        .dec(f.usage.huge_bytes as u64)
-        .str("\"/>\n<system type=\"current\" size=\"")
-        .dec(system)
-        .str("\"/>\n<system type=\"max\" size=\"")
-        .dec(st.reserved_peak as u64)
-        .str("\"/>\n<aspace type=\"total\" size=\"")
-        .dec(st.reserved_bytes as u64)
-        .str("\"/>\n<aspace type=\"mprotect\" size=\"")
-        .dec(st.reserved_bytes as u64)
-        .str("\"/>\n</malloc>\n");
+    x.str("</sizes>\n");
+    xml_totals(
+        x,
+        (free_blocks, f.free as u64),
+        None,
+        (st.committed_bytes as u64, st.committed_peak as u64),
+        st.reserved_bytes as u64,
+    );
+    x.str("</heap>\n");
+    xml_totals(
+        x,
+        (free_blocks, f.free as u64),
+        Some((st.huge_allocated - st.huge_freed, f.usage.huge_bytes as u64)),
+        (system, st.reserved_peak as u64),
+        st.reserved_bytes as u64,
+    );
+    x.str("</malloc>\n");
     if put(x, stream).is_err() {
         return -1;
     }
