@@ -224,8 +224,9 @@ static SEED: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
 
 /// The fault actions that were installed before ours (SIGSEGV, SIGBUS).
 struct SavedActions(UnsafeCell<[Option<os::SavedAction>; 2]>);
-// SAFETY: written once, before our handler can run (each entry before its handler is
-// installed... by `sigaction` returning it; a fault in between finds `None`: default).
+// SAFETY: each entry is written once, by `init_options`, with the action `sigaction` returned
+// when it installed our handler; a fault in that instant finds `None` and takes the default
+// action. The handler only reads.
 unsafe impl Sync for SavedActions {}
 static PREV: SavedActions = SavedActions(UnsafeCell::new([None, None]));
 
@@ -371,18 +372,16 @@ fn slot_class(pages: usize) -> (usize, usize) {
     (8 + (e - 3) * 4 + i, (1 << e) + (i + 1) * step)
 }
 
-/// The alignment a guarded block gets: what was asked. C's `malloc` family asks for 16 (the
-/// ABI's, which compilers and programs rely on even for odd sizes, e.g. a header followed by
-/// a string), so a block whose size is not a multiple of 16 ends up to 15 bytes before the
-/// guard page; that tail is filled with a pattern checked on free and at exit. Rust asks for
-/// its type's alignment, which divides the size, so its blocks touch the guard exactly.
-fn placement_align(align: usize) -> usize {
-    align.max(1)
-}
-
 /// Allocates a guarded block, or `None` when it cannot be guarded (too large for the mode,
 /// pool full, map count near its limit): the caller then allocates normally. The block's
 /// memory is zeroed.
+///
+/// The block gets the alignment that was asked (a power of two). C's `malloc` family asks
+/// for 16 (the ABI's, which compilers and programs rely on even for odd sizes, e.g. a header
+/// followed by a string), so a block whose size is not a multiple of 16 ends up to 15 bytes
+/// before the guard page; that tail is filled with a pattern checked on free and at exit.
+/// Rust asks for its type's alignment, which divides the size, so its blocks touch the guard
+/// exactly.
 pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
     if config::guard_mode() == GuardMode::Sample && size > SAMPLE_MAX_SIZE {
         return None;
@@ -390,7 +389,6 @@ pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
     if align > MAX_GUARDED_ALIGN {
         return None;
     }
-    let align = placement_align(align);
     // Up to 16, the page end is aligned enough; beyond, leave room to align down.
     let need = if align <= crate::api::MIN_ALIGN {
         size
@@ -801,8 +799,7 @@ extern "C" fn on_fault(sig: i32, info: *mut libc::siginfo_t, ctx: *mut c_void) {
     let fault = code > 0;
     if fault && addr.wrapping_sub(base) < len {
         // SAFETY: the context the kernel passed.
-        let write = unsafe { os::fault_was_write(ctx) };
-        let pc = fault_pc(ctx);
+        let (write, pc) = unsafe { (os::fault_was_write(ctx), os::fault_pc(ctx)) };
         let page_slot = PAGE_SLOT.load(Ordering::Relaxed) as *const u32;
         let slots = SLOTS.load(Ordering::Relaxed) as *const Slot;
         match classify_fault(addr, base, len, page_slot, slots) {
@@ -832,16 +829,6 @@ extern "C" fn on_fault(sig: i32, info: *mut libc::siginfo_t, ctx: *mut c_void) {
         Some(action) => unsafe { os::pass_fault_on(action, sig, info, ctx, fault) },
         None => os::pass_default(sig, fault),
     }
-}
-
-/// The faulting instruction's address from a handler's context.
-fn fault_pc(ctx: *mut c_void) -> Option<usize> {
-    if ctx.is_null() {
-        return None;
-    }
-    // SAFETY: a fault handler's context is a ucontext_t.
-    let uc = unsafe { &*(ctx as *const libc::ucontext_t) };
-    Some(uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize)
 }
 
 /// The kind of a fault at `addr` in the pool and the block it concerns: a fault in freed
@@ -917,15 +904,11 @@ fn report_access(
         let n = os::backtrace(&mut frames, 0);
         // Skip the handler's own frames: start at the faulting instruction.
         let start = frames[..n].iter().position(|&f| f == pc);
-        line = Line::new();
-        line.str("rampart:   accessed by thread ")
-            .dec(os::gettid() as u64)
-            .str(":");
-        line.emit();
-        match start {
-            Some(s) => print_frames(&frames[s..n]),
-            None => print_frames(&[pc]),
-        }
+        let frames = match start {
+            Some(s) => &frames[s..n],
+            None => &[pc][..],
+        };
+        print_stack(&["accessed by"], os::gettid(), frames);
     }
     print_slot_stacks(slot);
 }
@@ -947,20 +930,30 @@ fn where_in_block(line: &mut Line, addr: usize, slot: &Slot) {
 
 /// Prints the allocation and (if freed) the free stacks of a slot.
 fn print_slot_stacks(slot: &Slot) {
-    let mut line = Line::new();
-    line.str("rampart:   allocated by thread ")
-        .dec(slot.alloc_tid as u64)
-        .str(":");
-    line.emit();
-    print_frames(&slot.alloc_frames[..slot.alloc_frames_len as usize]);
+    print_stack(
+        &["allocated by"],
+        slot.alloc_tid,
+        &slot.alloc_frames[..slot.alloc_frames_len as usize],
+    );
     if slot.state != SlotState::Live {
-        let mut line = Line::new();
-        line.str("rampart:   freed by thread ")
-            .dec(slot.free_tid as u64)
-            .str(":");
-        line.emit();
-        print_frames(&slot.free_frames[..slot.free_frames_len as usize]);
+        print_stack(
+            &["freed by"],
+            slot.free_tid,
+            &slot.free_frames[..slot.free_frames_len as usize],
+        );
     }
+}
+
+/// Prints one stack of a report: `rampart:   <what…> thread <tid>:`, then its frames.
+fn print_stack(what: &[&str], tid: u32, frames: &[usize]) {
+    let mut line = Line::new();
+    line.str("rampart:   ");
+    for part in what {
+        line.str(part);
+    }
+    line.str(" thread ").dec(tid as u64).str(":");
+    line.emit();
+    print_frames(frames);
 }
 
 /// Prints return addresses, symbolized where the loader knows them, leaving out the frames
@@ -1020,14 +1013,7 @@ fn report_slot_error(kind: &str, call: &str, why: &str, p: usize, slot: &Slot) -
     line.emit();
     let mut frames = [0usize; FRAMES];
     let n = os::backtrace(&mut frames, 0);
-    line = Line::new();
-    line.str("rampart:   ")
-        .str(call)
-        .str(" called by thread ")
-        .dec(os::gettid() as u64)
-        .str(":");
-    line.emit();
-    print_frames(&frames[..n]);
+    print_stack(&[call, " called by"], os::gettid(), &frames[..n]);
     print_slot_stacks(slot);
     os::abort()
 }
@@ -1069,13 +1055,5 @@ mod tests {
             last = (class, cp);
         }
         assert!(slot_class((64usize << 30) / PAGE_SIZE).0 < SLOT_CLASSES);
-    }
-
-    #[test]
-    fn alignment_is_what_was_asked() {
-        assert_eq!(placement_align(1), 1);
-        assert_eq!(placement_align(16), 16);
-        assert_eq!(placement_align(0), 1);
-        assert_eq!(placement_align(64), 64);
     }
 }

@@ -575,6 +575,20 @@ pub unsafe fn fault_was_write(ctx: *mut c_void) -> Option<bool> {
     Some(uc.uc_mcontext.gregs[libc::REG_ERR as usize] & 2 != 0)
 }
 
+/// The faulting instruction's address from a fault handler's context, `None` if the context
+/// is missing.
+///
+/// # Safety
+/// `ctx` is null or the `ucontext_t` a fault handler was given.
+pub unsafe fn fault_pc(ctx: *mut c_void) -> Option<usize> {
+    if ctx.is_null() {
+        return None;
+    }
+    // SAFETY: per the contract.
+    let uc = unsafe { &*(ctx as *const libc::ucontext_t) };
+    Some(uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize)
+}
+
 #[repr(C)]
 struct UnwindContext {
     _private: [u8; 0],

@@ -64,9 +64,9 @@ fn check_of(p: usize, size: usize) -> u64 {
     (z ^ (z >> 32)) & 0xffff_ffff
 }
 
-/// Allocates a block with a redzone, or `None` if the request needs no slab (the caller
-/// serves it as a page run) or memory is exhausted... which the caller tells apart by
-/// trying the normal path.
+/// Allocates a block with a redzone, or `None` when no size class holds the request with
+/// its redzone, or memory is exhausted (either way the caller serves it as a page run,
+/// without a redzone, or fails too).
 pub fn alloc(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
     let rz = crate::config::redzone();
     let need = size.checked_add(rz.max(1) + TRAILER)?;
