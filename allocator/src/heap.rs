@@ -223,8 +223,20 @@ pub fn try_alloc_small(class: usize) -> *mut u8 {
             return ptr::null_mut();
         }
         (*heap).sample_left = left;
-        (*s).free = *(b as *mut *mut u8);
-        (*s).used += 1;
+        pop_counted(heap, s, class)
+    }
+}
+
+/// Pops the first block of `s`'s free list (which must not be empty), counting it in the
+/// heap's counters: the one pop of the fast paths.
+///
+/// # Safety
+/// `heap` is the calling thread's heap, `s` its current span of `class` with a free block.
+#[inline(always)]
+unsafe fn pop_counted(heap: *mut Heap, s: *mut Span, class: usize) -> *mut u8 {
+    // SAFETY: per the contract.
+    unsafe {
+        let b = pop(&mut *s);
         (*heap).counters.alloc.get_unchecked(class).bump();
         b
     }
@@ -264,22 +276,15 @@ pub fn sample_tick() -> bool {
 #[inline(always)]
 pub fn alloc_small(class: usize) -> *mut u8 {
     let heap = current_heap();
-    // SAFETY: `heap` is this thread's heap or the sentinel; `current` always holds a valid span.
-    let b = unsafe {
+    // SAFETY: `heap` is this thread's heap or the sentinel; `current` always holds a valid
+    // span, and a sentinel's lists are empty (so it is never written).
+    unsafe {
         let s = *(*heap).current.get_unchecked(class);
-        let b = (*s).free;
-        if !b.is_null() {
-            (*s).free = *(b as *mut *mut u8);
-            (*s).used += 1;
-            (*heap).counters.alloc.get_unchecked(class).bump();
+        if !(*s).free.is_null() {
+            return pop_counted(heap, s, class);
         }
-        b
-    };
-    if !b.is_null() {
-        return b;
+        alloc_slow(heap, class)
     }
-    // SAFETY: the calling thread's heap (or a sentinel, which the slow path replaces).
-    unsafe { alloc_slow(current_heap(), class) }
 }
 
 #[cold]
