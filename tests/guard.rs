@@ -36,7 +36,10 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use c_support::{clear_rampart_env, gcc, lib_a, no_core_dumps, preloaded, run, Outcome, SIGABRT};
+use c_support::{
+    clear_rampart_env, gcc, lib_a, no_core_dumps, parse_fault_line, preloaded, run, Outcome,
+    SIGABRT,
+};
 
 #[global_allocator]
 static GLOBAL: rampart::Rampart = rampart::Rampart;
@@ -386,41 +389,6 @@ fn run_row(case: &str, size: usize, mode: Mode) -> Outcome {
     }
     no_core_dumps(&mut cmd);
     run(cmd, ROW_WATCHDOG)
-}
-
-/// The first line of a fault report, parsed.
-#[derive(Debug)]
-struct FaultLine<'a> {
-    kind: &'a str,
-    access: &'a str,
-    addr: u64,
-    offset: i64,
-    block: u64,
-    base: u64,
-}
-
-/// Parses `rampart: KIND: ACCESS at 0xADDR: offset OFFSET from a block of N bytes at 0xBASE`
-/// (the whole line; nothing before or after).
-fn parse_fault_line(line: &str) -> Option<FaultLine<'_>> {
-    let rest = line.strip_prefix("rampart: ")?;
-    let (kind, rest) = rest.split_once(": ")?;
-    let (access, rest) = rest.split_once(" at 0x")?;
-    let (addr, rest) = rest.split_once(": offset ")?;
-    let (offset, rest) = rest.split_once(" from a block of ")?;
-    let (block, base) = rest.split_once(" bytes at 0x")?;
-    let hex = |s: &str| {
-        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| u64::from_str_radix(s, 16).ok())
-            .flatten()
-    };
-    Some(FaultLine {
-        kind,
-        access,
-        addr: hex(addr)?,
-        offset: offset.parse().ok()?,
-        block: block.parse().ok()?,
-        base: hex(base)?,
-    })
 }
 
 /// The address memerr printed for the block concerned (`block 0x... size N` on stdout).

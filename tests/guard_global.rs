@@ -20,7 +20,7 @@ use std::alloc::Layout;
 use std::process::Command;
 use std::time::Duration;
 
-use c_support::{clear_rampart_env, no_core_dumps, run, Outcome, SIGABRT};
+use c_support::{clear_rampart_env, no_core_dumps, parse_fault_line, run, Outcome, SIGABRT};
 
 #[global_allocator]
 static A: rampart::Rampart = rampart::Rampart;
@@ -282,7 +282,7 @@ fn check(expect: &Expect, size: usize, out: &Outcome) -> Result<(), String> {
                 printed.wrapping_add(offset as u64),
                 printed,
             );
-            let got = (f.0, f.1, f.3, f.4, f.2, f.5);
+            let got = (f.kind, f.access, f.offset, f.block, f.addr, f.base);
             if got != want {
                 return Err(format!(
                     "the report says (kind, access, offset, size, address, block) = {got:x?}, \
@@ -311,28 +311,4 @@ fn check(expect: &Expect, size: usize, out: &Outcome) -> Result<(), String> {
             Ok(())
         }
     }
-}
-
-/// Parses `rampart: KIND: ACCESS at 0xADDR: offset OFFSET from a block of N bytes at 0xBASE`
-/// into (kind, access, addr, offset, size, base).
-fn parse_fault_line(line: &str) -> Option<(&str, &str, u64, i64, u64, u64)> {
-    let rest = line.strip_prefix("rampart: ")?;
-    let (kind, rest) = rest.split_once(": ")?;
-    let (access, rest) = rest.split_once(" at 0x")?;
-    let (addr, rest) = rest.split_once(": offset ")?;
-    let (offset, rest) = rest.split_once(" from a block of ")?;
-    let (block, base) = rest.split_once(" bytes at 0x")?;
-    let hex = |s: &str| {
-        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| u64::from_str_radix(s, 16).ok())
-            .flatten()
-    };
-    Some((
-        kind,
-        access,
-        hex(addr)?,
-        offset.parse().ok()?,
-        block.parse().ok()?,
-        hex(base)?,
-    ))
 }

@@ -304,3 +304,38 @@ pub fn no_core_dumps(cmd: &mut Command) {
         });
     }
 }
+
+/// The first line of a fault report, parsed.
+#[derive(Debug)]
+pub struct FaultLine<'a> {
+    pub kind: &'a str,
+    pub access: &'a str,
+    pub addr: u64,
+    pub offset: i64,
+    pub block: u64,
+    pub base: u64,
+}
+
+/// Parses `rampart: KIND: ACCESS at 0xADDR: offset OFFSET from a block of N bytes at 0xBASE`
+/// (the whole line; nothing before or after).
+pub fn parse_fault_line(line: &str) -> Option<FaultLine<'_>> {
+    let rest = line.strip_prefix("rampart: ")?;
+    let (kind, rest) = rest.split_once(": ")?;
+    let (access, rest) = rest.split_once(" at 0x")?;
+    let (addr, rest) = rest.split_once(": offset ")?;
+    let (offset, rest) = rest.split_once(" from a block of ")?;
+    let (block, base) = rest.split_once(" bytes at 0x")?;
+    let hex = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u64::from_str_radix(s, 16).ok())
+            .flatten()
+    };
+    Some(FaultLine {
+        kind,
+        access,
+        addr: hex(addr)?,
+        offset: offset.parse().ok()?,
+        block: block.parse().ok()?,
+        base: hex(base)?,
+    })
+}
