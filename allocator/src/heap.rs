@@ -350,7 +350,7 @@ unsafe fn alloc_from(h: &mut Heap, class: usize) -> *mut u8 {
     }
     if s.is_null() {
         let order = span_order(class);
-        let Some(run) = PAGES.lock().alloc_run(1 << order, order, State::Slab) else {
+        let Some(run) = crate::pages::with(|p| p.alloc_run(1 << order, order, State::Slab)) else {
             return ptr::null_mut();
         };
         s = run.as_ptr();
@@ -568,7 +568,7 @@ fn size_mismatch(p: *mut u8) -> ! {
 
 #[cold]
 fn invalid_free(p: *mut u8, span: &Span) -> ! {
-    if span.state == State::Free {
+    if matches!(span.state, State::Free | State::Purging) {
         fatal(
             "invalid-free",
             "free of a pointer into free pages (double free?)",
@@ -676,7 +676,7 @@ unsafe fn retire(s: *mut Span) {
     unsafe {
         (*s).owner.store(0, Ordering::Relaxed);
         (*s).free = ptr::null_mut();
-        PAGES.lock().free_run(NonNull::new_unchecked(s));
+        crate::pages::with(|p| p.free_run(NonNull::new_unchecked(s)));
     }
 }
 
@@ -855,6 +855,7 @@ extern "C" fn fork_child() {
         PAGES.reset_after_fork();
         REGISTRY.reset_after_fork();
     }
+    PAGES.lock().purge_abandon();
     crate::guard::fork_child();
 }
 

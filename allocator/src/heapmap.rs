@@ -298,7 +298,7 @@ impl Totals {
                 self.slab_used_bytes += r.used_blocks * r.block_size;
             }
             State::Large => self.large += r.npages,
-            State::Free => {
+            State::Free | State::Purging => {
                 self.free_dirty += r.dirty_pages;
                 self.free_clean += r.npages - r.dirty_pages;
             }
@@ -593,7 +593,7 @@ fn chunk<S: PageSource>(out: &mut Out, pages: &Pages<S>, c: &ChunkView, x: usize
     pages.for_each_run(c.base, |r| {
         out.str("<g class=\"run\" data-state=\"")
             .str(match r.state {
-                State::Free => "free",
+                State::Free | State::Purging => "free",
                 State::Slab => "slab",
                 State::Large => "large",
             })
@@ -640,7 +640,7 @@ fn chunk<S: PageSource>(out: &mut Out, pages: &Pages<S>, c: &ChunkView, x: usize
                 out.str("large block</title>");
                 fill_linear(out, start, len, LARGE);
             }
-            State::Free => {
+            State::Free | State::Purging => {
                 out.str("free block, ")
                     .dec(r.dirty_pages)
                     .str(" of ")

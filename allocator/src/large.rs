@@ -12,7 +12,7 @@
 use core::ptr::{self, NonNull};
 
 use crate::os::PAGE_SIZE;
-use crate::pages::{Huge, Span, State, CHUNK_SIZE, FLAG_CLEAN, PAGES, PAGES_PER_CHUNK};
+use crate::pages::{self, Huge, Span, State, CHUNK_SIZE, FLAG_CLEAN, PAGES, PAGES_PER_CHUNK};
 use crate::util::checked_align_up;
 
 /// Allocates a large block of `size` bytes aligned to `align` (a power of two); zeroed if
@@ -22,7 +22,7 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
     let npages = bytes / PAGE_SIZE;
     if npages <= PAGES_PER_CHUNK && align <= CHUNK_SIZE {
         let align_order = (align.max(PAGE_SIZE) / PAGE_SIZE).trailing_zeros();
-        let s = PAGES.lock().alloc_run(npages, align_order, State::Large)?;
+        let s = pages::with(|p| p.alloc_run(npages, align_order, State::Large))?;
         // SAFETY: a fresh run we own.
         let span = unsafe { &mut *s.as_ptr() };
         span.owner.store(0, core::sync::atomic::Ordering::Relaxed);
@@ -49,7 +49,7 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
 /// `s` is a live large run that nobody uses any more.
 pub unsafe fn free_run(s: NonNull<Span>) {
     // SAFETY: per the contract.
-    unsafe { PAGES.lock().free_run(s) };
+    unsafe { pages::with(|p| p.free_run(s)) };
 }
 
 /// Frees a huge block.
@@ -58,7 +58,7 @@ pub unsafe fn free_run(s: NonNull<Span>) {
 /// `h` is a live huge block that nobody uses any more.
 pub unsafe fn free_huge(h: NonNull<Huge>) {
     // SAFETY: per the contract.
-    unsafe { PAGES.lock().huge_free(h) };
+    unsafe { pages::with(|p| p.huge_free(h)) };
 }
 
 /// Bytes usable in a large run.
@@ -81,14 +81,13 @@ pub unsafe fn resize_run(s: NonNull<Span>, new_size: usize) -> bool {
     if npages == old {
         return true;
     }
-    let mut pages = PAGES.lock();
     if npages < old {
         // SAFETY: per the contract; the tail is beyond the new size.
-        unsafe { pages.shrink_run(s, npages) };
+        unsafe { pages::with(|p| p.shrink_run(s, npages)) };
         return true;
     }
     // SAFETY: per the contract.
-    npages <= PAGES_PER_CHUNK && unsafe { pages.grow_run(s, npages) }
+    npages <= PAGES_PER_CHUNK && unsafe { PAGES.lock().grow_run(s, npages) }
 }
 
 /// Resizes a huge block without copying (mremap). Returns whether it now holds `new_size`

@@ -14,9 +14,15 @@
 //! two loads; chunks are tagged in it so the free path tells them from huge mappings in one
 //! test.
 //!
+//! Free pages that may hold data are returned to the OS by purge steps that ride on the
+//! operations of this layer (see [`Pages::purge_begin`]): a queue of chunks, oldest first,
+//! finds the pages due without a scan, each step visits one chunk, and its `madvise` calls
+//! run with the page lock dropped ([`with`]).
+//!
 //! Invariants (checked by [`Pages::validate`] in debug builds and tests):
-//! - per chunk: `free_pages + used_pages == PAGES_PER_CHUNK`, where `free_pages` is the sum of
-//!   `2^order` over the chunk's free blocks, and `used_pages` the sum of `npages` over its runs;
+//! - per chunk: `free_pages + used_pages + out_pages == PAGES_PER_CHUNK`, where `free_pages` is
+//!   the sum of `2^order` over the chunk's listed free blocks, `used_pages` the sum of `npages`
+//!   over its runs and `out_pages` that over its blocks out for purging (`State::Purging`);
 //! - a free block of order `k` starts at a page index that is a multiple of `2^k` and is in
 //!   exactly one free list, the one of order `k`; two free buddies never both exist (merged);
 //! - every page of a live run has `head == ` the run's first page.
@@ -128,6 +134,10 @@ pub enum State {
     Slab = 1,
     /// One large block.
     Large = 2,
+    /// A free buddy block taken out of the free lists while a purge returns its pages to the
+    /// OS with the page lock dropped (see [`Pages::purge_begin`]); in the lists again when
+    /// the purge ends. Read-only walks see it as free.
+    Purging = 3,
 }
 
 /// `Span::flags`: all pages of the run were untouched since the chunk was mapped.
@@ -313,12 +323,31 @@ pub struct Chunk {
     /// Neighbours in the list of live chunks.
     next_chunk: *mut Chunk,
     prev_chunk: *mut Chunk,
+    /// Neighbours in the purge queue (see [`Pages::purge_begin`]); meaningful while `queued`.
+    purge_next: *mut Chunk,
+    purge_prev: *mut Chunk,
+    /// When the chunk joined the purge queue (ms); meaningful while `queued`.
+    queued_ms: u64,
+    /// Whether the chunk is in the purge queue: some of its free pages may hold data and have
+    /// not been aged by a visit since.
+    queued: bool,
 }
 
 impl Chunk {
     /// Whether any page of `[idx, idx + n)` may hold non-zero bytes.
     fn any_dirty(&self, idx: usize, n: usize) -> bool {
         (idx..idx + n).any(|p| self.dirty[p / 64] & (1 << (p % 64)) != 0)
+    }
+
+    /// Marks the dirty pages of `[idx, idx + n)` as aged; returns whether any was not yet.
+    fn age(&mut self, idx: usize, n: usize) -> bool {
+        let mut newly = false;
+        for q in idx..idx + n {
+            let (w, b) = (q / 64, 1u64 << (q % 64));
+            newly |= self.dirty[w] & !self.aged[w] & b != 0;
+            self.aged[w] |= self.dirty[w] & b;
+        }
+        newly
     }
 
     /// Marks `[idx, idx + n)` as reading zero.
@@ -329,9 +358,40 @@ impl Chunk {
         }
     }
 
-    /// Whether page `p` is dirty and was aged by the previous sweep.
+    /// Whether page `p` is dirty and was aged by the previous purge visit.
     fn ripe(&self, p: usize) -> bool {
         (self.dirty[p / 64] & self.aged[p / 64]) & (1 << (p % 64)) != 0
+    }
+
+    /// Whether page `p` may hold data.
+    fn dirty_at(&self, p: usize) -> bool {
+        self.any_dirty(p, 1)
+    }
+
+    /// Calls `f(start, end)` for each maximal stretch of pages of `[idx, idx + n)` that `pick`
+    /// selects, in order, until `f` returns `false`. Returns whether it went to the end.
+    fn for_each_stretch(
+        &self,
+        idx: usize,
+        n: usize,
+        pick: fn(&Chunk, usize) -> bool,
+        mut f: impl FnMut(usize, usize) -> bool,
+    ) -> bool {
+        let mut p = idx;
+        while p < idx + n {
+            if !pick(self, p) {
+                p += 1;
+                continue;
+            }
+            let start = p;
+            while p < idx + n && pick(self, p) {
+                p += 1;
+            }
+            if !f(start, p) {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -522,12 +582,21 @@ pub struct Pages<S: PageSource> {
     pub chunks: usize,
     /// Bytes currently mapped for huge blocks.
     pub huge_bytes: usize,
-    /// The time of the current locked operation (ms), stamped on the blocks it frees.
+    /// The time of the current locked operation (ms), stamped on the huge mappings it caches.
     now_ms: u64,
-    /// Whether some free block may still hold committed pages that purging should return.
-    purge_pending: bool,
-    /// When the next purge pass is due (ms).
-    next_purge_ms: u64,
+    /// The purge queue: chunks whose free pages may hold data, oldest first (linked through
+    /// `purge_next` / `purge_prev`). A chunk joins when pages that may hold data are freed in
+    /// it and it is not queued yet; a purge step visits the oldest chunk once it has waited a
+    /// purge delay (see [`Pages::purge_begin`]).
+    purge_head: *mut Chunk,
+    purge_tail: *mut Chunk,
+    /// The free blocks a purge took out of the lists to return their pages with the lock
+    /// dropped: (chunk, first page, order). At most one purge is out at a time.
+    purge_out: [(*mut Chunk, u16, u8); PURGE_CALLS],
+    /// Entries of `purge_out` in use.
+    purge_out_len: usize,
+    /// Runs and free blocks looked at by purge steps (statistics, and the test of the bound).
+    pub purge_visits: u64,
     /// Bytes returned to the OS by purging and trimming (statistics).
     pub purged_bytes: usize,
     /// Pages of live chunks that may hold data (handed out since mapped or decommitted).
@@ -558,6 +627,8 @@ unsafe impl<S: PageSource + Send> Send for Pages<S> {}
 
 /// How many freed huge mappings are kept for reuse, and how many bytes at most.
 const HUGE_CACHE_SLOTS: usize = 4;
+/// The most `madvise` calls (page ranges) one purge step makes.
+const PURGE_CALLS: usize = 32;
 const HUGE_CACHE_MAX_BYTES: usize = 256 << 20;
 
 const CHUNK_META_BYTES: usize = align_up(size_of::<Chunk>(), PAGE_SIZE);
@@ -576,8 +647,11 @@ impl<S: PageSource> Pages<S> {
             chunks: 0,
             huge_bytes: 0,
             now_ms: 0,
-            purge_pending: false,
-            next_purge_ms: 0,
+            purge_head: ptr::null_mut(),
+            purge_tail: ptr::null_mut(),
+            purge_out: [(ptr::null_mut(), 0, 0); PURGE_CALLS],
+            purge_out_len: 0,
+            purge_visits: 0,
             purged_bytes: 0,
             dirty_pages: 0,
             committed_peak: 0,
@@ -731,9 +805,14 @@ impl<S: PageSource> Pages<S> {
     /// # Safety
     /// The pages are in use by nobody and in no free block.
     unsafe fn free_range(&mut self, chunk: *mut Chunk, mut idx: usize, end: usize) {
-        // No page of the range may keep pointing at the live run it leaves.
         // SAFETY: the range lies inside the live chunk.
-        unsafe { (&mut (*chunk).run)[idx..end].fill(VACANT_PTR) };
+        let c = unsafe { &mut *chunk };
+        // No page of the range may keep pointing at the live run it leaves.
+        c.run[idx..end].fill(VACANT_PTR);
+        if !c.queued && c.any_dirty(idx, end - idx) {
+            // SAFETY: the chunk is live and not queued.
+            unsafe { self.enqueue(chunk) };
+        }
         while idx < end {
             let align_order = if idx == 0 {
                 CHUNK_ORDER
@@ -776,6 +855,9 @@ impl<S: PageSource> Pages<S> {
     unsafe fn unmap_chunk(&mut self, chunk: *mut Chunk) {
         // SAFETY: per the contract.
         unsafe {
+            if (*chunk).queued {
+                self.dequeue(chunk);
+            }
             self.take_free(chunk, 0, CHUNK_ORDER);
             let dirty: u32 = (*chunk).dirty.iter().map(|w| w.count_ones()).sum();
             self.dirty_pages -= dirty as usize;
@@ -809,7 +891,6 @@ impl<S: PageSource> Pages<S> {
     ) -> Option<NonNull<Span>> {
         debug_assert!(state != State::Free);
         debug_assert!((1..=PAGES_PER_CHUNK).contains(&npages));
-        self.tick();
         let want = log2_ceil(npages).max(align_order);
         let mut order = want;
         while (order as usize) < ORDERS && self.free[order as usize].is_empty() {
@@ -908,7 +989,6 @@ impl<S: PageSource> Pages<S> {
     pub unsafe fn free_run(&mut self, s: NonNull<Span>) {
         // SAFETY: per the contract.
         unsafe {
-            self.now_ms = self.source.now_ms();
             let (chunk, idx) = self.locate(s.as_ptr());
             let n = s.as_ref().npages as usize;
             if (*chunk).spans[idx].state == State::Large {
@@ -918,8 +998,6 @@ impl<S: PageSource> Pages<S> {
             (*chunk).spans[idx].state = State::Free;
             self.free_range(chunk, idx, idx + n);
         }
-        self.purge_pending = true;
-        self.tick();
     }
 
     /// Grows a run in place to `new_npages` if the pages after it are free. Returns whether
@@ -980,11 +1058,8 @@ impl<S: PageSource> Pages<S> {
             }
             s.as_mut().npages = new_npages as u32;
             self.used_pages -= old - new_npages;
-            self.now_ms = self.source.now_ms();
             self.free_range(chunk, idx + new_npages, idx + old);
         }
-        self.purge_pending = true;
-        self.tick();
     }
 
     /// Maps a huge block of at least `len` bytes aligned to `align` (a power of two), with a
@@ -1033,24 +1108,25 @@ impl<S: PageSource> Pages<S> {
         NonNull::new(h).map(|h| (h, fresh))
     }
 
-    /// Unmaps the cached huge mappings freed before `cutoff` (ms); all of them for
-    /// `u64::MAX`. Returns the bytes unmapped.
-    fn drop_cached_huge(&mut self, cutoff: u64) -> usize
-    where
-        S: PageSource,
-    {
-        let mut released = 0;
-        for i in 0..HUGE_CACHE_SLOTS {
-            let (base, len, freed) = self.huge_cache[i];
+    /// Takes the cached huge mappings freed before `cutoff` (ms; all of them for `u64::MAX`)
+    /// out of the cache into `out` as (base, usable bytes); returns how many. The caller
+    /// unmaps them ([`PageSource::huge_release`]).
+    fn take_cached_huge(
+        &mut self,
+        cutoff: u64,
+        out: &mut [(usize, usize); HUGE_CACHE_SLOTS],
+    ) -> usize {
+        let mut n = 0;
+        for e in &mut self.huge_cache {
+            let (base, len, freed) = *e;
             if len != 0 && freed <= cutoff {
-                self.huge_cache[i] = (0, 0, 0);
+                *e = (0, 0, 0);
                 self.huge_cached_bytes -= len;
-                // SAFETY: a cached mapping is ours and unused.
-                unsafe { self.source.huge_release(base, len) };
-                released += len;
+                out[n] = (base, len);
+                n += 1;
             }
         }
-        released
+        n
     }
 
     fn huge_desc(&mut self) -> Option<*mut Huge> {
@@ -1094,7 +1170,6 @@ impl<S: PageSource> Pages<S> {
                 self.now_ms = self.source.now_ms();
                 self.huge_cache[i] = (base, len, self.now_ms);
                 self.huge_cached_bytes += len;
-                self.purge_pending = true;
             }
             // SAFETY: the block is no longer used or mapped to an owner.
             _ => unsafe { self.source.huge_unmap(base, len) },
@@ -1164,128 +1239,264 @@ impl<S: PageSource> Pages<S> {
         unsafe {
             walk_runs(self.all, |c, p, n| {
                 if (*c).spans[p].state == State::Free {
-                    let mut unlimited = usize::MAX;
-                    released +=
-                        self.decommit_block(c, p, n, &mut unlimited, |c, p| c.any_dirty(p, 1));
+                    released += self.decommit_block(c, p, n);
                 }
                 true
             })
         };
-        released += self.drop_cached_huge(u64::MAX);
+        let mut huge = [(0, 0); HUGE_CACHE_SLOTS];
+        let n = self.take_cached_huge(u64::MAX, &mut huge);
+        for &(base, len) in &huge[..n] {
+            // SAFETY: a mapping taken out of the cache: ours and unused.
+            unsafe { self.source.huge_release(base, len) };
+            released += len;
+        }
         self.purged_bytes += released;
-        self.purge_pending = false;
         released
     }
 
-    /// Returns the pages of a free block that `pick` selects (among those that may hold data)
-    /// to the OS, each maximal run of them with one call, at most `calls` calls (counted
-    /// down). Returns the bytes given back.
+    /// Returns the pages of a free block that may hold data to the OS, each maximal stretch of
+    /// them with one call. Returns the bytes given back.
     ///
     /// # Safety
     /// `[idx, idx + n)` is a free block of the live `chunk`.
-    unsafe fn decommit_block(
-        &mut self,
-        chunk: *mut Chunk,
-        idx: usize,
-        n: usize,
-        calls: &mut usize,
-        pick: fn(&Chunk, usize) -> bool,
-    ) -> usize {
+    unsafe fn decommit_block(&mut self, chunk: *mut Chunk, idx: usize, n: usize) -> usize {
         // SAFETY: per the contract.
         let c = unsafe { &mut *chunk };
+        let mut stretches = [(0, 0); PAGES_PER_CHUNK / 2];
+        let mut count = 0;
+        c.for_each_stretch(idx, n, Chunk::dirty_at, |start, end| {
+            stretches[count] = (start, end);
+            count += 1;
+            true
+        });
         let mut released = 0;
-        let mut p = idx;
-        while p < idx + n && *calls > 0 {
-            if !pick(c, p) {
-                p += 1;
-                continue;
-            }
-            let start = p;
-            while p < idx + n && pick(c, p) {
-                p += 1;
-            }
-            let addr = c.base + start * PAGE_SIZE;
-            *calls -= 1;
+        for &(start, end) in &stretches[..count] {
             // SAFETY: the pages belong to a free block and hold nothing.
             let ok = unsafe {
                 self.source.decommit(
-                    NonNull::new_unchecked(addr as *mut u8),
-                    (p - start) * PAGE_SIZE,
+                    NonNull::new_unchecked((c.base + start * PAGE_SIZE) as *mut u8),
+                    (end - start) * PAGE_SIZE,
                 )
             };
             if ok {
-                c.clear_dirty(start, p - start);
-                released += (p - start) * PAGE_SIZE;
-                self.dirty_pages -= p - start;
+                c.clear_dirty(start, end - start);
+                released += (end - start) * PAGE_SIZE;
+                self.dirty_pages -= end - start;
             }
         }
         released
     }
 
-    /// Starts a locked operation: reads the clock (when purging is pending) and runs a purge
-    /// pass when one is due.
-    fn tick(&mut self) {
-        if !self.purge_pending {
-            return;
+    /// Appends a chunk to the purge queue, stamped with the time now.
+    ///
+    /// # Safety
+    /// `chunk` is live and not queued.
+    unsafe fn enqueue(&mut self, chunk: *mut Chunk) {
+        let now = self.source.now_ms();
+        // SAFETY: per the contract; the queue's chunks are live.
+        unsafe {
+            let c = &mut *chunk;
+            c.queued = true;
+            c.queued_ms = now;
+            c.purge_next = ptr::null_mut();
+            c.purge_prev = self.purge_tail;
+            if self.purge_tail.is_null() {
+                self.purge_head = chunk;
+            } else {
+                (*self.purge_tail).purge_next = chunk;
+            }
         }
-        self.now_ms = self.source.now_ms();
-        if self.now_ms >= self.next_purge_ms {
-            self.purge();
+        self.purge_tail = chunk;
+    }
+
+    /// Takes a chunk out of the purge queue.
+    ///
+    /// # Safety
+    /// `chunk` is live and queued.
+    unsafe fn dequeue(&mut self, chunk: *mut Chunk) {
+        // SAFETY: per the contract; the queue's chunks are live.
+        unsafe {
+            let c = &mut *chunk;
+            c.queued = false;
+            if c.purge_prev.is_null() {
+                self.purge_head = c.purge_next;
+            } else {
+                (*c.purge_prev).purge_next = c.purge_next;
+            }
+            if c.purge_next.is_null() {
+                self.purge_tail = c.purge_prev;
+            } else {
+                (*c.purge_next).purge_prev = c.purge_prev;
+            }
         }
     }
 
-    /// One purge sweep (due every purge delay while free pages may hold data): free pages
-    /// that the previous sweep already found free and dirty are returned to the OS, then the
-    /// free dirty pages are marked aged for the next one. A page is so returned between one
-    /// and two delays after it was freed, whatever merges and splits its block went through
-    /// meanwhile. Bounded work: at most `PURGE_CALLS` `madvise` calls (the walk itself is a
-    /// few bit tests per run); a sweep cut short goes on at the next operation.
-    fn purge(&mut self) {
-        const PURGE_CALLS: usize = 32;
-        // Cached huge mappings older than the delay go back whole.
+    /// Whether a purge step is due: the oldest queued chunk, or a cached huge mapping, has
+    /// waited a purge delay, and no other purge is out. Reads the clock only when something
+    /// waits.
+    #[inline]
+    pub fn purge_due(&mut self) -> bool {
+        if self.purge_out_len != 0 || (self.purge_head.is_null() && self.huge_cached_bytes == 0) {
+            return false;
+        }
+        self.now_ms = self.source.now_ms();
         let cutoff = self.now_ms.saturating_sub(crate::config::purge_delay_ms());
-        self.purged_bytes += self.drop_cached_huge(cutoff);
-        // Return the pages aged by the previous sweep.
-        let mut calls = PURGE_CALLS;
-        let first = self.all;
-        // SAFETY: listed chunks are live; the sweep only touches free blocks' pages and bits,
-        // never the lists.
-        let finished = unsafe {
-            walk_runs(first, |c, p, n| {
-                let ripe = (*c).spans[p].state == State::Free && (p..p + n).any(|q| (*c).ripe(q));
-                if ripe {
-                    if calls == 0 {
+        // SAFETY: queued chunks are live.
+        (!self.purge_head.is_null() && unsafe { (*self.purge_head).queued_ms } <= cutoff)
+            || self.huge_cache.iter().any(|e| e.1 != 0 && e.2 <= cutoff)
+    }
+
+    /// Starts one purge step, if one is due ([`Pages::purge_due`]): takes out the cached huge
+    /// mappings older than the purge delay, and visits the oldest queued chunk if it has waited
+    /// that long. The visit returns the free pages that the chunk's previous visit already
+    /// found free and dirty ("ripe"), then ages the free dirty pages for the next visit, a
+    /// delay later; so a page goes back to the OS between one and two delays after it was
+    /// freed, whatever merges and splits its block went through meanwhile.
+    ///
+    /// Bounded work, whatever the size of the heap: one chunk's runs (at most
+    /// [`PAGES_PER_CHUNK`], twice) and at most [`PURGE_CALLS`] page ranges. A visit cut short
+    /// by that bound leaves the chunk at the head of the queue, due; the next step goes on.
+    ///
+    /// The free blocks holding the ranges are taken out of the free lists (state
+    /// [`State::Purging`]), so the system calls can run with the page lock dropped
+    /// ([`PurgeWork::run`]); [`Pages::purge_end`] puts them back. Until then no other purge
+    /// starts.
+    pub fn purge_begin(&mut self) -> PurgeWork {
+        let mut w = PurgeWork::EMPTY;
+        if !self.purge_due() {
+            return w;
+        }
+        let cutoff = self.now_ms.saturating_sub(crate::config::purge_delay_ms());
+        w.nhuge = self.take_cached_huge(cutoff, &mut w.huge);
+        let c = self.purge_head;
+        // SAFETY: queued chunks are live.
+        if !c.is_null() && unsafe { (*c).queued_ms } <= cutoff {
+            // SAFETY: as above.
+            unsafe { self.visit(c, &mut w) };
+        }
+        w
+    }
+
+    /// The purge visit of one queued chunk (see [`Pages::purge_begin`]).
+    ///
+    /// # Safety
+    /// `chunk` is live and queued, and no purge is out.
+    unsafe fn visit(&mut self, chunk: *mut Chunk, w: &mut PurgeWork) {
+        let mut visits = 0u64;
+        let mut cut = false;
+        // Return the ripe pages, taking their blocks out of the lists.
+        // SAFETY: the chunk is live; the walk changes no run's extent.
+        unsafe {
+            walk_chunk(chunk, |c, p, n| {
+                visits += 1;
+                let c = &mut *c;
+                if c.spans[p].state != State::Free || !(p..p + n).any(|q| c.ripe(q)) {
+                    return true;
+                }
+                if w.nranges == PURGE_CALLS {
+                    cut = true;
+                    return false;
+                }
+                let order = c.spans[p].order;
+                let cp: *mut Chunk = c;
+                self.take_free(cp, p, order as u32);
+                c.spans[p].state = State::Purging;
+                self.purge_out[self.purge_out_len] = (cp, p as u16, order);
+                self.purge_out_len += 1;
+                c.for_each_stretch(p, n, Chunk::ripe, |start, end| {
+                    if w.nranges == PURGE_CALLS {
+                        cut = true;
                         return false;
                     }
-                    self.purged_bytes += self.decommit_block(c, p, n, &mut calls, Chunk::ripe);
-                }
-                true
+                    w.ranges[w.nranges] = (c.base + start * PAGE_SIZE, (end - start) * PAGE_SIZE);
+                    w.nranges += 1;
+                    true
+                })
             })
         };
-        if !finished {
-            // Cut short: go on at the next operation (aging waits till then).
-            self.next_purge_ms = self.now_ms;
-            return;
-        }
-        // Age what is free and dirty now: it goes at the next sweep, a delay from now.
-        let mut dirty_left = false;
-        // SAFETY: as above.
-        unsafe {
-            walk_runs(first, |c, p, n| {
-                let chunk = &mut *c;
-                if chunk.spans[p].state == State::Free && chunk.any_dirty(p, n) {
-                    for q in p..p + n {
-                        chunk.aged[q / 64] |= chunk.dirty[q / 64] & (1 << (q % 64));
+        if !cut {
+            // Age what is free and dirty now: it goes at the next visit, a delay from now.
+            let mut newly_aged = false;
+            // SAFETY: as above.
+            unsafe {
+                walk_chunk(chunk, |c, p, n| {
+                    visits += 1;
+                    let c = &mut *c;
+                    if matches!(c.spans[p].state, State::Free | State::Purging) {
+                        newly_aged |= c.age(p, n);
                     }
-                    dirty_left = true;
+                    true
+                })
+            };
+            // SAFETY: the chunk is live and queued.
+            unsafe {
+                self.dequeue(chunk);
+                if newly_aged {
+                    self.enqueue(chunk);
                 }
-                true
-            })
-        };
-        if dirty_left || self.huge_cached_bytes > 0 {
-            self.next_purge_ms = self.now_ms + crate::config::purge_delay_ms();
-        } else {
-            self.purge_pending = false;
+            }
+        }
+        self.purge_visits += visits;
+    }
+
+    /// Ends a purge step from [`Pages::purge_begin`] once its system calls ran: the returned
+    /// pages count as clean, and the blocks go back to the free lists (merging with free
+    /// buddies). A range the OS refused keeps its data and is tried again a delay later.
+    pub fn purge_end(&mut self, w: &PurgeWork) {
+        for (i, &(addr, len)) in w.ranges[..w.nranges].iter().enumerate() {
+            let Owner::Chunk(chunk) = self.map.lookup(addr) else {
+                crate::util::fatal("internal-error", "purged range outside any chunk", addr);
+            };
+            // SAFETY: the range's block is out of the lists, so its chunk is still live.
+            let c = unsafe { &mut *chunk };
+            let (idx, n) = ((addr - c.base) / PAGE_SIZE, len / PAGE_SIZE);
+            if w.done & (1 << i) != 0 {
+                c.clear_dirty(idx, n);
+                self.dirty_pages -= n;
+                self.purged_bytes += len;
+            } else if !c.queued {
+                // SAFETY: live and not queued.
+                unsafe { self.enqueue(chunk) };
+            }
+        }
+        self.purged_bytes += w.huge[..w.nhuge].iter().map(|h| h.1).sum::<usize>();
+        self.give_back_out();
+    }
+
+    /// Puts the blocks of the purge that is out back into the free lists.
+    fn give_back_out(&mut self) {
+        let n = core::mem::take(&mut self.purge_out_len);
+        for i in 0..n {
+            let (chunk, idx, order) = self.purge_out[i];
+            // SAFETY: a block taken out by `visit`: aligned, unused, in no list; its chunk
+            // cannot have been released meanwhile (the block's pages were not free).
+            unsafe { self.free_block(chunk, idx as usize, order as u32) };
+        }
+    }
+
+    /// In a `fork` child: the thread that had a purge out does not exist there, so its blocks
+    /// go back to the lists as they are (their pages keep their data and are purged later).
+    pub fn purge_abandon(&mut self) {
+        for i in 0..self.purge_out_len {
+            let chunk = self.purge_out[i].0;
+            // SAFETY: the out blocks' chunks are live.
+            if unsafe { !(*chunk).queued } {
+                // SAFETY: as above, and not queued.
+                unsafe { self.enqueue(chunk) };
+            }
+        }
+        self.give_back_out();
+    }
+
+    /// One whole purge step with the lock held throughout: for unit tests and callers that
+    /// cannot drop the lock.
+    pub fn purge_step(&mut self) {
+        let mut w = self.purge_begin();
+        if !w.is_empty() {
+            // SAFETY: the work was just taken out by purge_begin and is run once.
+            unsafe { w.run(&self.source) };
+            self.purge_end(&w);
         }
     }
 
@@ -1302,7 +1513,7 @@ impl<S: PageSource> Pages<S> {
             walk_runs(self.all, |c, p, n| {
                 let s = &(*c).spans[p];
                 match s.state {
-                    State::Free => {
+                    State::Free | State::Purging => {
                         u.free += n;
                         u.free_blocks[s.order as usize] += 1;
                     }
@@ -1375,7 +1586,7 @@ impl<S: PageSource> Pages<S> {
     pub unsafe fn validate_chunk(&self, chunk: *const Chunk) {
         // SAFETY: per the contract.
         let c = unsafe { &*chunk };
-        let (mut free, mut used, mut p) = (0, 0, 0);
+        let (mut free, mut used, mut out, mut p) = (0, 0, 0, 0);
         while p < PAGES_PER_CHUNK {
             assert!(ptr::eq(c.run[p], &c.spans[p]), "page {p} is not a run head");
             let s = &c.spans[p];
@@ -1383,6 +1594,8 @@ impl<S: PageSource> Pages<S> {
             assert!(n >= 1);
             if s.state == State::Free {
                 free += n;
+            } else if s.state == State::Purging {
+                out += n;
             } else {
                 assert!(
                     (p..p + n).all(|q| ptr::eq(c.run[q], &c.spans[p])),
@@ -1393,7 +1606,7 @@ impl<S: PageSource> Pages<S> {
             p += n;
         }
         assert_eq!(free, c.free_pages);
-        assert_eq!(free + used, PAGES_PER_CHUNK);
+        assert_eq!(free + used + out, PAGES_PER_CHUNK);
     }
 }
 
@@ -1417,19 +1630,107 @@ unsafe fn walk_runs(
 ) -> bool {
     let mut c = first;
     while !c.is_null() {
-        let mut p = 0;
-        while p < PAGES_PER_CHUNK {
-            // SAFETY: per the contract, the chunk is live and its runs tile its pages.
-            let n = unsafe { (*c).spans[p].npages } as usize;
-            if !f(c, p, n) {
-                return false;
-            }
-            p += n;
+        // SAFETY: per the contract.
+        if !unsafe { walk_chunk(c, &mut f) } {
+            return false;
         }
         // SAFETY: as above.
         c = unsafe { (*c).next_chunk };
     }
     true
+}
+
+/// [`walk_runs`] over one chunk.
+///
+/// # Safety
+/// As for [`walk_runs`], for `chunk`.
+unsafe fn walk_chunk(
+    chunk: *mut Chunk,
+    mut f: impl FnMut(*mut Chunk, usize, usize) -> bool,
+) -> bool {
+    let mut p = 0;
+    while p < PAGES_PER_CHUNK {
+        // SAFETY: per the contract, the chunk is live and its runs tile its pages.
+        let n = unsafe { (*chunk).spans[p].npages } as usize;
+        if !f(chunk, p, n) {
+            return false;
+        }
+        p += n;
+    }
+    true
+}
+
+/// Purge work taken out under the page lock by [`Pages::purge_begin`], to be run without it
+/// ([`PurgeWork::run`]) and ended under it again ([`Pages::purge_end`]).
+pub struct PurgeWork {
+    /// Page ranges (address, bytes) of free blocks to decommit.
+    ranges: [(usize, usize); PURGE_CALLS],
+    nranges: usize,
+    /// Cached huge mappings (base, usable bytes) to unmap.
+    huge: [(usize, usize); HUGE_CACHE_SLOTS],
+    nhuge: usize,
+    /// Bit `i`: `ranges[i]` was decommitted.
+    done: u64,
+}
+
+const _: () = assert!(PURGE_CALLS <= u64::BITS as usize);
+
+impl PurgeWork {
+    const EMPTY: PurgeWork = PurgeWork {
+        ranges: [(0, 0); PURGE_CALLS],
+        nranges: 0,
+        huge: [(0, 0); HUGE_CACHE_SLOTS],
+        nhuge: 0,
+        done: 0,
+    };
+
+    /// Whether there is nothing to do (and nothing to end).
+    pub fn is_empty(&self) -> bool {
+        self.nranges == 0 && self.nhuge == 0
+    }
+
+    /// Makes the system calls: decommits the ranges, unmaps the huge mappings.
+    ///
+    /// # Safety
+    /// The work came from `purge_begin` of the page layer over `source`, is run once, and
+    /// its `purge_end` has not been called yet.
+    pub unsafe fn run<S: PageSource>(&mut self, source: &S) {
+        for (i, &(addr, len)) in self.ranges[..self.nranges].iter().enumerate() {
+            // SAFETY: the range lies in a free block taken out of the lists: nobody can
+            // be handed its pages before purge_end.
+            let ok = unsafe { source.decommit(NonNull::new_unchecked(addr as *mut u8), len) };
+            self.done |= (ok as u64) << i;
+        }
+        for &(base, len) in &self.huge[..self.nhuge] {
+            // SAFETY: a mapping taken out of the huge cache: ours and unused.
+            unsafe { source.huge_release(base, len) };
+        }
+    }
+}
+
+/// Runs `f` on the process's page layer under its lock, then, when one is due, a purge step
+/// whose system calls run with the lock dropped. Every operation that frees or allocates
+/// page runs goes through here, so purging keeps pace without a thread of its own.
+#[inline]
+pub fn with<R>(f: impl FnOnce(&mut Pages<OsSource>) -> R) -> R {
+    let mut pages = PAGES.lock();
+    let r = f(&mut pages);
+    if pages.purge_due() {
+        purge_unlocked(pages);
+    }
+    r
+}
+
+#[cold]
+#[inline(never)]
+fn purge_unlocked(mut pages: crate::util::FutexGuard<'_, Pages<OsSource>>) {
+    let mut w = pages.purge_begin();
+    drop(pages);
+    if !w.is_empty() {
+        // SAFETY: the work was just taken out and is run once, before its end.
+        unsafe { w.run(&OsSource) };
+        PAGES.lock().purge_end(&w);
+    }
 }
 
 /// A page source that can also map huge blocks (above the chunk size).
@@ -1601,7 +1902,10 @@ impl<S: PageSource> Pages<S> {
             f(RunView {
                 index: p,
                 npages: n,
-                state: s.state,
+                state: match s.state {
+                    State::Purging => State::Free,
+                    state => state,
+                },
                 class: if slab { s.class } else { 0 },
                 block_size: if slab { s.block_size as usize } else { 0 },
                 used_blocks: if slab {
@@ -1871,15 +2175,17 @@ pub(crate) mod tests {
             let t = p.alloc_run(1, 0, State::Large).unwrap();
             // SAFETY: live.
             unsafe { p.free_run(t) };
+            p.purge_step();
         }
         assert_eq!(p.purged_bytes, 0);
-        // Within two delays of their freeing, operations return them (each sweep returns
+        // Within two delays of their freeing, operations return them (each visit returns
         // what the one before found free and dirty).
-        for _ in 0..3 {
+        for _ in 0..4 {
             p.source.now.set(p.source.now.get() + delay / 2 + 1);
             let t = p.alloc_run(1, 0, State::Large).unwrap();
             // SAFETY: live.
             unsafe { p.free_run(t) };
+            p.purge_step();
         }
         assert!(
             p.purged_bytes >= 8 * 16 * PAGE_SIZE,
@@ -1893,6 +2199,113 @@ pub(crate) mod tests {
         p.validate();
         // SAFETY: live.
         unsafe { p.free_run(keep) };
+    }
+
+    /// Frees `n` runs of 16 pages spread over `n / 64` chunks (every other one, then the
+    /// rest), with a purge step due at every operation (the clock moves a purge delay each
+    /// time: the worst case, a very slow machine), and returns the runs and free blocks the
+    /// purge steps looked at.
+    fn purge_visits_freeing(n: usize) -> u64 {
+        let delay = crate::config::purge_delay_ms().max(1);
+        let mut p = Pages::new(FakeSource::new(n / 64 + 2), fake_map());
+        let runs: Vec<_> = (0..n)
+            .map(|_| p.alloc_run(16, 0, State::Large).unwrap())
+            .collect();
+        assert_eq!(p.chunks, n / 64);
+        for pass in 0..2 {
+            for s in runs.iter().skip(pass).step_by(2) {
+                p.source.now.set(p.source.now.get() + delay);
+                // SAFETY: each run is freed once.
+                unsafe { p.free_run(*s) };
+                p.purge_step();
+            }
+        }
+        // Let the purge finish: a bounded number of further steps.
+        for _ in 0..4 * n {
+            p.source.now.set(p.source.now.get() + delay);
+            p.purge_step();
+        }
+        p.validate();
+        assert_eq!(p.dirty_pages, 0, "everything freed was returned");
+        p.purge_visits
+    }
+
+    #[test]
+    fn purge_work_is_linear_in_the_frees_not_in_the_heap() {
+        let small = purge_visits_freeing(1024);
+        let big = purge_visits_freeing(4096);
+        eprintln!("purge visits: {small} for 1024 frees over 16 chunks, {big} for 4096 over 64");
+        // Four times the frees over four times the chunks: a walk of the whole heap per step
+        // would cost 16 times the visits; a bounded step about 4 times.
+        assert!(
+            big <= small * 5,
+            "purge visits grow faster than the frees: {small} -> {big}"
+        );
+        // And a fixed bound per free: each step visits one chunk (at most two walks of its
+        // runs), and there are about as many steps that find work as frees.
+        assert!(big <= 4096 * 2 * 2 * 64, "{big} visits for 4096 frees");
+    }
+
+    #[test]
+    fn blocks_out_for_purging_are_not_handed_out_and_come_back_merged() {
+        let delay = crate::config::purge_delay_ms().max(1);
+        let mut p = Pages::new(FakeSource::new(2), fake_map());
+        let keep = p.alloc_run(1, 0, State::Large).unwrap();
+        let runs: Vec<_> = (0..16)
+            .map(|_| p.alloc_run(32, 0, State::Large).unwrap())
+            .collect();
+        // SAFETY: live runs.
+        let addrs: Vec<usize> = runs.iter().map(|s| unsafe { s.as_ref().addr }).collect();
+        for s in runs.iter().step_by(2) {
+            // SAFETY: live run, freed once.
+            unsafe { p.free_run(*s) };
+        }
+        // The first visit, a delay after the frees, ages the freed pages; the next takes
+        // them out for purging.
+        p.source.now.set(p.source.now.get() + delay - 1);
+        assert!(!p.purge_due());
+        p.source.now.set(p.source.now.get() + 1);
+        p.purge_step();
+        assert_eq!(p.purged_bytes, 0, "aged once, not yet returned");
+        p.source.now.set(p.source.now.get() + delay);
+        let mut w = p.purge_begin();
+        assert_eq!(w.nranges, 8);
+        assert!(!p.purge_due(), "one purge out at a time");
+        p.validate();
+        // While the blocks are out (the lock would be dropped), allocations get other pages
+        // and frees of their neighbours do not merge into them.
+        let out: Vec<usize> = w.ranges[..w.nranges].iter().map(|r| r.0).collect();
+        let mut more = Vec::new();
+        for _ in 0..4 {
+            let s = p.alloc_run(32, 0, State::Large).unwrap();
+            // SAFETY: live run.
+            let a = unsafe { s.as_ref().addr };
+            assert!(!out.iter().any(|&o| a.abs_diff(o) < 32 * PAGE_SIZE));
+            more.push(s);
+        }
+        for s in runs.iter().skip(1).step_by(2) {
+            // SAFETY: live run, freed once.
+            unsafe { p.free_run(*s) };
+        }
+        p.validate();
+        // SAFETY: the work came from purge_begin and runs once.
+        unsafe { w.run(&p.source) };
+        p.purge_end(&w);
+        p.validate();
+        assert_eq!(p.purged_bytes, 8 * 32 * PAGE_SIZE);
+        for &a in addrs.iter().step_by(2) {
+            // SAFETY: free pages of a live chunk.
+            assert_eq!(unsafe { *(a as *const u8) }, 0);
+        }
+        for s in more {
+            // SAFETY: live.
+            unsafe { p.free_run(s) };
+        }
+        // SAFETY: live.
+        unsafe { p.free_run(keep) };
+        p.validate();
+        assert_eq!(p.chunks, 1, "everything merged back into the spare chunk");
+        assert_eq!(p.usage().free_blocks[CHUNK_ORDER as usize], 1);
     }
 
     #[test]
