@@ -286,6 +286,10 @@ fn workloads(repo: &Path, work: &Path, scale: f64) -> Vec<Workload> {
         ("fragment", "random sizes 16 B - 64 KiB, random lifetimes"),
         ("large", "blocks of 64 KiB - 32 MiB grown with realloc"),
         ("churn", "short-lived threads whose blocks outlive them"),
+        (
+            "freemany",
+            "200,000 blocks (8 B - 104 KiB) over many chunks, all freed",
+        ),
     ];
     for (name, what) in c_programs {
         let src = repo.join(format!("benches/c/{name}.c"));
