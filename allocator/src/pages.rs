@@ -368,30 +368,17 @@ impl Chunk {
         self.any_dirty(p, 1)
     }
 
-    /// Calls `f(start, end)` for each maximal stretch of pages of `[idx, idx + n)` that `pick`
-    /// selects, in order, until `f` returns `false`. Returns whether it went to the end.
-    fn for_each_stretch(
+    /// The first maximal stretch `[start, stop)` of pages in `[from, end)` that `pick` selects,
+    /// or `None` if it selects none of them.
+    fn next_stretch(
         &self,
-        idx: usize,
-        n: usize,
+        from: usize,
+        end: usize,
         pick: fn(&Chunk, usize) -> bool,
-        mut f: impl FnMut(usize, usize) -> bool,
-    ) -> bool {
-        let mut p = idx;
-        while p < idx + n {
-            if !pick(self, p) {
-                p += 1;
-                continue;
-            }
-            let start = p;
-            while p < idx + n && pick(self, p) {
-                p += 1;
-            }
-            if !f(start, p) {
-                return false;
-            }
-        }
-        true
+    ) -> Option<(usize, usize)> {
+        let start = (from..end).find(|&p| pick(self, p))?;
+        let stop = (start..end).find(|&p| !pick(self, p)).unwrap_or(end);
+        Some((start, stop))
     }
 }
 
@@ -595,6 +582,11 @@ pub struct Pages<S: PageSource> {
     purge_out: [(*mut Chunk, u16, u8); PURGE_CALLS],
     /// Entries of `purge_out` in use.
     purge_out_len: usize,
+    /// Of the purge that is out, the cached huge mappings it took to unmap (they are in its
+    /// [`PurgeWork`]; a count here, so that a `fork` child knows to unmap its copies).
+    purge_huge_out: usize,
+    /// Those mappings (base, usable bytes).
+    purge_huge: [(usize, usize); HUGE_CACHE_SLOTS],
     /// Runs and free blocks looked at by purge steps (statistics, and the test of the bound).
     pub purge_visits: u64,
     /// Bytes returned to the OS by purging and trimming (statistics).
@@ -651,6 +643,8 @@ impl<S: PageSource> Pages<S> {
             purge_tail: ptr::null_mut(),
             purge_out: [(ptr::null_mut(), 0, 0); PURGE_CALLS],
             purge_out_len: 0,
+            purge_huge_out: 0,
+            purge_huge: [(0, 0); HUGE_CACHE_SLOTS],
             purge_visits: 0,
             purged_bytes: 0,
             dirty_pages: 0,
@@ -855,6 +849,9 @@ impl<S: PageSource> Pages<S> {
     unsafe fn unmap_chunk(&mut self, chunk: *mut Chunk) {
         // SAFETY: per the contract.
         unsafe {
+            debug_assert!(
+                (*chunk).free_pages == PAGES_PER_CHUNK && (*chunk).spans[0].state == State::Free
+            );
             if (*chunk).queued {
                 self.dequeue(chunk);
             }
@@ -1225,13 +1222,16 @@ impl<S: PageSource> Pages<S> {
 
     /// Returns every free page that may hold data to the OS (`MADV_DONTNEED`), and unmaps
     /// the spare chunk. Decommitted pages read as zero, so they count as clean again for
-    /// zeroed allocations. Returns the bytes given back.
+    /// zeroed allocations. Returns the bytes given back. Blocks that a purge on another
+    /// thread has out at the time are left to it (it is returning their pages already).
     pub fn trim(&mut self) -> usize {
         let mut released = 0;
-        if !self.spare.is_null() {
+        // SAFETY: the spare is live. Its block may be out for purging (the lock dropped
+        // meanwhile): then it is not in the lists and stays; it is returned to the OS anyway.
+        if !self.spare.is_null() && unsafe { (*self.spare).free_pages } == PAGES_PER_CHUNK {
             let spare = self.spare;
             self.spare = ptr::null_mut();
-            // SAFETY: the spare is one free block of the top order, no longer the spare.
+            // SAFETY: the spare is one listed free block of the top order, no longer the spare.
             unsafe { self.unmap_chunk(spare) };
             released += CHUNK_SIZE;
         }
@@ -1263,15 +1263,10 @@ impl<S: PageSource> Pages<S> {
     unsafe fn decommit_block(&mut self, chunk: *mut Chunk, idx: usize, n: usize) -> usize {
         // SAFETY: per the contract.
         let c = unsafe { &mut *chunk };
-        let mut stretches = [(0, 0); PAGES_PER_CHUNK / 2];
-        let mut count = 0;
-        c.for_each_stretch(idx, n, Chunk::dirty_at, |start, end| {
-            stretches[count] = (start, end);
-            count += 1;
-            true
-        });
         let mut released = 0;
-        for &(start, end) in &stretches[..count] {
+        let mut from = idx;
+        while let Some((start, end)) = c.next_stretch(from, idx + n, Chunk::dirty_at) {
+            from = end;
             // SAFETY: the pages belong to a free block and hold nothing.
             let ok = unsafe {
                 self.source.decommit(
@@ -1337,7 +1332,8 @@ impl<S: PageSource> Pages<S> {
     /// waits.
     #[inline]
     pub fn purge_due(&mut self) -> bool {
-        if self.purge_out_len != 0 || (self.purge_head.is_null() && self.huge_cached_bytes == 0) {
+        let out = self.purge_out_len + self.purge_huge_out;
+        if out != 0 || (self.purge_head.is_null() && self.huge_cached_bytes == 0) {
             return false;
         }
         self.now_ms = self.source.now_ms();
@@ -1369,6 +1365,8 @@ impl<S: PageSource> Pages<S> {
         }
         let cutoff = self.now_ms.saturating_sub(crate::config::purge_delay_ms());
         w.nhuge = self.take_cached_huge(cutoff, &mut w.huge);
+        self.purge_huge_out = w.nhuge;
+        self.purge_huge = w.huge;
         let c = self.purge_head;
         // SAFETY: queued chunks are live.
         if !c.is_null() && unsafe { (*c).queued_ms } <= cutoff {
@@ -1404,15 +1402,17 @@ impl<S: PageSource> Pages<S> {
                 c.spans[p].state = State::Purging;
                 self.purge_out[self.purge_out_len] = (cp, p as u16, order);
                 self.purge_out_len += 1;
-                c.for_each_stretch(p, n, Chunk::ripe, |start, end| {
+                let mut from = p;
+                while let Some((start, end)) = c.next_stretch(from, p + n, Chunk::ripe) {
                     if w.nranges == PURGE_CALLS {
                         cut = true;
                         return false;
                     }
+                    from = end;
                     w.ranges[w.nranges] = (c.base + start * PAGE_SIZE, (end - start) * PAGE_SIZE);
                     w.nranges += 1;
-                    true
-                })
+                }
+                true
             })
         };
         if !cut {
@@ -1455,12 +1455,20 @@ impl<S: PageSource> Pages<S> {
                 c.clear_dirty(idx, n);
                 self.dirty_pages -= n;
                 self.purged_bytes += len;
-            } else if !c.queued {
-                // SAFETY: live and not queued.
-                unsafe { self.enqueue(chunk) };
+            } else {
+                // Refused (an mlock'ed range, say): tried again a delay from now, behind the
+                // other queued chunks, so that it never holds the head of the queue.
+                // SAFETY: live; dequeued only if queued.
+                unsafe {
+                    if c.queued {
+                        self.dequeue(chunk);
+                    }
+                    self.enqueue(chunk);
+                }
             }
         }
         self.purged_bytes += w.huge[..w.nhuge].iter().map(|h| h.1).sum::<usize>();
+        self.purge_huge_out = 0;
         self.give_back_out();
     }
 
@@ -1476,8 +1484,15 @@ impl<S: PageSource> Pages<S> {
     }
 
     /// In a `fork` child: the thread that had a purge out does not exist there, so its blocks
-    /// go back to the lists as they are (their pages keep their data and are purged later).
+    /// go back to the lists as they are (their pages keep their data and are purged later),
+    /// and the child unmaps its copies of the huge mappings it had taken.
     pub fn purge_abandon(&mut self) {
+        for i in 0..core::mem::take(&mut self.purge_huge_out) {
+            let (base, len) = self.purge_huge[i];
+            self.purged_bytes += len;
+            // SAFETY: taken out of the cache by the purge, unused; this process's copy.
+            unsafe { self.source.huge_release(base, len) };
+        }
         for i in 0..self.purge_out_len {
             let chunk = self.purge_out[i].0;
             // SAFETY: the out blocks' chunks are live.
@@ -1544,6 +1559,7 @@ impl<S: PageSource> Pages<S> {
             c = unsafe { (*c).next_chunk };
         }
         assert_eq!(n, self.chunks, "chunk list and count disagree");
+        self.validate_purge_queue();
         let u = self.usage();
         assert_eq!(
             u.slab + u.large,
@@ -1575,6 +1591,37 @@ impl<S: PageSource> Pages<S> {
                 }
                 s = span.next;
             }
+        }
+    }
+
+    /// Checks the purge queue: its links run both ways, its stamps never decrease, exactly the
+    /// queued chunks are in it; and every block out for purging is a `Purging` block head.
+    fn validate_purge_queue(&self) {
+        let (mut c, mut prev, mut last_ms, mut len) = (self.purge_head, ptr::null_mut(), 0, 0);
+        while !c.is_null() {
+            // SAFETY: queued chunks are live.
+            let chunk = unsafe { &*c };
+            assert!(chunk.queued, "unqueued chunk in the purge queue");
+            assert_eq!(chunk.purge_prev, prev, "purge queue links");
+            assert!(chunk.queued_ms >= last_ms, "purge queue out of order");
+            (prev, last_ms, len) = (c, chunk.queued_ms, len + 1);
+            c = chunk.purge_next;
+        }
+        assert_eq!(self.purge_tail, prev, "purge queue tail");
+        let mut queued = 0;
+        let mut c = self.all;
+        while !c.is_null() {
+            // SAFETY: listed chunks are live.
+            let chunk = unsafe { &*c };
+            queued += chunk.queued as usize;
+            c = chunk.next_chunk;
+        }
+        assert_eq!(queued, len, "queued chunks and the queue disagree");
+        for &(chunk, idx, order) in &self.purge_out[..self.purge_out_len] {
+            // SAFETY: the out blocks' chunks are live.
+            let s = unsafe { &(*chunk).spans[idx as usize] };
+            assert_eq!(s.state, State::Purging);
+            assert_eq!(s.order, order);
         }
     }
 
@@ -2180,7 +2227,7 @@ pub(crate) mod tests {
         assert_eq!(p.purged_bytes, 0);
         // Within two delays of their freeing, operations return them (each visit returns
         // what the one before found free and dirty).
-        for _ in 0..4 {
+        for _ in 0..3 {
             p.source.now.set(p.source.now.get() + delay / 2 + 1);
             let t = p.alloc_run(1, 0, State::Large).unwrap();
             // SAFETY: live.
@@ -2306,6 +2353,85 @@ pub(crate) mod tests {
         p.validate();
         assert_eq!(p.chunks, 1, "everything merged back into the spare chunk");
         assert_eq!(p.usage().free_blocks[CHUNK_ORDER as usize], 1);
+    }
+
+    #[test]
+    fn trim_leaves_a_spare_that_is_out_for_purging() {
+        let delay = crate::config::purge_delay_ms().max(1);
+        let mut p = Pages::new(FakeSource::new(2), fake_map());
+        let keep = p.alloc_run(1, 0, State::Large).unwrap();
+        let whole = p.alloc_run(PAGES_PER_CHUNK, 0, State::Large).unwrap();
+        // SAFETY: live run; freed once: its chunk becomes the spare, dirty and queued.
+        unsafe {
+            ptr::write_bytes(whole.as_ref().addr as *mut u8, 1, CHUNK_SIZE);
+            p.free_run(whole);
+        }
+        assert_eq!(p.chunks, 2);
+        for _ in 0..2 {
+            p.source.now.set(p.source.now.get() + delay);
+            let mut w = p.purge_begin();
+            if w.nranges == 0 {
+                p.purge_end(&w);
+                continue;
+            }
+            // The spare's one block is out: a trim meanwhile must leave that chunk alone.
+            assert_eq!(w.ranges[0].1, CHUNK_SIZE);
+            p.trim();
+            assert_eq!(p.chunks, 2, "the spare stays while its block is out");
+            p.validate();
+            // SAFETY: the work came from purge_begin and runs once.
+            unsafe { w.run(&p.source) };
+            p.purge_end(&w);
+        }
+        p.validate();
+        assert_eq!(p.dirty_pages, 1, "the spare's pages were returned");
+        p.trim();
+        assert_eq!(p.chunks, 1, "a later trim unmaps the spare");
+        // SAFETY: live.
+        unsafe { p.free_run(keep) };
+        p.validate();
+    }
+
+    #[test]
+    fn a_refused_purge_waits_a_delay_behind_the_others() {
+        let delay = crate::config::purge_delay_ms().max(1);
+        let mut p = Pages::new(FakeSource::new(3), fake_map());
+        // Two chunks, each half kept and half freed.
+        let runs: Vec<_> = (0..4)
+            .map(|_| p.alloc_run(PAGES_PER_CHUNK / 2, 0, State::Large).unwrap())
+            .collect();
+        let (keep, freed) = ([runs[0], runs[2]], [runs[1], runs[3]]);
+        for s in freed {
+            // SAFETY: live, freed once.
+            unsafe { p.free_run(s) };
+            p.source.now.set(p.source.now.get() + 1);
+        }
+        p.validate();
+        let first = p.purge_head;
+        // Age both chunks, then let the first one's madvise fail.
+        p.source.now.set(p.source.now.get() + delay);
+        p.purge_step();
+        p.purge_step();
+        p.source.now.set(p.source.now.get() + delay);
+        let w = p.purge_begin();
+        assert_eq!(w.nranges, 1);
+        p.purge_end(&w); // `done` is 0: as if the OS refused
+        p.validate();
+        assert_ne!(
+            p.purge_head, first,
+            "the refused chunk went behind the other"
+        );
+        p.purge_step();
+        assert_eq!(p.purged_bytes, CHUNK_SIZE / 2, "the other chunk was purged");
+        assert!(!p.purge_due(), "the refused one waits a delay");
+        p.source.now.set(p.source.now.get() + delay);
+        p.purge_step();
+        assert_eq!(p.purged_bytes, CHUNK_SIZE);
+        for s in keep {
+            // SAFETY: live.
+            unsafe { p.free_run(s) };
+        }
+        p.validate();
     }
 
     #[test]
