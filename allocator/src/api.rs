@@ -12,8 +12,7 @@ use crate::heap::{self, Block};
 use crate::large;
 use crate::size_class::{class_of, class_of_aligned, class_of_table, SMALL_MAX, SMALL_TABLE_MAX};
 
-/// Alignment every block has without asking (glibc's `MALLOC_ALIGNMENT` on x86-64).
-pub const MIN_ALIGN: usize = 16;
+pub use crate::size_class::MIN_ALIGN;
 
 /// The largest request ever served: larger sizes fail, as `PTRDIFF_MAX` bounds C objects.
 pub const MAX_SIZE: usize = isize::MAX as usize - (1 << 24);
@@ -96,7 +95,14 @@ fn alloc_checked(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
     if crate::config::redzone() == 0 {
         return None;
     }
-    crate::redzone::alloc(size, align, zero)
+    crate::redzone::class_for(size, align)
+        .and_then(|class| {
+            let b = NonNull::new(heap::alloc_small(class))?;
+            // SAFETY: a block of `class` just handed out by this thread's heap, whose spans
+            // carry redzones while the option is on (it was, above).
+            unsafe { crate::redzone::prepare(b, class, size, zero) };
+            Some(b)
+        })
         .or_else(|| large::alloc(size.max(SMALL_MAX + 1), align, zero))
 }
 
@@ -129,45 +135,6 @@ pub unsafe fn free_sized(p: NonNull<u8>, size: usize) {
 pub fn trim() -> usize {
     heap::release_held_blocks();
     crate::pages::PAGES.lock().trim()
-}
-
-/// The allocator's statistics (see [`crate::stats`]): per size class, large and huge blocks,
-/// bytes live, committed and reserved with their peaks, kernel calls, guard pages, remote
-/// frees and thread heaps. Takes the heap registry's lock, then the page layer's; never
-/// allocates.
-pub fn stats() -> crate::stats::Stats {
-    use crate::size_class::{class_size, NUM_CLASSES};
-    let mut st = crate::stats::Stats::default();
-    let mut current = [0u64; NUM_CLASSES];
-    heap::merge_counters(&mut st, &mut current);
-    let (usage, large_counts, huge_counts) = {
-        let pages = crate::pages::PAGES.lock();
-        st.in_use_bytes = pages.in_use_bytes();
-        st.in_use_peak = pages.in_use_peak;
-        st.committed_bytes = pages.committed_bytes();
-        st.committed_peak = pages.committed_peak;
-        st.reserved_bytes = pages.reserved_bytes();
-        st.reserved_peak = pages.reserved_peak;
-        st.purged_bytes = pages.purged_bytes;
-        (pages.usage(), pages.large_counts, pages.huge_counts)
-    };
-    let mut live = 0usize;
-    for (class, c) in st.classes.iter_mut().enumerate() {
-        c.size = class_size(class);
-        c.pages = usage.class_pages[class];
-        c.held = usage.class_held[class].saturating_sub(current[class]);
-        live += (c.allocated.saturating_sub(c.freed)) as usize * c.size;
-    }
-    st.large_allocated = large_counts[0];
-    st.large_freed = large_counts[1];
-    st.huge_allocated = huge_counts[0];
-    st.huge_freed = huge_counts[1];
-    st.live_bytes = live + usage.large * crate::os::PAGE_SIZE + usage.huge_bytes;
-    let (os, guards) = crate::os::calls();
-    st.os = os;
-    st.guard_pages = guards;
-    (st.guarded_allocated, st.guarded_freed) = crate::guard::counts();
-    st
 }
 
 /// The number of usable bytes of a block (at least what was asked for).

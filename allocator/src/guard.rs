@@ -36,8 +36,6 @@
 //! the allocation and the free) and re-raises the signal with its default action. Faults
 //! elsewhere go to the handler installed before ours, or to the default action.
 
-use core::cell::UnsafeCell;
-use core::ffi::c_void;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -222,14 +220,6 @@ static GUARDED: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
 /// State of the sampling intervals' random numbers.
 static SEED: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
 
-/// The fault actions that were installed before ours (SIGSEGV, SIGBUS).
-struct SavedActions(UnsafeCell<[Option<os::SavedAction>; 2]>);
-// SAFETY: each entry is written once, by `init_options`, with the action `sigaction` returned
-// when it installed our handler; a fault in that instant finds `None` and takes the default
-// action. The handler only reads.
-unsafe impl Sync for SavedActions {}
-static PREV: SavedActions = SavedActions(UnsafeCell::new([None, None]));
-
 /// Reads the options (once; see `config::init`) and, in a guard mode, sets the pool and the
 /// fault handler up. Called on a thread's first allocation and by the C library's start-up.
 pub fn init_options() {
@@ -257,10 +247,7 @@ pub fn init_options() {
         warn("could not reserve address space for guarded blocks; guard mode off");
         return;
     }
-    // SAFETY: PREV is written only here, once (config::init returned true once).
-    let prev = unsafe { &mut *PREV.0.get() };
-    prev[0] = os::install_fault_handler(libc::SIGSEGV, on_fault);
-    prev[1] = os::install_fault_handler(libc::SIGBUS, on_fault);
+    os::install_fault_handlers(on_fault);
     ACTIVE.store(true, Ordering::Release);
     if mode == GuardMode::All {
         DIVERT_ALL.store(true, Ordering::Relaxed);
@@ -390,7 +377,7 @@ pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
         return None;
     }
     // Up to 16, the page end is aligned enough; beyond, leave room to align down.
-    let need = if align <= crate::api::MIN_ALIGN {
+    let need = if align <= crate::size_class::MIN_ALIGN {
         size
     } else {
         size.checked_add(align - 1)?
@@ -788,47 +775,29 @@ fn warn(what: &str) {
     line.emit();
 }
 
-/// The fault handler of the guard modes (see the module's doc).
-extern "C" fn on_fault(sig: i32, info: *mut libc::siginfo_t, ctx: *mut c_void) {
-    // SAFETY: the kernel passes a valid siginfo.
-    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+/// The fault callback of the guard modes (see the module's doc): a fault in the pool is
+/// reported (and is the process's end); any other is not ours.
+fn on_fault(f: &os::Fault) -> bool {
     let base = BASE.load(Ordering::Acquire);
     let len = LEN.load(Ordering::Relaxed);
-    // si_code > 0: sent by the kernel for a fault (not by kill, raise or sigqueue, whose
-    // si_addr means nothing).
-    let fault = code > 0;
-    if fault && addr.wrapping_sub(base) < len {
-        // SAFETY: the context the kernel passed.
-        let (write, pc) = unsafe { (os::fault_was_write(ctx), os::fault_pc(ctx)) };
-        let page_slot = PAGE_SLOT.load(Ordering::Relaxed) as *const u32;
-        let slots = SLOTS.load(Ordering::Relaxed) as *const Slot;
-        match classify_fault(addr, base, len, page_slot, slots) {
-            Some((kind, slot)) => report_access(kind, write, addr, slot, pc, None),
-            None => {
-                let mut line = Line::new();
-                line.str("rampart: wild-access: ")
-                    .str(rw(write))
-                    .str(" at ")
-                    .hex(addr as u64)
-                    .str(", in rampart's guard pool but in no block");
-                line.emit();
-            }
+    if f.addr.wrapping_sub(base) >= len {
+        return false;
+    }
+    let page_slot = PAGE_SLOT.load(Ordering::Relaxed) as *const u32;
+    let slots = SLOTS.load(Ordering::Relaxed) as *const Slot;
+    match classify_fault(f.addr, base, len, page_slot, slots) {
+        Some((kind, slot)) => report_access(kind, f.write, f.addr, slot, f.pc, None),
+        None => {
+            let mut line = Line::new();
+            line.str("rampart: wild-access: ")
+                .str(rw(f.write))
+                .str(" at ")
+                .hex(f.addr as u64)
+                .str(", in rampart's guard pool but in no block");
+            line.emit();
         }
-        os::restore_default(sig);
-        return;
     }
-    // SAFETY: PREV was written before this handler was installed.
-    let prev = unsafe { &*PREV.0.get() };
-    let saved = if sig == libc::SIGBUS {
-        &prev[1]
-    } else {
-        &prev[0]
-    };
-    match saved {
-        // SAFETY: our own arguments, passed on.
-        Some(action) => unsafe { os::pass_fault_on(action, sig, info, ctx, fault) },
-        None => os::pass_default(sig, fault),
-    }
+    true
 }
 
 /// The kind of a fault at `addr` in the pool and the block it concerns: a fault in freed

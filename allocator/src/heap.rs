@@ -36,8 +36,53 @@ use crate::os;
 use crate::pages::{Chunk, Owner, PageMap, Span, SpanList, State, MAP, PAGES, PAGES_PER_CHUNK};
 use crate::size_class::{span_order, NUM_CLASSES};
 use crate::slab::{self, CURRENT_REF, FULL_MARK};
-use crate::stats::ThreadCounters;
 use crate::util::{fatal, FutexLock};
+
+/// A counter with one writer: increments are a relaxed load and store (no `lock` prefix).
+#[repr(transparent)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Zero.
+    #[allow(clippy::declare_interior_mutable_const)] // only used to initialise heaps
+    pub const ZERO: Counter = Counter(AtomicU64::new(0));
+
+    /// Adds one. Only the counter's owner thread may call this.
+    #[inline(always)]
+    pub fn bump(&self) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The current value.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The counters of one heap.
+#[repr(C)]
+pub struct ThreadCounters {
+    /// Small blocks allocated, per class.
+    pub alloc: [Counter; NUM_CLASSES],
+    /// Small blocks freed by this thread (its own and other threads' blocks), per class.
+    pub free: [Counter; NUM_CLASSES],
+    /// Of those frees, the ones of blocks another heap owns.
+    pub remote_free: Counter,
+}
+
+impl ThreadCounters {
+    /// All zero.
+    #[allow(clippy::declare_interior_mutable_const)] // only used to initialise heaps
+    pub const ZERO: ThreadCounters = ThreadCounters {
+        alloc: [const { Counter::ZERO }; NUM_CLASSES],
+        free: [const { Counter::ZERO }; NUM_CLASSES],
+        remote_free: Counter::ZERO,
+    };
+}
 
 /// A thread's heap.
 #[repr(C)]
@@ -1118,7 +1163,7 @@ pub fn release_held_blocks() {
 /// class, remote frees), and per class the number of heaps whose current span is of that
 /// class (each holds one reference in its span's count). A snapshot: running threads go on
 /// counting meanwhile.
-pub fn merge_counters(out: &mut crate::stats::Stats, current_spans: &mut [u64; NUM_CLASSES]) {
+pub fn merge_counters(out: &mut HeapTotals) {
     let r = REGISTRY.lock();
     let mut h = r.all;
     while !h.is_null() {
@@ -1126,16 +1171,11 @@ pub fn merge_counters(out: &mut crate::stats::Stats, current_spans: &mut [u64; N
         // racily for heaps of running threads (a snapshot).
         unsafe {
             let c = &(*h).counters;
-            for (class, (cs, cur)) in out
-                .classes
-                .iter_mut()
-                .zip(current_spans.iter_mut())
-                .enumerate()
-            {
-                cs.allocated += c.alloc[class].get();
-                cs.freed += c.free[class].get();
+            for class in 0..NUM_CLASSES {
+                out.allocated[class] += c.alloc[class].get();
+                out.freed[class] += c.free[class].get();
                 if core::ptr::read_volatile(&(*h).current[class]) != EMPTY_SPAN_PTR {
-                    *cur += 1;
+                    out.current_spans[class] += 1;
                 }
             }
             out.remote_frees += c.remote_free.get();
@@ -1144,7 +1184,7 @@ pub fn merge_counters(out: &mut crate::stats::Stats, current_spans: &mut [u64; N
     }
     for (class, n) in ORPHAN_FREES.iter().enumerate() {
         let n = n.load(Ordering::Relaxed);
-        out.classes[class].freed += n;
+        out.freed[class] += n;
         out.remote_frees += n;
     }
     out.heaps = HeapCounts {
@@ -1152,6 +1192,33 @@ pub fn merge_counters(out: &mut crate::stats::Stats, current_spans: &mut [u64; N
         adopted: r.adopted,
         taken_over: r.taken_over,
     };
+}
+
+/// The counts of every heap ever made (see [`merge_counters`]).
+#[derive(Clone, Copy, Debug)]
+pub struct HeapTotals {
+    /// Small blocks allocated, per class.
+    pub allocated: [u64; NUM_CLASSES],
+    /// Small blocks freed, per class.
+    pub freed: [u64; NUM_CLASSES],
+    /// Per class, the heaps whose current span is of that class.
+    pub current_spans: [u64; NUM_CLASSES],
+    /// Frees of blocks owned by another heap.
+    pub remote_frees: u64,
+    /// The registry's counts.
+    pub heaps: HeapCounts,
+}
+
+impl Default for HeapTotals {
+    fn default() -> Self {
+        Self {
+            allocated: [0; NUM_CLASSES],
+            freed: [0; NUM_CLASSES],
+            current_spans: [0; NUM_CLASSES],
+            remote_frees: 0,
+            heaps: HeapCounts::default(),
+        }
+    }
 }
 
 /// Counts of the heap registry, for statistics and tests.

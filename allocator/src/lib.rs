@@ -49,5 +49,5 @@ pub mod slab;
 pub mod stats;
 pub mod util;
 
-pub use api::stats;
 pub use global_alloc::Rampart;
+pub use stats::stats;

@@ -21,7 +21,7 @@
 
 use core::ffi::{c_void, CStr};
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use rustix::mm::{self, MapFlags, MprotectFlags, MremapFlags, ProtFlags};
 
@@ -47,10 +47,25 @@ fn count(which: usize) {
     CALLS[which].fetch_add(1, Ordering::Relaxed);
 }
 
+/// Calls into the kernel since the start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OsCalls {
+    /// `mmap`.
+    pub mmap: u64,
+    /// `munmap`.
+    pub munmap: u64,
+    /// `madvise` (purging, trimming, guard pages, huge pages).
+    pub madvise: u64,
+    /// `mprotect`.
+    pub mprotect: u64,
+    /// `mremap`.
+    pub mremap: u64,
+}
+
 /// The kernel calls made so far, and the guard pages installed.
-pub fn calls() -> (crate::stats::OsCalls, u64) {
+pub fn calls() -> (OsCalls, u64) {
     let get = |i: usize| CALLS[i].load(Ordering::Relaxed);
-    let os = crate::stats::OsCalls {
+    let os = OsCalls {
         mmap: get(MMAP),
         munmap: get(MUNMAP),
         madvise: get(MADVISE),
@@ -482,16 +497,95 @@ pub fn read_number(path: &core::ffi::CStr) -> Option<u64> {
         })
 }
 
-/// A fault handler as `sigaction` calls it with `SA_SIGINFO`.
-pub type FaultHandler = extern "C" fn(i32, *mut libc::siginfo_t, *mut c_void);
+/// A memory access fault (SIGSEGV or SIGBUS raised by the kernel), as a fault callback is
+/// told of it.
+#[derive(Clone, Copy, Debug)]
+pub struct Fault {
+    /// The address the access touched.
+    pub addr: usize,
+    /// Whether the access was a write (the page-fault error code), where known.
+    pub write: Option<bool>,
+    /// The faulting instruction's address, where known.
+    pub pc: Option<usize>,
+}
 
-/// The action a signal had before [`install_fault_handler`] (to pass faults on to).
-pub type SavedAction = libc::sigaction;
+/// What the fault handler calls for each fault: returns `true` when the fault was the
+/// callback's own and is reported (the default action is then restored, so the instruction
+/// faults again and the process dies with the signal), `false` to pass it on to the action
+/// installed before ours. Runs in a signal handler: it must not allocate or take locks that
+/// the faulting thread may hold.
+pub type FaultCallback = fn(&Fault) -> bool;
+
+/// The fault callback (a `FaultCallback` as an address; 0 before it is installed).
+static FAULT_CALLBACK: AtomicUsize = AtomicUsize::new(0);
+
+/// The actions SIGSEGV and SIGBUS had before ours.
+struct SavedActions(core::cell::UnsafeCell<[Option<libc::sigaction>; 2]>);
+// SAFETY: each entry is written once, by `install_fault_handlers`, before the handler that
+// reads it is installed for that signal (a fault in between finds `None` and takes the
+// default action); afterwards it is only read.
+unsafe impl Sync for SavedActions {}
+static PREV_ACTIONS: SavedActions = SavedActions(core::cell::UnsafeCell::new([None, None]));
+
+/// Whether `install_fault_handlers` ran.
+static FAULT_HANDLERS: AtomicBool = AtomicBool::new(false);
+
+/// Installs our handler for SIGSEGV and SIGBUS, calling `callback` for every fault the
+/// kernel raises; signals that are not ours go to the actions installed before (a signal
+/// sent with `kill` or `raise` never reaches the callback). Once per process; later calls
+/// do nothing. Returns whether both handlers are in place.
+pub fn install_fault_handlers(callback: FaultCallback) -> bool {
+    if FAULT_HANDLERS.swap(true, Ordering::AcqRel) {
+        return true;
+    }
+    FAULT_CALLBACK.store(callback as usize, Ordering::Release);
+    let mut ok = true;
+    for (i, sig) in [libc::SIGSEGV, libc::SIGBUS].into_iter().enumerate() {
+        // SAFETY: the entry is written once, here, before our handler for `sig` exists
+        // (see SavedActions); nothing else writes it.
+        let slot = unsafe { &mut (*PREV_ACTIONS.0.get())[i] };
+        match install_fault_handler(sig, on_fault_signal) {
+            Some(old) => *slot = Some(old),
+            None => ok = false,
+        }
+    }
+    ok
+}
+
+/// Our SIGSEGV / SIGBUS handler (see [`install_fault_handlers`]).
+extern "C" fn on_fault_signal(sig: i32, info: *mut libc::siginfo_t, ctx: *mut c_void) {
+    // SAFETY: the kernel passes a valid siginfo.
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    // si_code > 0: raised by the kernel for a fault (not sent by kill, raise or sigqueue,
+    // whose si_addr means nothing).
+    let fault = code > 0;
+    let callback = FAULT_CALLBACK.load(Ordering::Acquire);
+    if fault && callback != 0 {
+        // SAFETY: ctx is the context the kernel passed with this fault.
+        let (write, pc) = unsafe { (fault_was_write(ctx), fault_pc(ctx)) };
+        // SAFETY: the only value stored is a FaultCallback.
+        let callback = unsafe { core::mem::transmute::<usize, FaultCallback>(callback) };
+        if callback(&Fault { addr, write, pc }) {
+            restore_default(sig);
+            return;
+        }
+    }
+    // SAFETY: the entry was written before this handler was installed (SavedActions).
+    let prev = unsafe { &(*PREV_ACTIONS.0.get())[(sig == libc::SIGBUS) as usize] };
+    match prev {
+        // SAFETY: our own arguments, passed on.
+        Some(action) => unsafe { pass_fault_on(action, sig, info, ctx, fault) },
+        None => pass_default(sig, fault),
+    }
+}
+
+/// A fault handler as `sigaction` calls it with `SA_SIGINFO`.
+type FaultHandler = extern "C" fn(i32, *mut libc::siginfo_t, *mut c_void);
 
 /// Installs `handler` for `sig` (on the alternate stack if the thread has one, with other
 /// faults deferred while it runs) and returns the action it replaced, or `None` if the kernel
 /// refused.
-pub fn install_fault_handler(sig: i32, handler: FaultHandler) -> Option<SavedAction> {
+fn install_fault_handler(sig: i32, handler: FaultHandler) -> Option<libc::sigaction> {
     // SAFETY: an all-zero sigaction is a valid value to fill in.
     let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
     act.sa_sigaction = handler as usize;
@@ -513,8 +607,8 @@ pub fn install_fault_handler(sig: i32, handler: FaultHandler) -> Option<SavedAct
 /// # Safety
 /// Called from a fault handler with the arguments it was given; `fault` says whether the
 /// kernel raised the signal for a fault (`si_code > 0`).
-pub unsafe fn pass_fault_on(
-    prev: &SavedAction,
+unsafe fn pass_fault_on(
+    prev: &libc::sigaction,
     sig: i32,
     info: *mut libc::siginfo_t,
     ctx: *mut c_void,
@@ -541,7 +635,7 @@ pub unsafe fn pass_fault_on(
 /// signal that was sent rather than raised by a fault, sends it again (it is delivered when
 /// the handler returns); a fault happens again when the faulting instruction runs again.
 /// Either way the process dies with that signal.
-pub fn pass_default(sig: i32, fault: bool) {
+fn pass_default(sig: i32, fault: bool) {
     restore_default(sig);
     if !fault {
         // SAFETY: raise has no preconditions.
@@ -551,7 +645,7 @@ pub fn pass_default(sig: i32, fault: bool) {
 
 /// Sets `sig` back to its default action (for a fault: the process dies with that signal
 /// when the faulting instruction runs again).
-pub fn restore_default(sig: i32) {
+fn restore_default(sig: i32) {
     // SAFETY: an all-zero sigaction with SIG_DFL is valid; sigaction neither allocates nor
     // keeps the pointer.
     unsafe {
@@ -566,7 +660,7 @@ pub fn restore_default(sig: i32) {
 ///
 /// # Safety
 /// `ctx` is null or the `ucontext_t` a fault handler was given.
-pub unsafe fn fault_was_write(ctx: *mut c_void) -> Option<bool> {
+unsafe fn fault_was_write(ctx: *mut c_void) -> Option<bool> {
     if ctx.is_null() {
         return None;
     }
@@ -580,7 +674,7 @@ pub unsafe fn fault_was_write(ctx: *mut c_void) -> Option<bool> {
 ///
 /// # Safety
 /// `ctx` is null or the `ucontext_t` a fault handler was given.
-pub unsafe fn fault_pc(ctx: *mut c_void) -> Option<usize> {
+unsafe fn fault_pc(ctx: *mut c_void) -> Option<usize> {
     if ctx.is_null() {
         return None;
     }

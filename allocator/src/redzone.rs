@@ -64,17 +64,25 @@ fn check_of(p: usize, size: usize) -> u64 {
     (z ^ (z >> 32)) & 0xffff_ffff
 }
 
-/// Allocates a block with a redzone, or `None` when no size class holds the request with
-/// its redzone, or memory is exhausted (either way the caller serves it as a page run,
-/// without a redzone, or fails too).
-pub fn alloc(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
-    let rz = crate::config::redzone();
-    let need = size.checked_add(rz.max(1) + TRAILER)?;
-    let class = class_of_aligned(need, align.max(crate::api::MIN_ALIGN))?;
-    let b = NonNull::new(crate::heap::alloc_small(class))?;
+/// The size class of a block holding `size` bytes aligned to `align` with its redzone, or
+/// `None` when no class holds it (the caller serves it as a page run, without a redzone).
+pub fn class_for(size: usize, align: usize) -> Option<usize> {
+    let need = size.checked_add(crate::config::redzone().max(1) + TRAILER)?;
+    class_of_aligned(need, align.max(crate::size_class::MIN_ALIGN))
+}
+
+/// Makes a block of `class` (from [`class_for`]) just taken from a span with redzones into a
+/// redzoned block holding `size` bytes: checks the fill it kept since its last free, zeroes
+/// the caller's bytes if `zero`, writes the canary and the trailer.
+///
+/// # Safety
+/// `b` is a block of `class` just handed out to the caller by a heap whose spans carry
+/// redzones, and `class == class_for(size, align)` for some `align`.
+pub unsafe fn prepare(b: NonNull<u8>, class: usize, size: usize, zero: bool) {
     let p = b.as_ptr() as usize;
     let bsize = class_size(class);
-    // SAFETY: a block of `bsize` bytes just handed out to us.
+    // SAFETY: per the contract, `b` is a whole block of `bsize` bytes, ours, and `size`
+    // leaves room for the canary and the trailer (`class_for`).
     unsafe {
         check_fill(p, bsize);
         if zero {
@@ -82,7 +90,6 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
         }
         arm(p, size, bsize);
     }
-    Some(b)
 }
 
 /// Writes the canary and the trailer of a block of `bsize` bytes holding `size`.

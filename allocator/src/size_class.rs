@@ -19,6 +19,9 @@
 
 use crate::os::PAGE_SIZE;
 
+/// Alignment every block has without asking (glibc's `MALLOC_ALIGNMENT` on x86-64).
+pub const MIN_ALIGN: usize = 16;
+
 /// Largest size served from size classes; larger requests go to the large-block layer.
 pub const SMALL_MAX: usize = 32 * 1024;
 

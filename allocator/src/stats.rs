@@ -2,60 +2,13 @@
 //!
 //! Block counts are kept per thread, in the thread's heap, without atomic read-modify-write
 //! instructions: each [`Counter`] has one writer (the heap's thread), which adds with a
-//! relaxed load and store, and any thread may read it. [`crate::api::stats`] merges the
+//! relaxed load and store, and any thread may read it. [`stats`] merges the
 //! counters of every heap ever made (heaps are never freed, so an exited thread's counts are
 //! kept) with a walk of the page layer and the OS-call counters of `os`. The figures of a
 //! running program are a snapshot: other threads go on allocating while they are read.
 
-use core::sync::atomic::{AtomicU64, Ordering};
-
-use crate::size_class::NUM_CLASSES;
-
-/// A counter with one writer: increments are a relaxed load and store (no `lock` prefix).
-#[repr(transparent)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    /// Zero.
-    #[allow(clippy::declare_interior_mutable_const)] // only used to initialise heaps
-    pub const ZERO: Counter = Counter(AtomicU64::new(0));
-
-    /// Adds one. Only the counter's owner thread may call this.
-    #[inline(always)]
-    pub fn bump(&self) {
-        self.0.store(
-            self.0.load(Ordering::Relaxed).wrapping_add(1),
-            Ordering::Relaxed,
-        );
-    }
-
-    /// The current value.
-    #[inline]
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// The counters of one heap.
-#[repr(C)]
-pub struct ThreadCounters {
-    /// Small blocks allocated, per class.
-    pub alloc: [Counter; NUM_CLASSES],
-    /// Small blocks freed by this thread (its own and other threads' blocks), per class.
-    pub free: [Counter; NUM_CLASSES],
-    /// Of those frees, the ones of blocks another heap owns.
-    pub remote_free: Counter,
-}
-
-impl ThreadCounters {
-    /// All zero.
-    #[allow(clippy::declare_interior_mutable_const)] // only used to initialise heaps
-    pub const ZERO: ThreadCounters = ThreadCounters {
-        alloc: [const { Counter::ZERO }; NUM_CLASSES],
-        free: [const { Counter::ZERO }; NUM_CLASSES],
-        remote_free: Counter::ZERO,
-    };
-}
+pub use crate::os::OsCalls;
+use crate::size_class::{class_size, NUM_CLASSES};
 
 /// One size class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -73,22 +26,7 @@ pub struct ClassStats {
     pub pages: usize,
 }
 
-/// Calls into the kernel since the start.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OsCalls {
-    /// `mmap`.
-    pub mmap: u64,
-    /// `munmap`.
-    pub munmap: u64,
-    /// `madvise` (purging, trimming, guard pages, huge pages).
-    pub madvise: u64,
-    /// `mprotect`.
-    pub mprotect: u64,
-    /// `mremap`.
-    pub mremap: u64,
-}
-
-/// Everything [`crate::api::stats`] reports.
+/// Everything [`stats`] reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stats {
     /// Per size class.
@@ -167,4 +105,46 @@ impl Stats {
     pub fn small_live_blocks(&self) -> u64 {
         self.classes.iter().map(|c| c.allocated - c.freed).sum()
     }
+}
+
+/// The allocator's statistics: per size class, large and huge blocks,
+/// bytes live, committed and reserved with their peaks, kernel calls, guard pages, remote
+/// frees and thread heaps. Takes the heap registry's lock, then the page layer's; never
+/// allocates.
+pub fn stats() -> Stats {
+    let mut st = Stats::default();
+    let mut totals = crate::heap::HeapTotals::default();
+    crate::heap::merge_counters(&mut totals);
+    st.remote_frees = totals.remote_frees;
+    st.heaps = totals.heaps;
+    let (usage, large_counts, huge_counts) = {
+        let pages = crate::pages::PAGES.lock();
+        st.in_use_bytes = pages.in_use_bytes();
+        st.in_use_peak = pages.in_use_peak;
+        st.committed_bytes = pages.committed_bytes();
+        st.committed_peak = pages.committed_peak;
+        st.reserved_bytes = pages.reserved_bytes();
+        st.reserved_peak = pages.reserved_peak;
+        st.purged_bytes = pages.purged_bytes;
+        (pages.usage(), pages.large_counts, pages.huge_counts)
+    };
+    let mut live = 0usize;
+    for (class, c) in st.classes.iter_mut().enumerate() {
+        c.size = class_size(class);
+        c.allocated = totals.allocated[class];
+        c.freed = totals.freed[class];
+        c.pages = usage.class_pages[class];
+        c.held = usage.class_held[class].saturating_sub(totals.current_spans[class]);
+        live += (c.allocated.saturating_sub(c.freed)) as usize * c.size;
+    }
+    st.large_allocated = large_counts[0];
+    st.large_freed = large_counts[1];
+    st.huge_allocated = huge_counts[0];
+    st.huge_freed = huge_counts[1];
+    st.live_bytes = live + usage.large * crate::os::PAGE_SIZE + usage.huge_bytes;
+    let (os, guards) = crate::os::calls();
+    st.os = os;
+    st.guard_pages = guards;
+    (st.guarded_allocated, st.guarded_freed) = crate::guard::counts();
+    st
 }
