@@ -87,20 +87,20 @@ fn alloc_checked(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
     if size > MAX_SIZE || !align.is_power_of_two() {
         return None;
     }
-    if crate::guard::active() && crate::guard::sample_now() {
-        if let Some(p) = crate::guard::alloc(size, align) {
+    if crate::check::guard::active() && crate::check::guard::sample_now() {
+        if let Some(p) = crate::check::guard::alloc(size, align) {
             return Some(p);
         }
     }
     if crate::config::redzone() == 0 {
         return None;
     }
-    crate::redzone::class_for(size, align)
+    crate::check::redzone::class_for(size, align)
         .and_then(|class| {
             let b = NonNull::new(heap::alloc_small(class))?;
             // SAFETY: a block of `class` just handed out by this thread's heap, whose spans
             // carry redzones while the option is on (it was, above).
-            unsafe { crate::redzone::prepare(b, class, size, zero) };
+            unsafe { crate::check::redzone::prepare(b, class, size, zero) };
             Some(b)
         })
         .or_else(|| large::alloc(size.max(SMALL_MAX + 1), align, zero))
@@ -169,7 +169,11 @@ pub unsafe fn realloc(
             // Always moves: the new block gets a fresh canary, the old one is checked.
             // SAFETY: a carved block of a marked span (the caller's live block).
             unsafe {
-                crate::redzone::check_live(p.as_ptr() as usize, span.block_size as usize, "realloc")
+                crate::check::redzone::check_live(
+                    p.as_ptr() as usize,
+                    span.block_size as usize,
+                    "realloc",
+                )
             }
         }
         Block::Guarded(size) => size,

@@ -4,7 +4,7 @@
 //! An unknown `RAMPART_*` name or a bad value is reported once on stderr and ignored; it never
 //! stops the program.
 
-use core::ffi::{c_char, CStr};
+use core::ffi::CStr;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use crate::util::Line;
@@ -155,30 +155,18 @@ fn set_heapmap_path(path: &[u8]) -> bool {
     true
 }
 
-extern "C" {
-    /// The process's environment block (glibc's `environ`).
-    static environ: *const *const c_char;
-}
-
 /// Reads the options from the environment block, once; later calls do nothing. Safe to call
 /// before libc has set `environ` up (nothing is read then, and a later call reads it).
 /// Returns whether this call read them.
 pub fn init() -> bool {
-    // SAFETY: reading the pointer value of libc's environ is always allowed.
-    let mut env = unsafe { environ };
-    if env.is_null() || READ.swap(true, Ordering::AcqRel) {
+    if !crate::os::environment_ready() || READ.swap(true, Ordering::AcqRel) {
         return false;
     }
-    // SAFETY: environ is a null-terminated array of NUL-terminated strings.
-    unsafe {
-        while !(*env).is_null() {
-            let entry = core::ffi::CStr::from_ptr(*env).to_bytes();
-            if entry.starts_with(b"RAMPART_") {
-                apply(entry);
-            }
-            env = env.add(1);
+    crate::os::for_each_env(|entry| {
+        if entry.starts_with(b"RAMPART_") {
+            apply(entry);
         }
-    }
+    });
     if verbose() {
         let mut line = Line::new();
         line.str("rampart: options: RAMPART_STATS=")

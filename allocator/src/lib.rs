@@ -13,21 +13,25 @@
 //! }
 //! ```
 //!
-//! Layers, from the top (each module's doc has its part; see also `design.md`):
+//! Layers, from the top: each is a folder (or file) of `allocator/src`, so a line's path
+//! names its layer; arrows run downward only.
 //!
 //! ```text
-//!  global_alloc (GlobalAlloc)      [ffi crate: the C ABI]
-//!                 \                 /
-//!                  api   (alloc / free / realloc / aligned semantics)
-//!                   |
-//!                  heap  (thread-local heaps, remote frees, thread exit)
-//!                   |
-//!        slab (size classes, free lists)    large (page runs, huge mappings, mremap)
-//!                   |                          |
-//!                  pages (binary buddy over page orders, page map)
-//!                   |
-//!                  os    (the only module that calls the kernel)
-//!  leaf modules: size_class, config (options), util
+//!  global_alloc.rs (GlobalAlloc)     [ffi crate: C ABI, errno, glibc semantics, C++]
+//!                  \                  /
+//!                   api.rs   semantics; Option<NonNull<u8>>      observe/   statistics, heap
+//!                     |                                                     map: read the
+//!                   heap/    thread heaps: fast paths, remote           layers below;
+//!                     |      frees, registry, thread exit               nothing calls it
+//!         +-----------+-----------+
+//!      slab.rs     large/      check/   size-class spans | page runs | guard pool,
+//!         |           |           |     fault callback, redzones (run-time hardening)
+//!         +-----------+-----------+
+//!                   pages/   buddy runs in chunks, page map (map.rs), purge queue
+//!                     |      (purge.rs), views (view.rs), huge mappings and their cache
+//!                   os/      the only code that calls the kernel (mmap, madvise, futex,
+//!                            signals, environ, initial-exec TLS slots)
+//!  leaves used by all, above os: size_class.rs, config.rs (options), util.rs (locks, reports)
 //! ```
 //!
 //! This crate exports no C symbols: linking it never replaces a program's malloc.
@@ -35,19 +39,19 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod check;
 pub mod config;
 mod global_alloc;
-pub mod guard;
 pub mod heap;
-pub mod heapmap;
 pub mod large;
+pub mod observe;
 pub mod os;
 pub mod pages;
-pub mod redzone;
 pub mod size_class;
 pub mod slab;
-pub mod stats;
 pub mod util;
 
+pub use check::{guard, redzone};
 pub use global_alloc::Rampart;
-pub use stats::stats;
+pub use observe::stats::stats;
+pub use observe::{heapmap, stats};

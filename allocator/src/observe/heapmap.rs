@@ -804,7 +804,7 @@ pub fn write_configured() {
     let mut buf = [0u8; HEAPMAP_PATH_MAX];
     let result = match expand_pid(path.to_bytes(), pid, &mut buf) {
         Some(p) => write_file(p),
-        None => Err(libc::ENAMETOOLONG),
+        None => Err(os::ENAMETOOLONG),
     };
     if let Err(errno) = result {
         let mut l = Line::new();

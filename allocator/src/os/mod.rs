@@ -25,6 +25,9 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize
 
 use rustix::mm::{self, MapFlags, MprotectFlags, MremapFlags, ProtFlags};
 
+mod tls;
+pub(crate) use tls::initial_exec_slot;
+
 /// The size of a hardware page on x86-64 Linux.
 pub const PAGE_SIZE: usize = 4096;
 
@@ -312,6 +315,39 @@ pub fn now_ms() -> u64 {
 
 /// A file descriptor opened by [`create_file`].
 pub type Fd = i32;
+
+/// `ENAMETOOLONG`, for callers that build a path of their own.
+pub const ENAMETOOLONG: i32 = libc::ENAMETOOLONG;
+
+extern "C" {
+    /// The process's environment block (glibc's `environ`).
+    static environ: *const *const core::ffi::c_char;
+}
+
+/// Whether libc has set the environment block up (it has not, for allocations the dynamic
+/// loader makes before libc's start-up).
+pub fn environment_ready() -> bool {
+    // SAFETY: reading the pointer value of libc's environ is always allowed.
+    !unsafe { environ }.is_null()
+}
+
+/// Calls `f` with every `NAME=value` entry of the environment block, as bytes; nothing if
+/// the block is not set up yet. Never allocates (unlike `std::env`).
+pub fn for_each_env(mut f: impl FnMut(&[u8])) {
+    // SAFETY: reading the pointer value of libc's environ is always allowed.
+    let mut env = unsafe { environ };
+    if env.is_null() {
+        return;
+    }
+    // SAFETY: environ is a null-terminated array of NUL-terminated strings, which nothing
+    // changes while the allocator reads its options (at start-up).
+    unsafe {
+        while !(*env).is_null() {
+            f(CStr::from_ptr(*env).to_bytes());
+            env = env.add(1);
+        }
+    }
+}
 
 /// Creates or truncates `path` for writing (mode 0644, close-on-exec). `Err(errno)` on
 /// failure.

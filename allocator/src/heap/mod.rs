@@ -155,57 +155,16 @@ static EXITING_HEAP: Sentinel<Heap> = Sentinel(UnsafeCell::new(Heap::new()));
 
 const EXITING_HEAP_PTR: *mut Heap = EXITING_HEAP.0.get();
 
-// The calling thread's heap, in the initial-exec TLS model: two instructions to read
-// (`mov` of the offset from the GOT, `mov` through %fs), none of them a call. Rust's
-// `thread_local!` would be as cheap in an executable, but in a shared library (librampart.so)
-// it compiles to a `__tls_get_addr` call on every access (11 more instructions and a
-// clobbered register set, measured with callgrind). Like a const-initialised `thread_local!`
-// without `Drop` (design.md), it never allocates, registers nothing and has no destructor.
-// The variable starts out as the sentinel heap, whose fast paths always fail over to the
-// slow paths.
-core::arch::global_asm!(
-    ".pushsection .tdata.rampart_thread_heap_v1,\"awT\",@progbits",
-    ".p2align 3",
-    ".globl rampart_thread_heap_v1",
-    ".hidden rampart_thread_heap_v1",
-    ".type rampart_thread_heap_v1, @object",
-    ".size rampart_thread_heap_v1, 8",
-    "rampart_thread_heap_v1:",
-    ".quad {empty}",
-    ".popsection",
-    empty = sym EMPTY_HEAP,
+// The calling thread's heap: the sentinel before its first allocation and after its exit,
+// whose fast paths always fail over to the slow paths (an initial-exec TLS slot, see
+// `os::tls`: two instructions to read, no call).
+crate::os::initial_exec_slot!(
+    "rampart_thread_heap_v1",
+    Heap,
+    EMPTY_HEAP,
+    current_heap,
+    set_current_heap
 );
-
-/// The calling thread's heap (the sentinel before its first allocation and after its exit).
-#[inline(always)]
-fn current_heap() -> *mut Heap {
-    let heap: *mut Heap;
-    // SAFETY: reads this thread's TLS slot defined above; initial-exec TLS is valid in the
-    // executable and in libraries loaded at start-up (preload), which is how rampart runs.
-    unsafe {
-        core::arch::asm!(
-            "mov {h}, qword ptr [rip + rampart_thread_heap_v1@GOTTPOFF]",
-            "mov {h}, qword ptr fs:[{h}]",
-            h = out(reg) heap,
-            options(nostack, preserves_flags, readonly, pure),
-        );
-    }
-    heap
-}
-
-/// Sets the calling thread's heap.
-fn set_current_heap(heap: *mut Heap) {
-    // SAFETY: writes this thread's TLS slot defined above.
-    unsafe {
-        core::arch::asm!(
-            "mov {t}, qword ptr [rip + rampart_thread_heap_v1@GOTTPOFF]",
-            "mov qword ptr fs:[{t}], {h}",
-            t = out(reg) _,
-            h = in(reg) heap,
-            options(nostack, preserves_flags),
-        );
-    }
-}
 
 /// Heaps not owned by any thread, and where new heaps come from.
 struct Registry {
@@ -302,14 +261,14 @@ pub fn sample_tick() -> bool {
         h
     } else if heap == EXITING_HEAP_PTR {
         // A thread past its clean-up: no countdown of its own any more.
-        return crate::guard::next_interval() == 1;
+        return crate::check::guard::next_interval() == 1;
     } else {
         heap
     };
     // SAFETY: the calling thread's own heap.
     let h = unsafe { &mut *heap };
     if h.sample_left <= 1 {
-        h.sample_left = crate::guard::next_interval();
+        h.sample_left = crate::check::guard::next_interval();
         return true;
     }
     h.sample_left -= 1;
@@ -545,7 +504,9 @@ unsafe fn free_slow_chunk(s: *mut Span, p: *mut u8, claimed: usize) {
             if word & 1 != 0 {
                 // Redzones: check the block (canary, double free, claimed size) and fill it.
                 // SAFETY: a carved block of a marked span, being freed by the caller.
-                unsafe { crate::redzone::retire(p as usize, span.block_size as usize, claimed) };
+                unsafe {
+                    crate::check::redzone::retire(p as usize, span.block_size as usize, claimed)
+                };
                 if owner == current_heap() {
                     // SAFETY: our own span's block, checked not to be free already.
                     return unsafe { free_local(owner, s, p) };
@@ -582,9 +543,9 @@ unsafe fn free_slow_chunk(s: *mut Span, p: *mut u8, claimed: usize) {
 #[cold]
 #[inline(never)]
 unsafe fn free_slow_other(p: *mut u8, entry: usize, claimed: usize) {
-    if crate::guard::contains(p as usize) {
+    if crate::check::guard::contains(p as usize) {
         // SAFETY: the pointer is in the guard pool.
-        return unsafe { crate::guard::free(p as usize, claimed) };
+        return unsafe { crate::check::guard::free(p as usize, claimed) };
     }
     match PageMap::decode(entry) {
         // SAFETY: the map names a live huge block; the check confirms `p` is its start.
@@ -768,7 +729,7 @@ unsafe fn collect_remote(h: &mut Heap) {
 #[cold]
 fn thread_init() -> *mut Heap {
     // Before the heap is made: a new heap's redzone bit comes from the options.
-    crate::guard::init_options();
+    crate::check::guard::init_options();
     let (heap, key) = {
         let mut r = REGISTRY.lock();
         if !r.key_tried {
@@ -784,7 +745,7 @@ fn thread_init() -> *mut Heap {
 
     set_current_heap(heap);
     // SAFETY: the calling thread's heap, just acquired.
-    unsafe { (*heap).sample_left = crate::guard::next_interval() };
+    unsafe { (*heap).sample_left = crate::check::guard::next_interval() };
     if !FORK_HANDLERS.swap(true, Ordering::AcqRel) {
         // After HEAP is set and with no lock held: pthread_atfork may call malloc, which then
         // takes the fast path.
@@ -876,7 +837,7 @@ static FORK_HANDLERS: AtomicBool = AtomicBool::new(false);
 /// Before `fork`: take every global lock, so the child does not inherit one held by a thread
 /// that does not exist there (lock order: registry, then pages, as everywhere).
 extern "C" fn fork_prepare() {
-    crate::guard::fork_prepare();
+    crate::check::guard::fork_prepare();
     core::mem::forget(REGISTRY.lock());
     core::mem::forget(PAGES.lock());
 }
@@ -888,7 +849,7 @@ extern "C" fn fork_parent() {
         PAGES.force_unlock();
         REGISTRY.force_unlock();
     }
-    crate::guard::fork_parent();
+    crate::check::guard::fork_parent();
 }
 
 /// After `fork`, in the child (one thread): the locks are free again. The other threads'
@@ -901,7 +862,7 @@ extern "C" fn fork_child() {
         REGISTRY.reset_after_fork();
     }
     PAGES.lock().purge_abandon();
-    crate::guard::fork_child();
+    crate::check::guard::fork_child();
 }
 
 /// The `pthread` key destructor: the thread is exiting.
@@ -1025,7 +986,7 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
                 if has_redzones(span) {
                     // SAFETY: a carved block of a marked span.
                     return unsafe {
-                        crate::redzone::check_live(
+                        crate::check::redzone::check_live(
                             p as usize,
                             span.block_size as usize,
                             "size query",
@@ -1038,8 +999,8 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
             _ => invalid_free(p, span),
         }
     }
-    if crate::guard::contains(p as usize) {
-        return crate::guard::size_of_live(p as usize, "size query");
+    if crate::check::guard::contains(p as usize) {
+        return crate::check::guard::size_of_live(p as usize, "size query");
     }
     match PageMap::decode(entry) {
         // SAFETY: the map names a live huge block.
@@ -1084,8 +1045,8 @@ pub unsafe fn classify<'a>(p: *mut u8) -> Block<'a> {
             _ => invalid_free(p, span),
         };
     }
-    if crate::guard::contains(p as usize) {
-        return Block::Guarded(crate::guard::size_of_live(p as usize, "realloc"));
+    if crate::check::guard::contains(p as usize) {
+        return Block::Guarded(crate::check::guard::size_of_live(p as usize, "realloc"));
     }
     match PageMap::decode(entry) {
         // SAFETY: the map names a live huge block.

@@ -145,6 +145,6 @@ pub fn stats() -> Stats {
     let (os, guards) = crate::os::calls();
     st.os = os;
     st.guard_pages = guards;
-    (st.guarded_allocated, st.guarded_freed) = crate::guard::counts();
+    (st.guarded_allocated, st.guarded_freed) = crate::check::guard::counts();
     st
 }

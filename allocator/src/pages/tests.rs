@@ -1,0 +1,585 @@
+//! Unit tests of the page layer, on a fake page source.
+use super::*;
+use core::sync::atomic::Ordering;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+/// A page source over the system allocator: "chunks" are aligned heap blocks.
+pub struct FakeSource {
+    pub live_chunks: Cell<usize>,
+    pub limit: Cell<usize>,
+    /// The fake clock (ms).
+    pub now: Cell<u64>,
+}
+
+impl FakeSource {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            live_chunks: Cell::new(0),
+            limit: Cell::new(limit),
+            now: Cell::new(1_000_000),
+        }
+    }
+}
+
+const CHUNK_LAYOUT: Layout = match Layout::from_size_align(CHUNK_SIZE, CHUNK_SIZE) {
+    Ok(l) => l,
+    Err(_) => panic!(),
+};
+
+impl PageSource for FakeSource {
+    fn chunk_alloc(&self) -> Option<NonNull<u8>> {
+        if self.live_chunks.get() == self.limit.get() {
+            return None;
+        }
+        self.live_chunks.set(self.live_chunks.get() + 1);
+        // SAFETY: non-zero layout.
+        NonNull::new(unsafe { System.alloc_zeroed(CHUNK_LAYOUT) })
+    }
+    unsafe fn chunk_free(&self, chunk: NonNull<u8>) {
+        self.live_chunks.set(self.live_chunks.get() - 1);
+        // SAFETY: allocated above with this layout.
+        unsafe { System.dealloc(chunk.as_ptr(), CHUNK_LAYOUT) }
+    }
+    fn now_ms(&self) -> u64 {
+        self.now.get()
+    }
+    unsafe fn decommit(&self, addr: NonNull<u8>, len: usize) -> bool {
+        // What the kernel does to decommitted pages: they read as zero.
+        // SAFETY: the caller gives up the range, which lies in one of our chunks.
+        unsafe { ptr::write_bytes(addr.as_ptr(), 0, len) };
+        true
+    }
+    fn meta_alloc(&self, len: usize) -> Option<NonNull<u8>> {
+        // Map nodes are leaked on purpose: they live as long as the test.
+        // SAFETY: non-zero layout.
+        NonNull::new(unsafe {
+            System.alloc_zeroed(Layout::from_size_align(len, PAGE_SIZE).unwrap())
+        })
+    }
+    unsafe fn meta_free(&self, p: NonNull<u8>, len: usize) {
+        // SAFETY: allocated by meta_alloc with this layout.
+        unsafe { System.dealloc(p.as_ptr(), Layout::from_size_align(len, PAGE_SIZE).unwrap()) }
+    }
+}
+
+pub fn fake_map() -> &'static PageMap {
+    Box::leak(Box::new(PageMap::new()))
+}
+
+fn chunk_of(p: &Pages<FakeSource>, s: NonNull<Span>) -> *mut Chunk {
+    // SAFETY: s is live.
+    unsafe { p.locate(s.as_ptr()).0 }
+}
+
+#[test]
+fn split_and_merge_back_to_one_chunk() {
+    let mut p = Pages::new(FakeSource::new(4), fake_map());
+    let a = p.alloc_run(1, 0, State::Large).unwrap();
+    let chunk = chunk_of(&p, a);
+    // SAFETY: a is live.
+    let base = unsafe { a.as_ref().addr };
+    assert_eq!(base % CHUNK_SIZE, 0);
+    let b = p.alloc_run(3, 0, State::Large).unwrap();
+    let c = p.alloc_run(16, 4, State::Large).unwrap();
+    // SAFETY: spans are live.
+    unsafe {
+        assert_eq!(c.as_ref().addr % (16 * PAGE_SIZE), 0);
+        assert_eq!(b.as_ref().npages, 3);
+        assert!(a.as_ref().flags & FLAG_CLEAN != 0);
+        p.validate();
+        p.validate_chunk(chunk);
+        p.free_run(b);
+        p.validate_chunk(chunk);
+        p.free_run(a);
+        p.free_run(c);
+    }
+    p.validate();
+    assert_eq!(p.free[CHUNK_ORDER as usize].head, chunk.cast::<Span>());
+    assert_eq!(p.chunks, 1, "the last free chunk stays as the spare");
+}
+
+#[test]
+fn runs_do_not_overlap_and_reuse_is_dirty() {
+    let mut p = Pages::new(FakeSource::new(8), fake_map());
+    let mut runs = Vec::new();
+    let mut seed = 12345u64;
+    for _ in 0..2000 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        if runs.len() > 40 || (seed.is_multiple_of(3) && !runs.is_empty()) {
+            let i = (seed as usize / 3) % runs.len();
+            let s: NonNull<Span> = runs.swap_remove(i);
+            // SAFETY: s is live.
+            unsafe { p.free_run(s) };
+        } else {
+            let n = 1 + (seed as usize >> 20) % 300;
+            if let Some(s) = p.alloc_run(n, 0, State::Large) {
+                runs.push(s);
+            }
+        }
+        p.validate();
+    }
+    let mut ranges: Vec<(usize, usize)> = runs
+        .iter()
+        // SAFETY: live spans.
+        .map(|s| unsafe {
+            (
+                s.as_ref().addr,
+                s.as_ref().addr + s.as_ref().npages as usize * PAGE_SIZE,
+            )
+        })
+        .collect();
+    ranges.sort();
+    for w in ranges.windows(2) {
+        assert!(w[0].1 <= w[1].0, "overlap {w:?}");
+    }
+    for s in runs {
+        // SAFETY: live.
+        unsafe { p.free_run(s) };
+    }
+    p.validate();
+    assert_eq!(p.chunks, 1);
+    let again = p.alloc_run(1, 0, State::Large).unwrap();
+    // SAFETY: live.
+    assert_eq!(unsafe { again.as_ref().flags } & FLAG_CLEAN, 0);
+}
+
+#[test]
+fn whole_free_chunks_go_back_but_one_spare() {
+    let mut p = Pages::new(FakeSource::new(8), fake_map());
+    let runs: Vec<_> = (0..4)
+        .map(|_| p.alloc_run(PAGES_PER_CHUNK, 0, State::Large).unwrap())
+        .collect();
+    assert_eq!(p.source.live_chunks.get(), 4);
+    for s in runs {
+        // SAFETY: live.
+        unsafe { p.free_run(s) };
+    }
+    assert_eq!(p.source.live_chunks.get(), 1);
+    assert_eq!(p.chunks, 1);
+}
+
+#[test]
+fn trim_decommits_free_pages_and_drops_the_spare() {
+    let mut p = Pages::new(FakeSource::new(4), fake_map());
+    let keep = p.alloc_run(1, 0, State::Large).unwrap();
+    let runs: Vec<_> = (0..3)
+        .map(|_| p.alloc_run(PAGES_PER_CHUNK, 0, State::Large).unwrap())
+        .collect();
+    // SAFETY: live runs; fill the kept page and the rest of its chunk's first run.
+    unsafe { ptr::write_bytes(keep.as_ref().addr as *mut u8, 0xee, PAGE_SIZE) };
+    let freed = p.alloc_run(8, 0, State::Large).unwrap();
+    // SAFETY: live run.
+    let freed_addr = unsafe { freed.as_ref().addr };
+    // SAFETY: live run.
+    unsafe {
+        ptr::write_bytes(freed_addr as *mut u8, 0xee, 8 * PAGE_SIZE);
+        p.free_run(freed);
+    }
+    for s in runs {
+        // SAFETY: live.
+        unsafe { p.free_run(s) };
+    }
+    assert_eq!(p.source.live_chunks.get(), 2, "one chunk in use, one spare");
+    let released = p.trim();
+    assert_eq!(p.source.live_chunks.get(), 1, "the spare is gone");
+    assert!(
+        released >= CHUNK_SIZE + 8 * PAGE_SIZE,
+        "released {released}"
+    );
+    // SAFETY: the freed run's pages are free and decommitted (read as zero).
+    let bytes = unsafe { core::slice::from_raw_parts(freed_addr as *const u8, 8 * PAGE_SIZE) };
+    assert!(bytes.iter().all(|&b| b == 0));
+    assert_eq!(p.trim(), 0, "nothing left to give back");
+    let again = p.alloc_run(8, 0, State::Large).unwrap();
+    // SAFETY: live.
+    let flags = unsafe { again.as_ref().flags };
+    assert_ne!(flags & FLAG_CLEAN, 0, "decommitted pages are clean");
+    p.validate();
+}
+
+#[test]
+fn free_pages_are_purged_after_the_delay_only() {
+    let delay = crate::config::purge_delay_ms();
+    let mut p = Pages::new(FakeSource::new(2), fake_map());
+    let keep = p.alloc_run(1, 0, State::Large).unwrap();
+    let runs: Vec<_> = (0..8)
+        .map(|_| p.alloc_run(16, 0, State::Large).unwrap())
+        .collect();
+    // SAFETY: live runs.
+    let addrs: Vec<usize> = runs.iter().map(|s| unsafe { s.as_ref().addr }).collect();
+    for (s, &a) in runs.into_iter().zip(&addrs) {
+        // SAFETY: live run; dirty it, then free it.
+        unsafe {
+            ptr::write_bytes(a as *mut u8, 0x5a, 16 * PAGE_SIZE);
+            p.free_run(s);
+        }
+    }
+    let dirty = |a: usize| {
+        // SAFETY: the run's pages are in a live chunk (free now).
+        unsafe { *(a as *const u8) == 0x5a }
+    };
+    assert!(addrs.iter().all(|&a| dirty(a)));
+    // Before the delay: nothing is returned, however many operations run.
+    p.source.now.set(p.source.now.get() + delay / 2);
+    for _ in 0..10 {
+        let t = p.alloc_run(1, 0, State::Large).unwrap();
+        // SAFETY: live.
+        unsafe { p.free_run(t) };
+        p.purge_step();
+    }
+    assert_eq!(p.purged_bytes, 0);
+    // Within two delays of their freeing, operations return them (each visit returns
+    // what the one before found free and dirty).
+    for _ in 0..3 {
+        p.source.now.set(p.source.now.get() + delay / 2 + 1);
+        let t = p.alloc_run(1, 0, State::Large).unwrap();
+        // SAFETY: live.
+        unsafe { p.free_run(t) };
+        p.purge_step();
+    }
+    assert!(
+        p.purged_bytes >= 8 * 16 * PAGE_SIZE,
+        "purged {}",
+        p.purged_bytes
+    );
+    assert!(
+        addrs.iter().all(|&a| !dirty(a)),
+        "freed pages read as zero after the purge"
+    );
+    p.validate();
+    // SAFETY: live.
+    unsafe { p.free_run(keep) };
+}
+
+/// Frees `n` runs of 16 pages spread over `n / 64` chunks (every other one, then the
+/// rest), with a purge step due at every operation (the clock moves a purge delay each
+/// time: the worst case, a very slow machine), and returns the runs and free blocks the
+/// purge steps looked at.
+fn purge_visits_freeing(n: usize) -> u64 {
+    let delay = crate::config::purge_delay_ms().max(1);
+    let mut p = Pages::new(FakeSource::new(n / 64 + 2), fake_map());
+    let runs: Vec<_> = (0..n)
+        .map(|_| p.alloc_run(16, 0, State::Large).unwrap())
+        .collect();
+    assert_eq!(p.chunks, n / 64);
+    for pass in 0..2 {
+        for s in runs.iter().skip(pass).step_by(2) {
+            p.source.now.set(p.source.now.get() + delay);
+            // SAFETY: each run is freed once.
+            unsafe { p.free_run(*s) };
+            p.purge_step();
+        }
+    }
+    // Let the purge finish: a bounded number of further steps.
+    for _ in 0..4 * n {
+        p.source.now.set(p.source.now.get() + delay);
+        p.purge_step();
+    }
+    p.validate();
+    assert_eq!(p.dirty_pages, 0, "everything freed was returned");
+    p.purge_visits
+}
+
+#[test]
+fn purge_work_is_linear_in_the_frees_not_in_the_heap() {
+    let small = purge_visits_freeing(1024);
+    let big = purge_visits_freeing(4096);
+    eprintln!("purge visits: {small} for 1024 frees over 16 chunks, {big} for 4096 over 64");
+    // Four times the frees over four times the chunks: a walk of the whole heap per step
+    // would cost 16 times the visits; a bounded step about 4 times.
+    assert!(
+        big <= small * 5,
+        "purge visits grow faster than the frees: {small} -> {big}"
+    );
+    // And a fixed bound per free: each step visits one chunk (at most two walks of its
+    // runs), and there are about as many steps that find work as frees.
+    assert!(big <= 4096 * 2 * 2 * 64, "{big} visits for 4096 frees");
+}
+
+#[test]
+fn blocks_out_for_purging_are_not_handed_out_and_come_back_merged() {
+    let delay = crate::config::purge_delay_ms().max(1);
+    let mut p = Pages::new(FakeSource::new(2), fake_map());
+    let keep = p.alloc_run(1, 0, State::Large).unwrap();
+    let runs: Vec<_> = (0..16)
+        .map(|_| p.alloc_run(32, 0, State::Large).unwrap())
+        .collect();
+    // SAFETY: live runs.
+    let addrs: Vec<usize> = runs.iter().map(|s| unsafe { s.as_ref().addr }).collect();
+    for s in runs.iter().step_by(2) {
+        // SAFETY: live run, freed once.
+        unsafe { p.free_run(*s) };
+    }
+    // The first visit, a delay after the frees, ages the freed pages; the next takes
+    // them out for purging.
+    p.source.now.set(p.source.now.get() + delay - 1);
+    assert!(!p.purge_due());
+    p.source.now.set(p.source.now.get() + 1);
+    p.purge_step();
+    assert_eq!(p.purged_bytes, 0, "aged once, not yet returned");
+    p.source.now.set(p.source.now.get() + delay);
+    let mut w = p.purge_begin();
+    assert_eq!(w.nranges, 8);
+    assert!(!p.purge_due(), "one purge out at a time");
+    p.validate();
+    // While the blocks are out (the lock would be dropped), allocations get other pages
+    // and frees of their neighbours do not merge into them.
+    let out: Vec<usize> = w.ranges[..w.nranges].iter().map(|r| r.0).collect();
+    let mut more = Vec::new();
+    for _ in 0..4 {
+        let s = p.alloc_run(32, 0, State::Large).unwrap();
+        // SAFETY: live run.
+        let a = unsafe { s.as_ref().addr };
+        assert!(!out.iter().any(|&o| a.abs_diff(o) < 32 * PAGE_SIZE));
+        more.push(s);
+    }
+    for s in runs.iter().skip(1).step_by(2) {
+        // SAFETY: live run, freed once.
+        unsafe { p.free_run(*s) };
+    }
+    p.validate();
+    // SAFETY: the work came from purge_begin and runs once.
+    unsafe { w.run(&p.source) };
+    p.purge_end(&w);
+    p.validate();
+    assert_eq!(p.purged_bytes, 8 * 32 * PAGE_SIZE);
+    for &a in addrs.iter().step_by(2) {
+        // SAFETY: free pages of a live chunk.
+        assert_eq!(unsafe { *(a as *const u8) }, 0);
+    }
+    for s in more {
+        // SAFETY: live.
+        unsafe { p.free_run(s) };
+    }
+    // SAFETY: live.
+    unsafe { p.free_run(keep) };
+    p.validate();
+    assert_eq!(p.chunks, 1, "everything merged back into the spare chunk");
+    assert_eq!(p.usage().free_blocks[CHUNK_ORDER as usize], 1);
+}
+
+#[test]
+fn trim_leaves_a_spare_that_is_out_for_purging() {
+    let delay = crate::config::purge_delay_ms().max(1);
+    let mut p = Pages::new(FakeSource::new(2), fake_map());
+    let keep = p.alloc_run(1, 0, State::Large).unwrap();
+    let whole = p.alloc_run(PAGES_PER_CHUNK, 0, State::Large).unwrap();
+    // SAFETY: live run; freed once: its chunk becomes the spare, dirty and queued.
+    unsafe {
+        ptr::write_bytes(whole.as_ref().addr as *mut u8, 1, CHUNK_SIZE);
+        p.free_run(whole);
+    }
+    assert_eq!(p.chunks, 2);
+    for _ in 0..2 {
+        p.source.now.set(p.source.now.get() + delay);
+        let mut w = p.purge_begin();
+        if w.nranges == 0 {
+            p.purge_end(&w);
+            continue;
+        }
+        // The spare's one block is out: a trim meanwhile must leave that chunk alone.
+        assert_eq!(w.ranges[0].1, CHUNK_SIZE);
+        p.trim();
+        assert_eq!(p.chunks, 2, "the spare stays while its block is out");
+        p.validate();
+        // SAFETY: the work came from purge_begin and runs once.
+        unsafe { w.run(&p.source) };
+        p.purge_end(&w);
+    }
+    p.validate();
+    assert_eq!(p.dirty_pages, 1, "the spare's pages were returned");
+    p.trim();
+    assert_eq!(p.chunks, 1, "a later trim unmaps the spare");
+    // SAFETY: live.
+    unsafe { p.free_run(keep) };
+    p.validate();
+}
+
+#[test]
+fn a_refused_purge_waits_a_delay_behind_the_others() {
+    let delay = crate::config::purge_delay_ms().max(1);
+    let mut p = Pages::new(FakeSource::new(3), fake_map());
+    // Two chunks, each half kept and half freed.
+    let runs: Vec<_> = (0..4)
+        .map(|_| p.alloc_run(PAGES_PER_CHUNK / 2, 0, State::Large).unwrap())
+        .collect();
+    let (keep, freed) = ([runs[0], runs[2]], [runs[1], runs[3]]);
+    for s in freed {
+        // SAFETY: live, freed once.
+        unsafe { p.free_run(s) };
+        p.source.now.set(p.source.now.get() + 1);
+    }
+    p.validate();
+    let first = p.purge_head;
+    // Age both chunks, then let the first one's madvise fail.
+    p.source.now.set(p.source.now.get() + delay);
+    p.purge_step();
+    p.purge_step();
+    p.source.now.set(p.source.now.get() + delay);
+    let w = p.purge_begin();
+    assert_eq!(w.nranges, 1);
+    p.purge_end(&w); // `done` is 0: as if the OS refused
+    p.validate();
+    assert_ne!(
+        p.purge_head, first,
+        "the refused chunk went behind the other"
+    );
+    p.purge_step();
+    assert_eq!(p.purged_bytes, CHUNK_SIZE / 2, "the other chunk was purged");
+    assert!(!p.purge_due(), "the refused one waits a delay");
+    p.source.now.set(p.source.now.get() + delay);
+    p.purge_step();
+    assert_eq!(p.purged_bytes, CHUNK_SIZE);
+    for s in keep {
+        // SAFETY: live.
+        unsafe { p.free_run(s) };
+    }
+    p.validate();
+}
+
+#[test]
+fn free_pages_never_point_at_a_live_run() {
+    let mut p = Pages::new(FakeSource::new(2), fake_map());
+    let a = p.alloc_run(37, 0, State::Large).unwrap();
+    let b = p.alloc_run(8, 0, State::Slab).unwrap();
+    let chunk = chunk_of(&p, a);
+    // SAFETY: live runs of a live chunk.
+    unsafe {
+        let check = |p: &Pages<FakeSource>| {
+            let c = &*chunk;
+            for (i, &r) in c.run.iter().enumerate() {
+                let s = &*r;
+                let covered = s.state != State::Free && s.contains(c.base + i * PAGE_SIZE);
+                assert!(
+                    covered || s.state == State::Free,
+                    "page {i} points at a live run not covering it"
+                );
+                assert_eq!(s.owner.load(Ordering::Relaxed), 0);
+            }
+            p.validate();
+        };
+        check(&p);
+        p.free_run(a);
+        check(&p);
+        // Reuse the first page of what was `a` (taking single pages until it comes): the
+        // other pages of `a` must not point at it.
+        let mut singles = Vec::new();
+        loop {
+            let c = p.alloc_run(1, 0, State::Large).unwrap();
+            singles.push(c);
+            if c.as_ref().addr == (*chunk).base {
+                break;
+            }
+        }
+        check(&p);
+        for c in singles {
+            p.free_run(c);
+        }
+        p.shrink_run(b, 3);
+        check(&p);
+        // Never handed out: the vacant descriptor.
+        assert!(ptr::eq((*chunk).run[PAGES_PER_CHUNK - 1], VACANT_PTR));
+        p.free_run(b);
+    }
+}
+
+#[test]
+fn exhaustion_is_none_not_a_crash() {
+    let mut p = Pages::new(FakeSource::new(1), fake_map());
+    let a = p.alloc_run(600, 0, State::Large).unwrap();
+    assert!(p.alloc_run(600, 0, State::Large).is_none());
+    // The tail past 600 pages was freed as blocks of at most 256 pages.
+    assert!(p.alloc_run(300, 0, State::Large).is_none());
+    let b = p.alloc_run(256, 0, State::Large).unwrap();
+    // SAFETY: live.
+    unsafe {
+        p.free_run(a);
+        p.free_run(b);
+    }
+    assert!(p.alloc_run(PAGES_PER_CHUNK, 0, State::Large).is_some());
+}
+
+#[test]
+fn grow_and_shrink_in_place() {
+    let mut p = Pages::new(FakeSource::new(2), fake_map());
+    let a = p.alloc_run(10, 0, State::Large).unwrap();
+    let chunk = chunk_of(&p, a);
+    // SAFETY: spans are live.
+    unsafe {
+        assert!(p.grow_run(a, 100));
+        assert_eq!(a.as_ref().npages, 100);
+        assert_eq!(a.as_ref().state, State::Large);
+        p.validate();
+        p.validate_chunk(chunk);
+        // The pages freed past the grown run's end are reused first.
+        let b = p.alloc_run(1, 0, State::Large).unwrap();
+        assert_eq!(b.as_ref().addr, a.as_ref().addr + 100 * PAGE_SIZE);
+        assert!(!p.grow_run(a, 101), "b is in the way");
+        p.shrink_run(a, 3);
+        p.validate();
+        p.validate_chunk(chunk);
+        assert!(p.grow_run(a, 100));
+        assert_eq!(a.as_ref().flags & FLAG_CLEAN, 0);
+        p.validate();
+        p.validate_chunk(chunk);
+        p.free_run(a);
+        p.free_run(b);
+        p.validate();
+    }
+}
+
+#[test]
+fn page_map_lookup() {
+    let mut p = Pages::new(FakeSource::new(2), fake_map());
+    let a = p.alloc_run(1, 0, State::Large).unwrap();
+    // SAFETY: live.
+    let base = unsafe { a.as_ref().addr };
+    let chunk = chunk_of(&p, a);
+    assert_eq!(p.map.lookup(base), Owner::Chunk(chunk));
+    assert_eq!(p.map.lookup(base + CHUNK_SIZE - 1), Owner::Chunk(chunk));
+    assert_eq!(p.map.lookup(base + CHUNK_SIZE), Owner::None);
+    assert_eq!(p.map.lookup(usize::MAX), Owner::None);
+    assert_eq!(p.map.lookup(0), Owner::None);
+    // Addresses from 2^47 alias low slots (see PageMap); this one aliases slot 0.
+    assert_eq!(p.map.lookup(1 << 47), Owner::None);
+}
+
+#[test]
+fn huge_blocks_on_the_real_os() {
+    let mut p = Pages::new(OsSource, fake_map());
+    let (h, fresh) = p.huge_alloc(10 * CHUNK_SIZE + 5, 1).unwrap();
+    assert!(fresh);
+    // SAFETY: live descriptor.
+    let (base, len) = unsafe { (h.as_ref().base, h.as_ref().len) };
+    assert_eq!(base % CHUNK_SIZE, 0);
+    assert!(len >= 10 * CHUNK_SIZE + 5);
+    assert_eq!(p.map.lookup(base + len - 1), Owner::Huge(h.as_ptr()));
+    // SAFETY: the block is ours.
+    unsafe {
+        *(base as *mut u8).add(len - 1) = 7;
+        assert!(p.huge_resize(h, 40 * CHUNK_SIZE, 1));
+        let (nb, nl) = (h.as_ref().base, h.as_ref().len);
+        assert_eq!(
+            *(nb as *mut u8).add(len - 1),
+            7,
+            "contents move with the pages"
+        );
+        assert_eq!(p.map.lookup(nb + nl - 1), Owner::Huge(h.as_ptr()));
+        assert!(p.huge_resize(h, CHUNK_SIZE + 1, 1));
+        assert_eq!(*(h.as_ref().base as *mut u8).add(4096), 0);
+        p.huge_free(h);
+    }
+    assert_eq!(p.huge_bytes, 0);
+    // The freed mapping is kept for a while and reused by a block it fits.
+    assert!(p.huge_cached_bytes > 0);
+    let (again, fresh) = p.huge_alloc(CHUNK_SIZE + 1, 1).unwrap();
+    assert!(!fresh, "a cached mapping is reused");
+    assert_eq!(p.huge_cached_bytes, 0);
+    // SAFETY: live descriptor.
+    unsafe { p.huge_free(again) };
+    assert!(p.trim() > 0);
+    assert_eq!(p.huge_cached_bytes, 0, "a trim unmaps the cache");
+}
