@@ -599,3 +599,42 @@ fn launcher_flag_writes_the_map_relative_to_where_it_was_started() {
     read_map(&svg);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The child of [`rust_program_gets_the_exit_statistics_and_map`]: allocates a little and
+/// returns; as a test of its own it checks nothing more.
+#[test]
+fn exit_child_allocates() {
+    let (kept, _freed) = workload();
+    assert!(!kept.is_empty());
+}
+
+/// The exit-time work is the core's, not the C library's: a Rust program on
+/// `#[global_allocator]` (this test binary, re-run as a child) prints the statistics with
+/// `RAMPART_STATS=1` and writes the heap map named by `RAMPART_HEAPMAP` when it exits.
+#[test]
+fn rust_program_gets_the_exit_statistics_and_map() {
+    let dir = tmp("rust-exit");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    clear_rampart_env(&mut cmd);
+    cmd.args(["--exact", "exit_child_allocates", "--test-threads=1"])
+        .env("RAMPART_STATS", "1")
+        .env("RAMPART_HEAPMAP", dir.join("exit-%p.svg"));
+    let out = run(cmd, c_support::WATCHDOG);
+    out.assert_success();
+    assert!(
+        out.stderr.contains("rampart: statistics (pid ")
+            && out.stderr.contains("thread heaps")
+            && out.stderr.contains("size class"),
+        "no statistics at exit\n{}",
+        out.describe()
+    );
+    let maps: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(maps.len(), 1, "{maps:?}\n{}", out.describe());
+    let map = read_map(&std::fs::read_to_string(&maps[0]).unwrap());
+    assert!(map.chunks >= 1 && map.slab > 0, "{map:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -349,7 +349,7 @@ pub extern "C" fn rampart_trim() -> usize {
 /// `rampart_stats_print`: writes rampart's statistics to stderr.
 #[no_mangle]
 pub extern "C" fn rampart_stats_print() {
-    info::print_stats();
+    rampart::stats::print();
 }
 
 /// Runs at load time (before `main`): reads the options. Allocation may already have
@@ -359,17 +359,8 @@ extern "C" fn on_load() {
     info::read_options();
 }
 
-/// Runs at exit, after the program's own destructors (a preloaded library is unloaded last).
-extern "C" fn on_exit() {
-    info::at_exit();
-}
-
 #[used]
 #[link_section = ".init_array"]
 static ON_LOAD: extern "C" fn() = on_load;
-
-#[used]
-#[link_section = ".fini_array"]
-static ON_EXIT: extern "C" fn() = on_exit;
 
 use core::mem::size_of;

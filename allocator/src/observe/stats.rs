@@ -8,7 +8,10 @@
 //! running program are a snapshot: other threads go on allocating while they are read.
 
 pub use crate::os::OsCalls;
+use crate::os::PAGE_SIZE;
+use crate::pages::{PageUsage, CHUNK_SIZE, PAGES};
 use crate::size_class::{class_size, NUM_CLASSES};
+use crate::util::Line;
 
 /// One size class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -147,4 +150,159 @@ pub fn stats() -> Stats {
     st.guard_pages = guards;
     (st.guarded_allocated, st.guarded_freed) = crate::check::guard::counts();
     st
+}
+
+/// A snapshot of the heap's figures, in bytes.
+pub struct Figures {
+    /// The page layer's walk.
+    pub usage: PageUsage,
+    /// The statistics.
+    pub stats: Stats,
+    /// Bytes mapped from the OS for chunks.
+    pub chunk_bytes: usize,
+    /// Bytes handed out (small blocks by their class size, large runs by their pages, huge
+    /// blocks by their mappings).
+    pub in_use: usize,
+    /// Bytes of chunks not handed out (free pages and free slab blocks).
+    pub free: usize,
+}
+
+/// The figures now (a walk of the page layer; see [`stats`]).
+pub fn figures() -> Figures {
+    let stats = stats();
+    let usage = PAGES.lock().usage();
+    let chunk_bytes = usage.chunks * CHUNK_SIZE;
+    let in_use = stats.live_bytes;
+    Figures {
+        usage,
+        stats,
+        chunk_bytes,
+        in_use,
+        free: chunk_bytes.saturating_sub(in_use - usage.huge_bytes.min(in_use)),
+    }
+}
+
+fn kib(line: &mut Line, bytes: usize) -> &mut Line {
+    line.dec((bytes / 1024) as u64).str(" KiB")
+}
+
+/// Right-aligns `v` in `width` columns.
+fn col(line: &mut Line, v: u64, width: usize) -> &mut Line {
+    let digits = if v == 0 { 1 } else { v.ilog10() as usize + 1 };
+    for _ in digits..width {
+        line.str(" ");
+    }
+    line.dec(v)
+}
+
+/// Writes the statistics table to stderr (`RAMPART_STATS=1` at exit, `malloc_stats`,
+/// `rampart_stats_print`). Never allocates: each line is composed on the stack.
+pub fn print() {
+    let f = figures();
+    let u = &f.usage;
+    let st = &f.stats;
+    let pid = crate::os::pid();
+    let mut l = Line::new();
+    l.str("rampart: statistics (pid ").dec(pid as u64).str(")");
+    l.emit();
+    let rows: [(&str, usize, Option<usize>); 11] = [
+        ("  in use                  ", f.in_use, None),
+        (
+            "  pages in use            ",
+            st.in_use_bytes,
+            Some(st.in_use_peak),
+        ),
+        (
+            "  committed               ",
+            st.committed_bytes,
+            Some(st.committed_peak),
+        ),
+        (
+            "  reserved                ",
+            st.reserved_bytes,
+            Some(st.reserved_peak),
+        ),
+        ("  chunks mapped           ", f.chunk_bytes, None),
+        ("  huge blocks mapped      ", u.huge_bytes, None),
+        ("  free in chunks          ", f.free, None),
+        ("  pages of small spans    ", u.slab * PAGE_SIZE, None),
+        ("  pages of large blocks   ", u.large * PAGE_SIZE, None),
+        ("  free pages              ", u.free * PAGE_SIZE, None),
+        ("  returned to the OS      ", st.purged_bytes, None),
+    ];
+    for (name, bytes, peak) in rows {
+        let mut l = Line::new();
+        l.str(name);
+        kib(&mut l, bytes);
+        if let Some(peak) = peak {
+            l.str(" (peak ");
+            kib(&mut l, peak);
+            l.str(")");
+        }
+        l.emit();
+    }
+    let mut l = Line::new();
+    l.str("  large blocks            ")
+        .dec(st.large_allocated)
+        .str(" allocated, ")
+        .dec(st.large_freed)
+        .str(" freed; huge blocks ")
+        .dec(st.huge_allocated)
+        .str(" allocated, ")
+        .dec(st.huge_freed)
+        .str(" freed");
+    l.emit();
+    let mut l = Line::new();
+    l.str("  small blocks            ")
+        .dec(st.classes.iter().map(|c| c.allocated).sum())
+        .str(" allocated, ")
+        .dec(st.classes.iter().map(|c| c.freed).sum())
+        .str(" freed, ")
+        .dec(st.remote_frees)
+        .str(" of them by another thread");
+    l.emit();
+    let mut l = Line::new();
+    l.str("  kernel calls            mmap ")
+        .dec(st.os.mmap)
+        .str(", munmap ")
+        .dec(st.os.munmap)
+        .str(", madvise ")
+        .dec(st.os.madvise)
+        .str(", mprotect ")
+        .dec(st.os.mprotect)
+        .str(", mremap ")
+        .dec(st.os.mremap)
+        .str("; guard pages ")
+        .dec(st.guard_pages);
+    l.emit();
+    if st.guarded_allocated != 0 {
+        let mut l = Line::new();
+        l.str("  guarded blocks          allocated ")
+            .dec(st.guarded_allocated)
+            .str(", freed ")
+            .dec(st.guarded_freed);
+        l.emit();
+    }
+    let mut l = Line::new();
+    l.str("  thread heaps            ")
+        .dec(st.heaps.created as u64)
+        .str(" created, ")
+        .dec(st.heaps.adopted as u64)
+        .str(" reused after their thread exited, ")
+        .dec(st.heaps.taken_over as u64)
+        .str(" taken over by running threads");
+    l.emit();
+    let mut l = Line::new();
+    l.str("  size class   allocated       freed        live  span pages");
+    l.emit();
+    for c in st.classes.iter().filter(|c| c.allocated > 0 || c.pages > 0) {
+        let mut l = Line::new();
+        l.str("  ");
+        col(&mut l, c.size as u64, 8).str(" B");
+        col(&mut l, c.allocated, 12);
+        col(&mut l, c.freed, 12);
+        col(&mut l, c.allocated.saturating_sub(c.freed), 12);
+        col(&mut l, c.pages as u64, 12);
+        l.emit();
+    }
 }
