@@ -21,22 +21,24 @@ pub const MAX_SIZE: usize = isize::MAX as usize - (1 << 24);
 #[inline(always)]
 pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
     if size <= SMALL_TABLE_MAX && align <= MIN_ALIGN {
-        let p = heap::try_alloc_small(class_of_table(size));
+        // SAFETY: the table's classes are below NUM_CLASSES.
+        let p = unsafe { heap::alloc_fast(class_of_table(size)) };
         if !p.is_null() {
             // SAFETY: just checked.
             return Some(unsafe { NonNull::new_unchecked(p) });
         }
     }
-    alloc_other(size, align, false)
+    alloc_slow(size, align, false)
 }
 
 /// The fast path of [`alloc`] alone, for callers that keep their slow path a tail call: a
 /// block of `size` bytes (at the default alignment) when the calling thread has one at hand,
-/// else null (then call [`alloc`]).
+/// else null (then call [`alloc_slow`], which does not try the fast path again).
 #[inline(always)]
-pub fn try_alloc_fast(size: usize) -> *mut u8 {
+pub fn alloc_fast(size: usize) -> *mut u8 {
     if size <= SMALL_TABLE_MAX {
-        return heap::try_alloc_small(class_of_table(size));
+        // SAFETY: the table's classes are below NUM_CLASSES.
+        return unsafe { heap::alloc_fast(class_of_table(size)) };
     }
     ptr::null_mut()
 }
@@ -44,21 +46,23 @@ pub fn try_alloc_fast(size: usize) -> *mut u8 {
 /// Allocates `size` zeroed bytes aligned to `align`.
 #[inline]
 pub fn alloc_zeroed(size: usize, align: usize) -> Option<NonNull<u8>> {
-    alloc_other(size, align, true)
+    alloc_slow(size, align, true)
 }
 
 /// Everything but the fast path's pop: the other small sizes, aligned small blocks, large
-/// ones, zeroed blocks of any kind, a thread's first allocation, and the allocations the
-/// thread's countdown picks for the guard modes and redzones.
+/// ones, zeroed blocks of any kind (`zero`), a thread's first allocation, and the
+/// allocations the thread's countdown picks for the guard modes and redzones. `align` is a
+/// power of two; `None` when memory is exhausted or the request impossible.
 #[inline(never)]
-fn alloc_other(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
+pub fn alloc_slow(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
     if heap::sample_tick() {
         if let Some(p) = alloc_checked(size, align, zero) {
             return Some(p);
         }
     }
     if size <= SMALL_MAX && align <= MIN_ALIGN {
-        let p = NonNull::new(heap::alloc_small(class_of(size)))?;
+        // SAFETY: class_of gives a class below NUM_CLASSES.
+        let p = NonNull::new(unsafe { heap::alloc_small(class_of(size)) })?;
         if zero {
             // SAFETY: the block holds at least `size` bytes.
             unsafe { ptr::write_bytes(p.as_ptr(), 0, size) };
@@ -69,7 +73,8 @@ fn alloc_other(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
         return None;
     }
     if let Some(class) = class_of_aligned(size, align) {
-        let p = NonNull::new(heap::alloc_small(class))?;
+        // SAFETY: class_of_aligned gives a class below NUM_CLASSES.
+        let p = NonNull::new(unsafe { heap::alloc_small(class) })?;
         if zero {
             // SAFETY: the block holds at least `size` bytes.
             unsafe { ptr::write_bytes(p.as_ptr(), 0, size) };
@@ -97,7 +102,8 @@ fn alloc_checked(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
     }
     crate::check::redzone::class_for(size, align)
         .and_then(|class| {
-            let b = NonNull::new(heap::alloc_small(class))?;
+            // SAFETY: class_for gives a class below NUM_CLASSES.
+            let b = NonNull::new(unsafe { heap::alloc_small(class) })?;
             // SAFETY: a block of `class` just handed out by this thread's heap, whose spans
             // carry redzones while the option is on (it was, above).
             unsafe { crate::check::redzone::prepare(b, class, size, zero) };
@@ -164,27 +170,23 @@ pub unsafe fn realloc(
         return None;
     }
     // SAFETY: per the contract.
-    let usable = match unsafe { heap::classify(p.as_ptr()) } {
-        Block::Small(span) if heap::has_redzones(span) => {
-            // Always moves: the new block gets a fresh canary, the old one is checked.
-            // SAFETY: a carved block of a marked span (the caller's live block).
-            unsafe {
-                crate::check::redzone::check_live(
-                    p.as_ptr() as usize,
-                    span.block_size as usize,
-                    "realloc",
-                )
-            }
-        }
-        Block::Guarded(size) => size,
-        Block::Small(span) => {
+    let usable = match heap::lookup_owned(p.as_ptr(), "realloc") {
+        Block::Small(s) => {
+            // SAFETY: the lookup found `p` to be a carved block of the live slab `s`.
+            let span = unsafe { s.as_ref() };
             let size = span.block_size as usize;
-            // Keep the block while the new size fits and wastes at most half of it.
-            if new_size <= size && (size <= 64 || new_size >= size / 2) {
+            if heap::has_redzones(span) {
+                // Always moves: the new block gets a fresh canary, the old one is checked.
+                // SAFETY: a carved block of a marked span (the caller's live block).
+                unsafe { crate::check::redzone::check_live(p.as_ptr() as usize, size, "realloc") }
+            } else if new_size <= size && (size <= 64 || new_size >= size / 2) {
+                // Keep the block while the new size fits and wastes at most half of it.
                 return Some(p);
+            } else {
+                size
             }
-            size
         }
+        Block::Guarded => crate::check::guard::size_of_live(p.as_ptr() as usize, "realloc"),
         Block::Large(s) => {
             // SAFETY: `s` is the caller's live run.
             let cap = large::run_capacity(unsafe { s.as_ref() });
@@ -206,6 +208,7 @@ pub unsafe fn realloc(
             }
             len
         }
+        Block::Invalid(_) => unreachable!("lookup_owned reports invalid pointers"),
     };
     let q = alloc(new_size, align)?;
     let n = old_size.unwrap_or(usable).min(usable).min(new_size);

@@ -46,18 +46,18 @@ fn einval() -> *mut c_void {
 /// `malloc(3)`: `size` bytes, 16-byte aligned; `malloc(0)` is a unique 16-byte block.
 #[no_mangle]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
-    let p = api::try_alloc_fast(size);
+    let p = api::alloc_fast(size);
     if !p.is_null() {
         return p.cast();
     }
     malloc_slow(size)
 }
 
-/// Everything `malloc` cannot do from the thread's free list; a tail call, so the fast path
-/// needs no stack frame.
+/// Everything `malloc` cannot do from the thread's free list (without trying the fast path
+/// again); a tail call, so the fast path needs no stack frame.
 #[inline(never)]
 fn malloc_slow(size: usize) -> *mut c_void {
-    or_enomem(api::alloc(size, MIN_ALIGN))
+    or_enomem(api::alloc_slow(size, MIN_ALIGN, false))
 }
 
 /// `free(3)`. `free(NULL)` does nothing; `errno` is preserved.

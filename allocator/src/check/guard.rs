@@ -24,7 +24,7 @@
 //!   a stack walk per allocation and free.
 //! - `sample` (production): one allocation in `RAMPART_GUARD_SAMPLE`, of at most
 //!   [`SAMPLE_MAX_SIZE`] bytes, from a pool of 64 MiB; the others take the normal fast path,
-//!   where the sampling is one counter decrement (`heap::try_alloc_small`).
+//!   where the sampling is one counter decrement (`heap::alloc_fast`).
 //!
 //! Guard pages are installed with `MADV_GUARD_INSTALL` where the kernel has it (no new VMA),
 //! else with `mprotect`, which splits the pool's mapping at every guard. The pool counts the

@@ -1,14 +1,19 @@
 //! Thread-local heaps: the malloc and free paths of small blocks.
 //!
 //! ```text
-//! alloc_small(class)                       free(p)
-//!   └ alloc_fast: pop current span's list    └ free_fast: page map → span; owner == me?
-//!       └ alloc_slow (#[cold])                    push on span's list; used -= 1
-//!           ├ thread_init (first call)            └ free_slow (#[cold])
-//!           ├ collect_remote                          ├ other owner → remote_push (1 CAS)
-//!           ├ carve never-used blocks                 ├ span full/empty → span_attention
-//!           ├ next span of the partial list           ├ large run / huge → large
-//!           └ new span from the page layer            └ anything else → invalid-free report
+//! alloc_fast(class)   (api::alloc, ffi malloc)   free(p) / free_sized(p, n)
+//!   pop the current span's list; null when         └ free_fast: MAP.span_of(p); owner == me,
+//!   empty or the sampling countdown is due             on a block boundary, not the list head?
+//! alloc_small(class)  (aligned, redzone, slow)         push on the span's list; used -= 1
+//!   └ pop, else alloc_slow (#[cold])                   └ span_attention: span full / empty
+//!       ├ thread_init (first call: options,        └ free_slow (#[cold]): lookup(p) →
+//!       │   heap from the registry, fork and           ├ Small, another owner → remote_push
+//!       │   exit hooks)                                ├ Small with redzones → check, free
+//!       ├ alloc_while_exiting                          ├ Large → large::free_run
+//!       └ alloc_from: collect_remote, carve,           ├ Huge → large::free_huge
+//!           partial list, take_over_abandoned,         ├ Guarded → check::guard::free
+//!           a new span from the page layer             └ Invalid → report, abort
+//! lookup(p): the one classification of a pointer (free_slow, usable_size, api::realloc)
 //! ```
 //!
 //! A heap belongs to one thread, which alone touches its lists and its spans' local free
@@ -33,7 +38,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::large;
 use crate::os;
-use crate::pages::{Chunk, Owner, PageMap, Span, SpanList, State, MAP, PAGES, PAGES_PER_CHUNK};
+use crate::pages::{Owner, Span, SpanList, State, MAP, PAGES};
 use crate::size_class::{span_order, NUM_CLASSES};
 use crate::slab::{self, CURRENT_REF, FULL_MARK};
 use crate::util::{fatal, FutexLock};
@@ -84,11 +89,24 @@ impl ThreadCounters {
     };
 }
 
-/// A thread's heap.
+/// A thread's heap. The fields the fast paths touch come first (the sampling countdown, the
+/// current spans, the block counters), so they share the first cache lines.
+///
+/// Invariants (checked by [`validate_current_thread`]), for every class `c`:
+/// - `current[c]` is the sentinel [`EMPTY_SPAN`], or a slab of class `c` whose owner is this
+///   heap, with `used == out + CURRENT_REF`, where `out` is its carved blocks less those on
+///   its free list (the slab invariant, `slab::validate`);
+/// - every span of `partial[c]` is a slab owned by this heap with `0 < used == out`;
+/// - every span of `full[c]` is owned by this heap and carries [`FULL_MARK`] (`used < 0`).
 #[repr(C)]
 pub struct Heap {
+    /// Allocations until the next one leaves the fast path to be guarded (or given a
+    /// redzone); `usize::MAX` when nothing is sampled (see `guard::next_interval`).
+    sample_left: usize,
     /// The span each class allocates from ([`EMPTY_SPAN`] when none).
     current: [*mut Span; NUM_CLASSES],
+    /// This heap's block counts (written by its thread only).
+    counters: ThreadCounters,
     /// Spans with free blocks, other than the current one.
     partial: [SpanList; NUM_CLASSES],
     /// Spans with no free block (marked with `FULL_MARK`), so that a thread taking over an
@@ -100,11 +118,6 @@ pub struct Heap {
     next_abandoned: *mut Heap,
     /// Next heap in the list of every heap ever made (for statistics).
     next_all: *mut Heap,
-    /// This heap's block counts (written by its thread only).
-    counters: ThreadCounters,
-    /// Allocations until the next one leaves the fast path to be guarded (or given a
-    /// redzone); `usize::MAX` when nothing is sampled (see `guard::next_interval`).
-    sample_left: usize,
     /// 1 if this heap's blocks carry redzones (`RAMPART_REDZONE` was on when the heap was
     /// made), else 0: the bit its spans' owner words carry (see [`owner_word`]). Fixed for
     /// the heap's life, so a span's mark always matches how its blocks were allocated.
@@ -115,14 +128,14 @@ impl Heap {
     /// A heap with no spans and zero counts.
     const fn new() -> Heap {
         Heap {
+            sample_left: usize::MAX,
             current: [EMPTY_SPAN_PTR; NUM_CLASSES],
+            counters: ThreadCounters::ZERO,
             partial: [const { SpanList::new() }; NUM_CLASSES],
             full: [const { SpanList::new() }; NUM_CLASSES],
             remote: AtomicUsize::new(0),
             next_abandoned: ptr::null_mut(),
             next_all: ptr::null_mut(),
-            counters: ThreadCounters::ZERO,
-            sample_left: usize::MAX,
             redzone: 0,
         }
     }
@@ -214,8 +227,11 @@ const HEAP_BLOCK: usize = 64 * 1024;
 /// allocation is due to be sampled (the countdown reached zero; the caller's slow path then
 /// calls [`sample_tick`]). The sampling costs one decrement. Lets a C entry point keep its
 /// slow path a tail call.
+///
+/// # Safety
+/// `class < NUM_CLASSES` (it indexes the heap's arrays unchecked).
 #[inline(always)]
-pub fn try_alloc_small(class: usize) -> *mut u8 {
+pub unsafe fn alloc_fast(class: usize) -> *mut u8 {
     let heap = current_heap();
     // SAFETY: `heap` is this thread's heap or the sentinel; `current` always holds a valid span.
     unsafe {
@@ -246,7 +262,7 @@ unsafe fn pop_counted(heap: *mut Heap, s: *mut Span, class: usize) -> *mut u8 {
     }
 }
 
-/// Counts an allocation that did not come through [`try_alloc_small`]'s pop, and says
+/// Counts an allocation that did not come through [`alloc_fast`]'s pop, and says
 /// whether it is the one to sample (guard, or give a redzone). Resets the countdown then.
 pub fn sample_tick() -> bool {
     let heap = current_heap();
@@ -276,9 +292,12 @@ pub fn sample_tick() -> bool {
 }
 
 /// Allocates a block of `class` (without counting it towards sampling), or returns null when
-/// memory is exhausted.
+/// memory is exhausted: the fast path's pop, else [`alloc_slow`].
+///
+/// # Safety
+/// `class < NUM_CLASSES` (it indexes the heap's arrays unchecked).
 #[inline(always)]
-pub fn alloc_small(class: usize) -> *mut u8 {
+pub unsafe fn alloc_small(class: usize) -> *mut u8 {
     let heap = current_heap();
     // SAFETY: `heap` is this thread's heap or the sentinel; `current` always holds a valid
     // span, and a sentinel's lists are empty (so it is never written).
@@ -291,6 +310,12 @@ pub fn alloc_small(class: usize) -> *mut u8 {
     }
 }
 
+/// The allocation slow path: sets the thread's heap up on its first call, serves threads
+/// past their clean-up, and otherwise takes the block from the heap's spans
+/// ([`alloc_from`]).
+///
+/// # Safety
+/// `heap` is the calling thread's current heap (or a sentinel), `class < NUM_CLASSES`.
 #[cold]
 #[inline(never)]
 unsafe fn alloc_slow(mut heap: *mut Heap, class: usize) -> *mut u8 {
@@ -385,18 +410,6 @@ fn pop(span: &mut Span) -> *mut u8 {
     b
 }
 
-/// The span holding `p`, if `p` is in a chunk (any state; the caller checks).
-///
-/// # Safety
-/// `chunk_entry` is `MAP.entry(p)` and odd.
-#[inline(always)]
-unsafe fn span_in_chunk(chunk_entry: usize, p: usize) -> *mut Span {
-    let chunk = (chunk_entry - 1) as *mut Chunk;
-    let idx = (p >> 12) & (PAGES_PER_CHUNK - 1);
-    // SAFETY: the entry names a live chunk and idx is in range.
-    unsafe { *(*chunk).run.get_unchecked(idx) }
-}
-
 /// Frees any block rampart returned (small, large or huge). A pointer rampart never returned
 /// is reported as an invalid free and the process aborts.
 ///
@@ -406,7 +419,7 @@ unsafe fn span_in_chunk(chunk_entry: usize, p: usize) -> *mut Span {
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
     // SAFETY: per the contract; a claimed size of 0 fits every block (the check folds away).
-    unsafe { free_claimed(p, 0) }
+    unsafe { free_fast(p, 0) }
 }
 
 /// Frees a block whose caller says it holds `size` bytes (a sized free: C23 `free_sized`,
@@ -418,15 +431,19 @@ pub unsafe fn free(p: *mut u8) {
 #[inline(always)]
 pub unsafe fn free_sized(p: *mut u8, size: usize) {
     // SAFETY: per the contract.
-    unsafe { free_claimed(p, size) }
+    unsafe { free_fast(p, size) }
 }
 
+/// The free fast path: a block of a span the calling thread owns goes back on the span's
+/// list; everything else (and every doubt) goes to [`free_slow`]. `claimed` is the size a
+/// sized free names (0 for a plain free).
+///
+/// # Safety
+/// As for [`free`].
 #[inline(always)]
-unsafe fn free_claimed(p: *mut u8, claimed: usize) {
-    let entry = MAP.entry(p as usize);
-    if entry & 1 != 0 {
-        // SAFETY: the entry is a chunk's.
-        let s = unsafe { span_in_chunk(entry, p as usize) };
+unsafe fn free_fast(p: *mut u8, claimed: usize) {
+    if let Some(s) = MAP.span_of(p as usize) {
+        let s = s.as_ptr();
         let heap = current_heap();
         // SAFETY: `s` is a descriptor of a live chunk.
         let span = unsafe { &mut *s };
@@ -443,11 +460,9 @@ unsafe fn free_claimed(p: *mut u8, claimed: usize) {
             // the boundary test makes `p` one of its blocks.
             return unsafe { free_local(heap, s, p) };
         }
-        // SAFETY: as above.
-        return unsafe { free_slow_chunk(s, p, claimed) };
     }
     // SAFETY: per the contract.
-    unsafe { free_slow_other(p, entry, claimed) }
+    unsafe { free_slow(p, claimed) }
 }
 
 /// Pushes a block onto its span's local free list.
@@ -492,13 +507,19 @@ pub fn has_redzones(span: &Span) -> bool {
     span.owner.load(Ordering::Relaxed) & 1 != 0
 }
 
+/// Everything the free fast path leaves: blocks of other threads' spans (a remote push),
+/// blocks with redzones, large runs, huge and guarded blocks, and every invalid free
+/// (reported, then abort).
+///
+/// # Safety
+/// As for [`free`].
 #[cold]
 #[inline(never)]
-unsafe fn free_slow_chunk(s: *mut Span, p: *mut u8, claimed: usize) {
-    // SAFETY: `s` is a descriptor of a live chunk.
-    let span = unsafe { &*s };
-    match span.state {
-        State::Slab if slab::is_block_start(span, p as usize) => {
+unsafe fn free_slow(p: *mut u8, claimed: usize) {
+    match lookup(p) {
+        Block::Small(s) => {
+            // SAFETY: the lookup found `p` to be a carved block of the live slab `s`.
+            let span = unsafe { s.as_ref() };
             let word = span.owner.load(Ordering::Relaxed);
             let owner = owner_heap(word);
             if word & 1 != 0 {
@@ -509,7 +530,7 @@ unsafe fn free_slow_chunk(s: *mut Span, p: *mut u8, claimed: usize) {
                 };
                 if owner == current_heap() {
                     // SAFETY: our own span's block, checked not to be free already.
-                    return unsafe { free_local(owner, s, p) };
+                    return unsafe { free_local(owner, s.as_ptr(), p) };
                 }
             } else {
                 if claimed > span.block_size as usize {
@@ -529,37 +550,25 @@ unsafe fn free_slow_chunk(s: *mut Span, p: *mut u8, claimed: usize) {
             // SAFETY: a slab's owner heap lives for ever (heaps are recycled, never unmapped).
             unsafe { remote_push(owner, p) };
         }
-        State::Large if span.addr == p as usize => {
-            if claimed > large::run_capacity(span) {
+        Block::Large(s) => {
+            // SAFETY: the lookup found `p` to be the start of the live large run `s`.
+            if claimed > large::run_capacity(unsafe { s.as_ref() }) {
                 size_mismatch(p);
             }
-            // SAFETY: `p` is the start of a live large run.
-            unsafe { large::free_run(NonNull::new_unchecked(s)) };
+            // SAFETY: as above; the caller gives the block up.
+            unsafe { large::free_run(s) };
         }
-        _ => invalid_free(p, span),
-    }
-}
-
-#[cold]
-#[inline(never)]
-unsafe fn free_slow_other(p: *mut u8, entry: usize, claimed: usize) {
-    if crate::check::guard::contains(p as usize) {
-        // SAFETY: the pointer is in the guard pool.
-        return unsafe { crate::check::guard::free(p as usize, claimed) };
-    }
-    match PageMap::decode(entry) {
-        // SAFETY: the map names a live huge block; the check confirms `p` is its start.
-        Owner::Huge(h) if unsafe { (*h).base } == p as usize => unsafe {
-            if claimed > (*h).len {
+        Block::Huge(h) => {
+            // SAFETY: the lookup found `p` to be the start of the live huge block `h`.
+            if claimed > unsafe { h.as_ref().len } {
                 size_mismatch(p);
             }
-            large::free_huge(NonNull::new_unchecked(h))
-        },
-        _ => fatal(
-            "invalid-free",
-            "free of a pointer rampart did not allocate",
-            p as usize,
-        ),
+            // SAFETY: as above; the caller gives the block up.
+            unsafe { large::free_huge(h) };
+        }
+        // SAFETY: the pointer is in the guard pool (the lookup asked it).
+        Block::Guarded => unsafe { crate::check::guard::free(p as usize, claimed) },
+        Block::Invalid(why) => invalid(p, "free", why),
     }
 }
 
@@ -572,20 +581,23 @@ fn size_mismatch(p: *mut u8) -> ! {
     )
 }
 
+/// Reports a pointer that is no block of ours, handed to `call` (`free`, `realloc`, a size
+/// query), and aborts.
 #[cold]
-fn invalid_free(p: *mut u8, span: &Span) -> ! {
-    if matches!(span.state, State::Free | State::Purging) {
-        fatal(
-            "invalid-free",
-            "free of a pointer into free pages (double free?)",
-            p as usize,
-        )
-    }
-    fatal(
-        "invalid-free",
-        "free of a pointer that is not the start of a block",
-        p as usize,
-    )
+fn invalid(p: *mut u8, call: &str, why: Invalid) -> ! {
+    let mut line = crate::util::Line::new();
+    line.str("rampart: invalid-free: ")
+        .str(call)
+        .str(" of a pointer ")
+        .str(match why {
+            Invalid::FreePages => "into free pages (double free?)",
+            Invalid::Interior => "that is not the start of a block",
+            Invalid::Foreign => "rampart did not allocate",
+        })
+        .str(" at ")
+        .hex(p as u64);
+    line.emit();
+    os::abort()
 }
 
 /// Frees counted for threads that have no heap (not set up yet, or exiting); several such
@@ -696,11 +708,10 @@ unsafe fn collect_remote(h: &mut Heap) {
         // SAFETY: remote blocks are blocks of this heap's spans, linked through their first word.
         unsafe {
             let next = *(b as *const usize);
-            let entry = MAP.entry(b);
-            if entry & 1 == 0 {
+            let Some(s) = MAP.span_of(b) else {
                 fatal("internal-error", "remote block outside any chunk", b);
-            }
-            let s = span_in_chunk(entry, b);
+            };
+            let s = s.as_ptr();
             let span = &mut *s;
             let owner = owner_heap(span.owner.load(Ordering::Relaxed));
             if !ptr::eq(owner, h) {
@@ -977,88 +988,94 @@ unsafe fn abandon(h: &mut Heap) {
 /// # Safety
 /// `p` is non-null.
 pub unsafe fn usable_size(p: *mut u8) -> usize {
-    let entry = MAP.entry(p as usize);
-    if entry & 1 != 0 {
-        // SAFETY: the entry is a chunk's.
-        let span = unsafe { &*span_in_chunk(entry, p as usize) };
-        match span.state {
-            State::Slab if slab::is_block_start(span, p as usize) => {
-                if has_redzones(span) {
-                    // SAFETY: a carved block of a marked span.
-                    return unsafe {
-                        crate::check::redzone::check_live(
-                            p as usize,
-                            span.block_size as usize,
-                            "size query",
-                        )
-                    };
-                }
-                return span.block_size as usize;
+    match lookup(p) {
+        Block::Small(s) => {
+            // SAFETY: the lookup found `p` to be a carved block of the live slab `s`.
+            let span = unsafe { s.as_ref() };
+            if has_redzones(span) {
+                // SAFETY: a carved block of a marked span.
+                return unsafe {
+                    crate::check::redzone::check_live(
+                        p as usize,
+                        span.block_size as usize,
+                        "size query",
+                    )
+                };
             }
-            State::Large if span.addr == p as usize => return large::run_capacity(span),
-            _ => invalid_free(p, span),
+            span.block_size as usize
         }
-    }
-    if crate::check::guard::contains(p as usize) {
-        return crate::check::guard::size_of_live(p as usize, "size query");
-    }
-    match PageMap::decode(entry) {
-        // SAFETY: the map names a live huge block.
-        Owner::Huge(h) if unsafe { (*h).base } == p as usize => unsafe { (*h).len },
-        _ => fatal(
-            "invalid-free",
-            "size query of a pointer rampart did not allocate",
-            p as usize,
-        ),
+        // SAFETY: the lookup found `p` to be the start of the live large run `s`.
+        Block::Large(s) => large::run_capacity(unsafe { s.as_ref() }),
+        // SAFETY: the lookup found `p` to be the start of the live huge block `h`.
+        Block::Huge(h) => unsafe { h.as_ref().len },
+        Block::Guarded => crate::check::guard::size_of_live(p as usize, "size query"),
+        Block::Invalid(why) => invalid(p, "size query", why),
     }
 }
 
-/// What the page map says about a block: for `realloc` and other callers above.
-pub enum Block<'a> {
-    /// A small block of the given size class.
-    Small(&'a Span),
-    /// A large run.
+/// What an address is: the answer of [`lookup`].
+#[derive(Clone, Copy, Debug)]
+pub enum Block {
+    /// A carved block of a slab span (live, or free in its span's list: the lookup does not
+    /// tell, the free and redzone checks do).
+    Small(NonNull<Span>),
+    /// The start of a large run.
     Large(NonNull<Span>),
-    /// A huge mapping.
+    /// The start of a huge mapping.
     Huge(NonNull<crate::pages::Huge>),
-    /// A guarded block of this many bytes.
-    Guarded(usize),
+    /// An address in the guard pool (the pool tells which block, if any).
+    Guarded,
+    /// No block of ours starts here.
+    Invalid(Invalid),
 }
 
-/// Classifies a block rampart returned; reports and aborts on any other pointer.
-///
-/// # Safety
-/// `p` is non-null.
-pub unsafe fn classify<'a>(p: *mut u8) -> Block<'a> {
-    let entry = MAP.entry(p as usize);
-    if entry & 1 != 0 {
-        // SAFETY: the entry is a chunk's.
-        let s = unsafe { span_in_chunk(entry, p as usize) };
-        // SAFETY: a live chunk's descriptor.
-        let span = unsafe { &*s };
+/// Why an address is no block (see [`Block::Invalid`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalid {
+    /// In free pages of a chunk: most likely a block freed before (its run went back).
+    FreePages,
+    /// Inside a block or run of ours, but not at its start.
+    Interior,
+    /// In no memory of ours.
+    Foreign,
+}
+
+/// The one lookup of a pointer: what `p` is, for free (past its fast path), realloc, the size
+/// queries and the error reports alike. Two loads for a chunk address (the page map, then the
+/// page's run descriptor), plus the span's own bounds; the guard pool and huge mappings are
+/// asked only for addresses outside chunks. Any address may be passed: none is dereferenced,
+/// only the page layer's metadata is read.
+pub fn lookup(p: *mut u8) -> Block {
+    if let Some(nn) = MAP.span_of(p as usize) {
+        // SAFETY: the page map names only live chunks, whose descriptors stay mapped.
+        let span = unsafe { nn.as_ref() };
         return match span.state {
-            State::Slab if slab::is_block_start(span, p as usize) => Block::Small(span),
-            State::Large if span.addr == p as usize => {
-                // SAFETY: a descriptor's address is non-null.
-                Block::Large(unsafe { NonNull::new_unchecked(s) })
-            }
-            _ => invalid_free(p, span),
+            State::Slab if slab::is_block_start(span, p as usize) => Block::Small(nn),
+            State::Large if span.addr == p as usize => Block::Large(nn),
+            State::Free | State::Purging => Block::Invalid(Invalid::FreePages),
+            _ => Block::Invalid(Invalid::Interior),
         };
     }
     if crate::check::guard::contains(p as usize) {
-        return Block::Guarded(crate::check::guard::size_of_live(p as usize, "realloc"));
+        return Block::Guarded;
     }
-    match PageMap::decode(entry) {
-        // SAFETY: the map names a live huge block.
+    match MAP.lookup(p as usize) {
+        // SAFETY: the map names a live huge descriptor.
         Owner::Huge(h) if unsafe { (*h).base } == p as usize => {
             // SAFETY: non-null.
             Block::Huge(unsafe { NonNull::new_unchecked(h) })
         }
-        _ => fatal(
-            "invalid-free",
-            "realloc of a pointer rampart did not allocate",
-            p as usize,
-        ),
+        Owner::Huge(_) => Block::Invalid(Invalid::Interior),
+        _ => Block::Invalid(Invalid::Foreign),
+    }
+}
+
+/// [`lookup`] for a block its caller says it owns (`realloc`): reports and aborts on a
+/// pointer that is no block of ours, naming `call`.
+pub fn lookup_owned(p: *mut u8, call: &str) -> Block {
+    match lookup(p) {
+        Block::Invalid(why) => invalid(p, call, why),
+        b => b,
     }
 }
 

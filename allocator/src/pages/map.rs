@@ -2,9 +2,10 @@
 //! mapping that owns it, read without a lock by every free.
 
 use core::mem::size_of;
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
-use super::{Chunk, Huge, PageSource, CHUNK_SHIFT};
+use super::{Chunk, Huge, PageSource, Span, CHUNK_SHIFT, PAGES_PER_CHUNK};
 
 /// What the page map holds for an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +78,23 @@ impl PageMap {
         } else {
             Owner::None
         }
+    }
+
+    /// The run descriptor of the chunk page holding `addr` (in any state: the caller looks
+    /// at it), or `None` when `addr` is in no chunk. Two loads and a tag test: the free fast
+    /// path's lookup.
+    #[inline(always)]
+    pub fn span_of(&self, addr: usize) -> Option<NonNull<Span>> {
+        let entry = self.entry(addr);
+        if entry & TAG_CHUNK == 0 {
+            return None;
+        }
+        let chunk = (entry - TAG_CHUNK) as *const Chunk;
+        let idx = (addr >> 12) & (PAGES_PER_CHUNK - 1);
+        // SAFETY: the entry names a live chunk's metadata (set up before the chunk entered
+        // the map), idx is masked to its pages, and no page's run pointer is ever null (a
+        // run's descriptor, or the vacant sentinel).
+        Some(unsafe { NonNull::new_unchecked(*(*chunk).run.get_unchecked(idx)) })
     }
 
     /// The owner of `addr`.

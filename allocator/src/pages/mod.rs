@@ -555,6 +555,17 @@ impl<S: PageSource> Pages<S> {
             return false;
         };
         let base = base.as_ptr() as usize;
+        // The descriptors first: once the map names the chunk, a lookup of any of its
+        // addresses (even a wild pointer's) must find a run pointer that is not null.
+        // SAFETY: meta is zeroed metadata we own.
+        unsafe {
+            (*meta).base = base;
+            (*meta).free_pages = 0;
+            for (i, s) in (*meta).spans.iter_mut().enumerate() {
+                s.addr = base + i * PAGE_SIZE;
+            }
+            (*meta).run = [VACANT_PTR; PAGES_PER_CHUNK];
+        }
         if !self
             .map
             .set(&self.source, base, CHUNK_SIZE, meta as usize | TAG_CHUNK)
@@ -567,14 +578,8 @@ impl<S: PageSource> Pages<S> {
             self.recycle_meta(meta);
             return false;
         }
-        // SAFETY: meta is zeroed metadata we own.
+        // SAFETY: meta is live metadata we own, now in the map.
         unsafe {
-            (*meta).base = base;
-            (*meta).free_pages = 0;
-            for (i, s) in (*meta).spans.iter_mut().enumerate() {
-                s.addr = base + i * PAGE_SIZE;
-            }
-            (*meta).run = [VACANT_PTR; PAGES_PER_CHUNK];
             self.push_free(meta, 0, CHUNK_ORDER);
             (*meta).next_chunk = self.all;
             if !self.all.is_null() {
