@@ -200,16 +200,27 @@ fn trim_decommits_free_pages_and_drops_the_spare() {
     p.validate();
 }
 
-#[test]
-fn free_pages_are_purged_after_the_delay_only() {
-    let delay = crate::config::purge_delay_ms();
+/// A page layer of at most two chunks with one page kept and `count` runs of `npages` after
+/// it, and the runs' addresses.
+#[allow(clippy::type_complexity)]
+fn kept_page_and_runs(
+    count: usize,
+    npages: usize,
+) -> (Pages<FakeSource>, NonNull<Span>, Vec<NonNull<Span>>, Vec<usize>) {
     let mut p = Pages::new(FakeSource::new(2), fake_map());
     let keep = p.alloc_run(1, 0, State::Large).unwrap();
-    let runs: Vec<_> = (0..8)
-        .map(|_| p.alloc_run(16, 0, State::Large).unwrap())
+    let runs: Vec<_> = (0..count)
+        .map(|_| p.alloc_run(npages, 0, State::Large).unwrap())
         .collect();
     // SAFETY: live runs.
     let addrs: Vec<usize> = runs.iter().map(|s| unsafe { s.as_ref().addr }).collect();
+    (p, keep, runs, addrs)
+}
+
+#[test]
+fn free_pages_are_purged_after_the_delay_only() {
+    let delay = crate::config::purge_delay_ms();
+    let (mut p, keep, runs, addrs) = kept_page_and_runs(8, 16);
     for (s, &a) in runs.into_iter().zip(&addrs) {
         // SAFETY: live run; dirty it, then free it.
         unsafe {
@@ -302,13 +313,7 @@ fn purge_work_is_linear_in_the_frees_not_in_the_heap() {
 #[test]
 fn blocks_out_for_purging_are_not_handed_out_and_come_back_merged() {
     let delay = crate::config::purge_delay_ms().max(1);
-    let mut p = Pages::new(FakeSource::new(2), fake_map());
-    let keep = p.alloc_run(1, 0, State::Large).unwrap();
-    let runs: Vec<_> = (0..16)
-        .map(|_| p.alloc_run(32, 0, State::Large).unwrap())
-        .collect();
-    // SAFETY: live runs.
-    let addrs: Vec<usize> = runs.iter().map(|s| unsafe { s.as_ref().addr }).collect();
+    let (mut p, keep, runs, addrs) = kept_page_and_runs(16, 32);
     for s in runs.iter().step_by(2) {
         // SAFETY: live run, freed once.
         unsafe { p.free_run(*s) };
