@@ -252,5 +252,5 @@ fn main() {
     );
     println!("elapsed: {:.2?}", start.elapsed());
     #[cfg(not(feature = "system-allocator"))]
-    println!("rampart pages: {:?}", rampart::pages::PAGES.lock().usage());
+    println!("rampart pages: {:?}", rampart::internals::page_usage());
 }

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use c_support::{build_dir, clear_rampart_env, gcc, include_dir, preloaded, profile_dir, run};
-use rampart::pages::{PAGES, PAGES_PER_CHUNK};
+use rampart::internals::PAGES_PER_CHUNK;
 
 #[global_allocator]
 static GLOBAL: rampart::Rampart = rampart::Rampart;
@@ -415,10 +415,7 @@ fn map_of_this_process_matches_the_page_layer() {
     // Under the page lock: the usage walk and the map see the same heap. Nothing between
     // lock and unlock allocates.
     let start = Instant::now();
-    let (usage, written) = {
-        let pages = PAGES.lock();
-        (pages.usage(), rampart::heapmap::write_map(&pages, fd))
-    };
+    let (usage, written) = rampart::internals::write_fd_with_usage(fd);
     let took = start.elapsed();
     drop(file);
     let totals = written.expect("the map is written");

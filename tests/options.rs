@@ -75,7 +75,7 @@ fn bad_values_warn_once_and_keep_the_default() {
     let line = options_line(&out);
     let default = format!(
         "RAMPART_PURGE_DELAY_MS={}",
-        rampart::config::DEFAULT_PURGE_DELAY_MS
+        rampart::internals::DEFAULT_PURGE_DELAY_MS
     );
     assert!(line.contains(&default), "{line}");
     assert!(line.contains("RAMPART_HUGEPAGE=0"), "{line}");
@@ -95,7 +95,7 @@ fn out_of_range_delay_keeps_the_default() {
     let out = run_with(&[("RAMPART_PURGE_DELAY_MS", "99999999")]);
     let default = format!(
         "RAMPART_PURGE_DELAY_MS={}",
-        rampart::config::DEFAULT_PURGE_DELAY_MS
+        rampart::internals::DEFAULT_PURGE_DELAY_MS
     );
     assert!(options_line(&out).contains(&default));
     assert_warned_once(&out, "RAMPART_PURGE_DELAY_MS", "bad value");
@@ -140,7 +140,7 @@ fn bad_guard_values_warn_once_and_keep_the_default() {
     let line = options_line(&out);
     let default_sample = format!(
         "RAMPART_GUARD_SAMPLE={}",
-        rampart::config::DEFAULT_GUARD_SAMPLE
+        rampart::internals::DEFAULT_GUARD_SAMPLE
     );
     for want in [
         "RAMPART_GUARD=off",

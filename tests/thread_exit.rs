@@ -41,7 +41,7 @@ fn allocation_in_late_destructors_does_not_strand_heaps() {
     let rc = unsafe { libc::pthread_key_create(&mut key, Some(allocating_dtor)) };
     assert_eq!(rc, 0);
     KEY.store(key as usize, Ordering::Relaxed);
-    let before = rampart::heap::registry_counts();
+    let before = rampart::internals::registry_counts();
     for _ in 0..200 {
         std::thread::spawn(move || {
             let v: Vec<u64> = (0..1000).collect();
@@ -52,7 +52,7 @@ fn allocation_in_late_destructors_does_not_strand_heaps() {
         .join()
         .unwrap();
     }
-    let after = rampart::heap::registry_counts();
+    let after = rampart::internals::registry_counts();
     assert!(
         ROUNDS.load(Ordering::Relaxed) >= 200 * 2,
         "the destructor ran in several rounds"

@@ -38,20 +38,60 @@
 
 #![warn(missing_docs)]
 
+// The layers: private to the crate. What users call is re-exported below; what the C library,
+// the test suite and the benchmarks need besides is in `internals`.
 pub mod api;
-pub mod check;
-pub mod config;
+mod check;
+mod config;
 mod global_alloc;
-pub mod heap;
-pub mod large;
-pub mod observe;
-pub mod os;
-pub mod pages;
-pub mod size_class;
-pub mod slab;
-pub mod util;
+mod heap;
+mod large;
+mod observe;
+mod os;
+mod pages;
+mod size_class;
+mod slab;
+mod util;
 
-pub use check::{guard, redzone};
 pub use global_alloc::Rampart;
 pub use observe::stats::stats;
-pub use observe::{heapmap, stats};
+
+/// The allocator's statistics: [`stats()`] returns them, [`stats::print`] writes the table
+/// `RAMPART_STATS=1` prints at exit.
+pub mod stats {
+    pub use crate::heap::HeapCounts;
+    pub use crate::observe::stats::{print, ClassStats, Stats};
+    pub use crate::os::OsCalls;
+}
+
+/// The heap map: an SVG picture of every chunk (what `RAMPART_HEAPMAP` writes at exit).
+pub mod heapmap {
+    pub use crate::observe::heapmap::{write_file, Totals};
+}
+
+/// Gives free memory back to the OS now (what `malloc_trim` does); returns the bytes given
+/// back.
+pub fn trim() -> usize {
+    api::trim()
+}
+
+/// Not part of the public API: the pieces the C library (`rampart-ffi`), the test suite and
+/// the benchmarks need. Each is safe to call as its own documentation says; nothing here is
+/// stable.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::check::guard::init_options;
+    pub use crate::config::{DEFAULT_GUARD_SAMPLE, DEFAULT_PURGE_DELAY_MS};
+    pub use crate::heap::registry_counts;
+    pub use crate::observe::heapmap::write_fd_with_usage;
+    pub use crate::observe::set_process_malloc;
+    pub use crate::observe::stats::{figures, Figures};
+    pub use crate::os::{pid, set_errno, PAGE_SIZE};
+    pub use crate::pages::{PageUsage, CHUNK_SIZE, PAGES_PER_CHUNK};
+    pub use crate::util::{checked_align_up, fatal, Line};
+
+    /// The page layer's walk now (under its lock).
+    pub fn page_usage() -> PageUsage {
+        crate::pages::PAGES.lock().usage()
+    }
+}

@@ -26,6 +26,7 @@ use core::ptr;
 use crate::os::PAGE_SIZE;
 use crate::pages::{Span, State};
 use crate::size_class::{blocks_per_span, class_size, span_order};
+use crate::util::invariant;
 
 /// Held in `used` by the heap while the span is its current span.
 pub const CURRENT_REF: i32 = 1;
@@ -130,22 +131,29 @@ pub fn is_block_start(s: &Span, p: usize) -> bool {
     off < s.bump as usize * s.block_size as usize && on_block_boundary(s, off)
 }
 
-/// Checks the slab invariant; panics on a violation.
+/// Checks the slab invariant, `used - marks == carved - on_free <= capacity` (the marks:
+/// [`CURRENT_REF`] for a heap's current span, [`FULL_MARK`] for a full one), and that a full
+/// span has nothing to hand out; reports and aborts on a violation (`util::invariant`).
 ///
 /// # Safety
 /// `s` is a live slab owned by the calling thread.
 pub unsafe fn validate(s: &Span, current: bool) {
-    assert_eq!(s.state, State::Slab);
+    invariant!(
+        s.state == State::Slab,
+        "a heap's span is not a slab",
+        s.addr
+    );
     let carved = s.bump as usize;
     let mut on_free = 0;
     let mut b = s.free;
     while !b.is_null() {
-        assert!(
+        invariant!(
             is_block_start(s, b as usize),
-            "free list entry {b:p} is not a block"
+            "free list entry is not a block",
+            b
         );
         on_free += 1;
-        assert!(on_free <= carved, "free list cycle");
+        invariant!(on_free <= carved, "free list cycle", s.addr);
         // SAFETY: b is a free block of the span; its first word is the link.
         b = unsafe { *(b as *mut *mut u8) };
     }
@@ -153,12 +161,17 @@ pub unsafe fn validate(s: &Span, current: bool) {
     let full = s.used < 0;
     let marks = if current { CURRENT_REF } else { 0 } + if full { FULL_MARK } else { 0 };
     let out = s.used - marks;
-    assert_eq!(out as usize, carved - on_free);
-    assert!(out as usize <= capacity(s));
+    invariant!(
+        out as usize == carved - on_free,
+        "span's used count",
+        s.addr
+    );
+    invariant!(out as usize <= capacity(s), "span's used count", s.addr);
     if full {
-        assert!(
+        invariant!(
             s.free.is_null() && !can_carve(s),
-            "a full span has free blocks"
+            "a full span has free blocks",
+            s.addr
         );
     }
 }

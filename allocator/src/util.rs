@@ -252,6 +252,22 @@ pub fn last_not(bytes: &[u8], want: u8) -> Option<usize> {
     chunks.remainder().iter().rposition(|&b| b != want)
 }
 
+/// Checks one invariant of a `validate` function (they run in tests and, in debug builds, at
+/// the layers' boundaries): when `$cond` is false, reports `$what` (with an address, if given)
+/// through [`fatal`] and aborts. Never a panic: that could neither unwind out of the
+/// allocator nor print without allocating, with the allocator's locks held.
+macro_rules! invariant {
+    ($cond:expr, $what:literal) => {
+        $crate::util::invariant!($cond, $what, 0)
+    };
+    ($cond:expr, $what:literal, $addr:expr) => {
+        if !$cond {
+            $crate::util::fatal("invariant-broken", $what, $addr as usize)
+        }
+    };
+}
+pub(crate) use invariant;
+
 /// Reports an impossible internal state or a detected heap corruption and aborts.
 #[cold]
 #[inline(never)]

@@ -43,7 +43,7 @@ extern "C" fn new_or_null(size: usize, align: usize) -> *mut c_void {
 }
 
 extern "C" fn no_cxx_runtime() -> ! {
-    rampart::util::fatal(
+    rampart::internals::fatal(
         "out-of-memory",
         "operator new failed and there is no C++ runtime to throw std::bad_alloc",
         0,

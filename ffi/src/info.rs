@@ -12,14 +12,15 @@
 
 use core::ffi::{c_char, c_int, c_void};
 
-use rampart::os::PAGE_SIZE;
-use rampart::stats::{figures, print as print_stats};
-use rampart::util::Line;
+use rampart::internals::figures;
+use rampart::internals::Line;
+use rampart::internals::PAGE_SIZE;
+use rampart::stats::print as print_stats;
 
 /// Reads the options (at load time).
 pub fn read_options() {
-    rampart::observe::set_process_malloc();
-    rampart::guard::init_options();
+    rampart::internals::set_process_malloc();
+    rampart::internals::init_options();
 }
 
 /// `rampart_heapmap_write`: writes the heap map (an SVG picture of every chunk, see
@@ -32,7 +33,7 @@ pub fn read_options() {
 #[no_mangle]
 pub unsafe extern "C" fn rampart_heapmap_write(path: *const c_char) -> c_int {
     if path.is_null() {
-        rampart::os::set_errno(libc::EINVAL);
+        rampart::internals::set_errno(libc::EINVAL);
         return -1;
     }
     // SAFETY: the caller passes a NUL-terminated string.
@@ -40,7 +41,7 @@ pub unsafe extern "C" fn rampart_heapmap_write(path: *const c_char) -> c_int {
     match rampart::heapmap::write_file(path) {
         Ok(_) => 0,
         Err(errno) => {
-            rampart::os::set_errno(errno);
+            rampart::internals::set_errno(errno);
             -1
         }
     }
@@ -182,7 +183,7 @@ extern "C" {
 #[no_mangle]
 pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut c_void) -> c_int {
     if options != 0 {
-        rampart::os::set_errno(libc::EINVAL);
+        rampart::internals::set_errno(libc::EINVAL);
         return -1;
     }
     let f = figures();

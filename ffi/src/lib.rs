@@ -20,7 +20,7 @@ use core::ffi::{c_int, c_void};
 use core::ptr::{self, NonNull};
 
 use rampart::api::{self, MIN_ALIGN};
-use rampart::os::{self, PAGE_SIZE};
+use rampart::internals::{set_errno, PAGE_SIZE};
 
 /// `malloc`'s result for a core result: the pointer, or null with `errno = ENOMEM`.
 #[inline(always)]
@@ -33,13 +33,13 @@ fn or_enomem(p: Option<NonNull<u8>>) -> *mut c_void {
 
 #[cold]
 fn enomem() -> *mut c_void {
-    os::set_errno(libc::ENOMEM);
+    set_errno(libc::ENOMEM);
     ptr::null_mut()
 }
 
 #[cold]
 fn einval() -> *mut c_void {
-    os::set_errno(libc::EINVAL);
+    set_errno(libc::EINVAL);
     ptr::null_mut()
 }
 
@@ -166,7 +166,7 @@ pub extern "C" fn valloc(size: usize) -> *mut c_void {
 /// page).
 #[no_mangle]
 pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
-    match rampart::util::checked_align_up(size.max(1), PAGE_SIZE) {
+    match rampart::internals::checked_align_up(size.max(1), PAGE_SIZE) {
         Some(bytes) => or_enomem(api::alloc(bytes, PAGE_SIZE)),
         None => enomem(),
     }
@@ -226,7 +226,7 @@ unsafe fn free_checked(p: *mut c_void, size: usize, align: usize) {
         return;
     };
     if align > MIN_ALIGN && block.as_ptr() as usize & (align - 1) != 0 {
-        rampart::util::fatal(
+        rampart::internals::fatal(
             "invalid-free",
             "aligned free of a block not so aligned",
             p as usize,

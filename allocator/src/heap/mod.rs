@@ -41,7 +41,7 @@ use crate::os;
 use crate::pages::{Owner, Span, SpanList, State, MAP, PAGES};
 use crate::size_class::{span_order, NUM_CLASSES};
 use crate::slab::{self, CURRENT_REF, FULL_MARK};
-use crate::util::{fatal, FutexLock};
+use crate::util::{fatal, invariant, FutexLock};
 
 /// A counter with one writer: increments are a relaxed load and store (no `lock` prefix).
 #[repr(transparent)]
@@ -951,6 +951,10 @@ unsafe fn take_over_abandoned(h: &mut Heap) -> bool {
         r.spare = old;
         r.taken_over += 1;
     }
+    if cfg!(debug_assertions) {
+        // SAFETY: the caller's own heap, with the spans it just took over.
+        unsafe { validate_heap(h) };
+    }
     true
 }
 
@@ -979,6 +983,10 @@ unsafe fn abandon(h: &mut Heap) {
                 }
             }
         }
+    }
+    if cfg!(debug_assertions) {
+        // SAFETY: the calling thread's heap, about to be parked.
+        unsafe { validate_heap(h) };
     }
 }
 
@@ -1220,43 +1228,57 @@ pub fn registry_counts() -> HeapCounts {
     }
 }
 
-/// Checks the calling thread's heap: every span in its lists and current slots satisfies the
-/// slab invariant and belongs to it. Panics on a violation (tests).
+/// Checks the calling thread's heap (see [`validate_heap`]); for tests.
+#[cfg(test)]
 pub fn validate_current_thread() {
     let heap = current_heap();
-    if heap == EMPTY_HEAP_PTR {
+    if heap == EMPTY_HEAP_PTR || heap == EXITING_HEAP_PTR {
         return;
     }
     // SAFETY: the calling thread's own heap.
+    unsafe { validate_heap(heap) };
+}
+
+/// Checks a heap's invariants (see [`Heap`]): every span in its current slots and lists
+/// satisfies the slab invariant, is of its class and belongs to it. Reports and aborts on a
+/// violation (`util::invariant`). Runs in tests and, in debug builds, where spans change
+/// hands (take-over, abandon).
+///
+/// # Safety
+/// `heap` is owned by the calling thread (its own, or one it took off the registry).
+unsafe fn validate_heap(heap: *mut Heap) {
+    // SAFETY: per the contract.
     let h = unsafe { &*heap };
+    let mine = |s: &Span| owner_heap(s.owner.load(Ordering::Relaxed)) == heap;
     for class in 0..NUM_CLASSES {
         let c = h.current[class];
         if c != EMPTY_SPAN_PTR {
-            // SAFETY: live span of this heap.
-            unsafe {
-                assert_eq!(owner_heap((*c).owner.load(Ordering::Relaxed)), heap);
-                assert_eq!((*c).class as usize, class);
-                slab::validate(&*c, true);
-            }
+            // SAFETY: a live span of this heap.
+            let span = unsafe { &*c };
+            invariant!(mine(span), "current span of another heap", span.addr);
+            invariant!(
+                span.class as usize == class,
+                "current span of another class",
+                span.addr
+            );
+            // SAFETY: as above.
+            unsafe { slab::validate(span, true) };
         }
-        let mut s = h.partial[class].head;
-        while !s.is_null() {
-            // SAFETY: live span of this heap.
-            unsafe {
-                assert_eq!(owner_heap((*s).owner.load(Ordering::Relaxed)), heap);
-                assert!((*s).used > 0);
-                slab::validate(&*s, false);
-                s = (*s).next;
-            }
-        }
-        let mut s = h.full[class].head;
-        while !s.is_null() {
-            // SAFETY: live span of this heap.
-            unsafe {
-                assert_eq!(owner_heap((*s).owner.load(Ordering::Relaxed)), heap);
-                assert!((*s).used < 0);
-                slab::validate(&*s, false);
-                s = (*s).next;
+        for (list, full) in [(&h.partial[class], false), (&h.full[class], true)] {
+            let mut s = list.head;
+            while !s.is_null() {
+                // SAFETY: a live span of this heap's lists.
+                let span = unsafe { &*s };
+                invariant!(mine(span), "listed span of another heap", span.addr);
+                invariant!((span.used < 0) == full, "span in the wrong list", span.addr);
+                invariant!(
+                    full || span.used > 0,
+                    "empty span kept in a list",
+                    span.addr
+                );
+                // SAFETY: as above.
+                unsafe { slab::validate(span, false) };
+                s = span.next;
             }
         }
     }

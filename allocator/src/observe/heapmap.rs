@@ -735,6 +735,14 @@ fn huge<S: PageSource>(out: &mut Out, pages: &Pages<S>, t: &Totals, y: usize, wi
     }
 }
 
+/// Writes the heap map to the open file `fd`, and returns the page layer's walk taken under
+/// the same lock (so both describe one heap), with the map's totals or the `errno` of a
+/// failed write. Allocates nothing.
+pub fn write_fd_with_usage(fd: c_int) -> (crate::pages::PageUsage, Result<Totals, c_int>) {
+    let pages = PAGES.lock();
+    (pages.usage(), write_map(&*pages, fd))
+}
+
 /// Writes the heap map of the process's page layer to `path` (created or truncated, mode
 /// 0644): the file is opened first, then the page lock is held while the map is written.
 /// Returns the errno of the first failure.

@@ -11,8 +11,9 @@
 //! - Advice calls (`decommit`, `guard_install`) are best effort: a `false` tells the caller
 //!   that the range is still committed / not guarded, never that it is corrupt.
 //! - Calls go through rustix (`default-features = false`), except where rustix has no
-//!   binding: `sbrk` (libc) and the guard advice `MADV_GUARD_INSTALL`/`REMOVE` (raw
-//!   `madvise` through libc, since rustix's `Advice` does not name them yet).
+//!   binding: the guard advice `MADV_GUARD_INSTALL`/`REMOVE` (raw `madvise` through libc,
+//!   since rustix's `Advice` does not name them yet). The program break is not used yet
+//!   (chunks must be 4 MiB-aligned, which the break is not).
 //! - The clock is read through rustix's vDSO `clock_gettime`.
 //! - For the guard modes: `sigaction` (libc: the fault handler, passing faults on to the
 //!   action installed before), the fault context's error code, stack walks through libgcc's
@@ -251,41 +252,6 @@ pub unsafe fn remap_to(addr: *mut u8, old_len: usize, new_len: usize, new_addr: 
     }
 }
 
-/// Extends the program break by `len` bytes and returns the old break, or `None` if the kernel
-/// refused. Only the process's own malloc may call this (design.md: brk belongs to whoever is
-/// the malloc); callers serialise calls with one lock.
-///
-/// # Safety
-/// The caller must be the process's malloc and hold the break lock.
-pub unsafe fn brk_extend(len: usize) -> Option<NonNull<u8>> {
-    let incr = isize::try_from(len).ok()?;
-    // SAFETY: sbrk has no memory-safety preconditions; the caller owns the break.
-    let old = unsafe { libc::sbrk(incr) };
-    if old as isize == -1 {
-        None
-    } else {
-        NonNull::new(old.cast())
-    }
-}
-
-/// Shrinks the program break by `len` bytes if it still ends at `expected_end` (nobody else
-/// moved it). Returns whether it shrank.
-///
-/// # Safety
-/// As for [`brk_extend`]; the memory given back must be unused.
-pub unsafe fn brk_shrink(expected_end: *mut u8, len: usize) -> bool {
-    // SAFETY: sbrk(0) only reads the break.
-    let now = unsafe { libc::sbrk(0) };
-    if now.cast::<u8>() != expected_end {
-        return false;
-    }
-    let Ok(decr) = isize::try_from(len) else {
-        return false;
-    };
-    // SAFETY: the break is where the caller left it and the range is unused.
-    unsafe { libc::sbrk(-decr) as isize != -1 }
-}
-
 /// Blocks while `*word == expected` (or until woken). Spurious returns are allowed.
 pub fn futex_wait(word: &AtomicU32, expected: u32) {
     let _ =
@@ -295,16 +261,6 @@ pub fn futex_wait(word: &AtomicU32, expected: u32) {
 /// Wakes one waiter on `word`.
 pub fn futex_wake_one(word: &AtomicU32) {
     let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::PRIVATE, 1);
-}
-
-/// Fills `buf` with random bytes from the kernel, without blocking. Returns `false` if the
-/// kernel could not (the caller falls back to a weaker seed).
-pub fn random_bytes(buf: &mut [u8]) -> bool {
-    let len = buf.len();
-    matches!(
-        rustix::rand::getrandom(buf, rustix::rand::GetRandomFlags::NONBLOCK),
-        Ok(n) if n == len
-    )
 }
 
 /// Milliseconds of the monotonic clock (the vDSO's `clock_gettime`, no system call).

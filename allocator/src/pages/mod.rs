@@ -32,7 +32,7 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::AtomicUsize;
 
 use crate::os::{self, PAGE_SIZE};
-use crate::util::{align_up, log2_ceil};
+use crate::util::{align_up, invariant, log2_ceil};
 
 /// log2 of the pages in a chunk.
 pub const CHUNK_ORDER: u32 = 10;
@@ -203,12 +203,6 @@ impl Span {
         class: 0,
         flags: 0,
     };
-
-    /// Whether `addr` lies inside the run.
-    #[inline]
-    pub fn contains(&self, addr: usize) -> bool {
-        addr.wrapping_sub(self.addr) < self.npages as usize * PAGE_SIZE
-    }
 }
 
 /// The descriptor every page of a chunk points to while no run covers it: free, with no
@@ -393,7 +387,7 @@ pub struct Huge {
     next_spare: *mut Huge,
 }
 
-/// Pages of the live chunks by state (see [`Pages::usage`]).
+/// Pages of the live chunks by state (see `Pages::usage`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageUsage {
     /// Chunks mapped.
@@ -815,6 +809,7 @@ impl<S: PageSource> Pages<S> {
             if idx + npages < end {
                 self.free_range(chunk, idx + npages, end);
             }
+            self.debug_validate_at((*chunk).base);
             s
         }
     }
@@ -883,7 +878,9 @@ impl<S: PageSource> Pages<S> {
             }
             self.used_pages -= n;
             (*chunk).spans[idx].state = State::Free;
+            let base = (*chunk).base;
             self.free_range(chunk, idx, idx + n);
+            self.debug_validate_at(base);
         }
     }
 
@@ -927,6 +924,7 @@ impl<S: PageSource> Pages<S> {
             if p > end {
                 self.free_range(chunk, end, p);
             }
+            self.debug_validate_at((*chunk).base);
             true
         }
     }
@@ -946,6 +944,7 @@ impl<S: PageSource> Pages<S> {
             s.as_mut().npages = new_npages as u32;
             self.used_pages -= old - new_npages;
             self.free_range(chunk, idx + new_npages, idx + old);
+            self.debug_validate_at((*chunk).base);
         }
     }
 
@@ -1142,6 +1141,9 @@ impl<S: PageSource> Pages<S> {
             released += len;
         }
         self.purged_bytes += released;
+        if cfg!(debug_assertions) {
+            self.validate();
+        }
         released
     }
 
@@ -1205,7 +1207,8 @@ impl<S: PageSource> Pages<S> {
         u
     }
 
-    /// Checks the invariants in the module doc; panics (tests) on a violation.
+    /// Checks the invariants in the module doc; reports and aborts on a violation (see
+    /// [`invariant`]). Walks every chunk: for tests, and in debug builds at `trim`.
     pub fn validate(&self) {
         let mut c = self.all;
         let mut n = 0;
@@ -1216,12 +1219,11 @@ impl<S: PageSource> Pages<S> {
             // SAFETY: as above.
             c = unsafe { (*c).next_chunk };
         }
-        assert_eq!(n, self.chunks, "chunk list and count disagree");
+        invariant!(n == self.chunks, "chunk list and count disagree");
         self.validate_purge_queue();
         let u = self.usage();
-        assert_eq!(
-            u.slab + u.large,
-            self.used_pages,
+        invariant!(
+            u.slab + u.large == self.used_pages,
             "used page count and walk disagree"
         );
         for (order, list) in self.free.iter().enumerate() {
@@ -1229,22 +1231,32 @@ impl<S: PageSource> Pages<S> {
             while !s.is_null() {
                 // SAFETY: listed spans are live descriptors.
                 let span = unsafe { &*s };
-                assert_eq!(span.state, State::Free);
-                assert_eq!(span.order as usize, order);
+                invariant!(
+                    span.state == State::Free,
+                    "listed block not free",
+                    span.addr
+                );
+                invariant!(
+                    span.order as usize == order,
+                    "block in the wrong list",
+                    span.addr
+                );
                 // SAFETY: as above.
                 let (chunk, idx) = unsafe { self.locate(s) };
-                assert_eq!(idx % (1 << order), 0, "misaligned free block");
+                invariant!(idx % (1 << order) == 0, "misaligned free block", span.addr);
                 // SAFETY: chunk is live.
-                assert!(ptr::eq(unsafe { (*chunk).run[idx] }, s));
+                let head = unsafe { (*chunk).run[idx] };
+                invariant!(ptr::eq(head, s), "free block not its page's run", span.addr);
                 if order < CHUNK_ORDER as usize {
                     let buddy = idx ^ (1 << order);
                     // SAFETY: chunk is live.
                     let b = unsafe { &(*chunk).spans[buddy] };
                     // SAFETY: chunk is live.
                     let bh = unsafe { (*chunk).run[buddy] };
-                    assert!(
+                    invariant!(
                         !(ptr::eq(bh, b) && b.state == State::Free && b.order as usize == order),
-                        "unmerged buddies"
+                        "unmerged buddies",
+                        span.addr
                     );
                 }
                 s = span.next;
@@ -1252,20 +1264,41 @@ impl<S: PageSource> Pages<S> {
         }
     }
 
+    /// In debug builds, at the end of an operation: the invariants of the chunk holding
+    /// `addr` (if it is still mapped) and of the purge queue. Nothing in release builds.
+    #[inline]
+    pub(super) fn debug_validate_at(&self, addr: usize) {
+        if cfg!(debug_assertions) {
+            if let Owner::Chunk(c) = self.map.lookup(addr) {
+                // SAFETY: the map names only live chunks.
+                unsafe { self.validate_chunk(c) };
+            }
+            self.validate_purge_queue();
+        }
+    }
+
     /// Checks the purge queue: its links run both ways, its stamps never decrease, exactly the
     /// queued chunks are in it; and every block out for purging is a `Purging` block head.
-    fn validate_purge_queue(&self) {
+    pub(super) fn validate_purge_queue(&self) {
         let (mut c, mut prev, mut last_ms, mut len) = (self.purge_head, ptr::null_mut(), 0, 0);
         while !c.is_null() {
             // SAFETY: queued chunks are live.
             let chunk = unsafe { &*c };
-            assert!(chunk.queued, "unqueued chunk in the purge queue");
-            assert_eq!(chunk.purge_prev, prev, "purge queue links");
-            assert!(chunk.queued_ms >= last_ms, "purge queue out of order");
+            invariant!(
+                chunk.queued,
+                "unqueued chunk in the purge queue",
+                chunk.base
+            );
+            invariant!(chunk.purge_prev == prev, "purge queue links", chunk.base);
+            invariant!(
+                chunk.queued_ms >= last_ms,
+                "purge queue out of order",
+                chunk.base
+            );
             (prev, last_ms, len) = (c, chunk.queued_ms, len + 1);
             c = chunk.purge_next;
         }
-        assert_eq!(self.purge_tail, prev, "purge queue tail");
+        invariant!(self.purge_tail == prev, "purge queue tail");
         let mut queued = 0;
         let mut c = self.all;
         while !c.is_null() {
@@ -1274,12 +1307,12 @@ impl<S: PageSource> Pages<S> {
             queued += chunk.queued as usize;
             c = chunk.next_chunk;
         }
-        assert_eq!(queued, len, "queued chunks and the queue disagree");
+        invariant!(queued == len, "queued chunks and the queue disagree");
         for &(chunk, idx, order) in &self.purge_out[..self.purge_out_len] {
             // SAFETY: the out blocks' chunks are live.
             let s = unsafe { &(*chunk).spans[idx as usize] };
-            assert_eq!(s.state, State::Purging);
-            assert_eq!(s.order, order);
+            invariant!(s.state == State::Purging, "block out for purging", s.addr);
+            invariant!(s.order == order, "block out for purging", s.addr);
         }
     }
 
@@ -1293,25 +1326,34 @@ impl<S: PageSource> Pages<S> {
         let c = unsafe { &*chunk };
         let (mut free, mut used, mut out, mut p) = (0, 0, 0, 0);
         while p < PAGES_PER_CHUNK {
-            assert!(ptr::eq(c.run[p], &c.spans[p]), "page {p} is not a run head");
             let s = &c.spans[p];
+            invariant!(
+                ptr::eq(c.run[p], s),
+                "a run's first page is not its head",
+                s.addr
+            );
             let n = s.npages as usize;
-            assert!(n >= 1);
+            invariant!(n >= 1, "empty run", s.addr);
             if s.state == State::Free {
                 free += n;
             } else if s.state == State::Purging {
                 out += n;
             } else {
-                assert!(
-                    (p..p + n).all(|q| ptr::eq(c.run[q], &c.spans[p])),
-                    "run at page {p}"
+                invariant!(
+                    (p..p + n).all(|q| ptr::eq(c.run[q], s)),
+                    "a page of a run does not point at it",
+                    s.addr
                 );
                 used += n;
             }
             p += n;
         }
-        assert_eq!(free, c.free_pages);
-        assert_eq!(free + used + out, PAGES_PER_CHUNK);
+        invariant!(free == c.free_pages, "free page count", c.base);
+        invariant!(
+            free + used + out == PAGES_PER_CHUNK,
+            "pages of a chunk",
+            c.base
+        );
     }
 }
 
@@ -1452,7 +1494,7 @@ mod view;
 
 use map::TAG_CHUNK;
 pub use map::{Owner, PageMap};
-pub use purge::{with, PurgeWork};
+pub use purge::with;
 pub use view::{ChunkView, RunView};
 
 #[cfg(test)]

@@ -197,6 +197,9 @@ impl<S: PageSource> Pages<S> {
         self.purged_bytes += w.huge[..w.nhuge].iter().map(|h| h.1).sum::<usize>();
         self.purge_huge_out = 0;
         self.give_back_out();
+        if cfg!(debug_assertions) {
+            self.validate_purge_queue();
+        }
     }
 
     /// Puts the blocks of the purge that is out back into the free lists.
@@ -231,8 +234,8 @@ impl<S: PageSource> Pages<S> {
         self.give_back_out();
     }
 
-    /// One whole purge step with the lock held throughout: for unit tests and callers that
-    /// cannot drop the lock.
+    /// One whole purge step with the lock held throughout (unit tests).
+    #[cfg(test)]
     pub fn purge_step(&mut self) {
         let mut w = self.purge_begin();
         if !w.is_empty() {

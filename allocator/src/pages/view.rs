@@ -35,8 +35,6 @@ pub struct ChunkView {
     pub base: usize,
     /// Whether this is the one wholly free chunk kept mapped as a spare.
     pub spare: bool,
-    /// Pages in free blocks.
-    pub free_pages: usize,
     /// Per page, whether it may hold data (was handed out and not returned to the OS since).
     pub dirty: [u64; PAGES_PER_CHUNK / 64],
 }
@@ -65,7 +63,6 @@ impl<S: PageSource> Pages<S> {
             Some(ChunkView {
                 base: chunk.base,
                 spare: ptr::eq(chunk, self.spare),
-                free_pages: chunk.free_pages,
                 dirty: chunk.dirty,
             })
         })
