@@ -22,6 +22,7 @@
 //! is a carved block boundary.
 
 use core::ptr;
+use core::sync::atomic::Ordering;
 
 use crate::os::PAGE_SIZE;
 use crate::pages::{Span, State};
@@ -53,12 +54,12 @@ pub unsafe fn init(s: *mut Span, class: usize, owner: usize) {
     let s = unsafe { &mut *s };
     debug_assert_eq!(s.npages as usize, 1 << span_order(class));
     let size = class_size(class);
-    s.state = State::Slab;
+    s.state.set(State::Slab);
     s.class = class as u8;
     s.block_size = size as u16;
     s.divisor = u64::MAX / size as u64 + 1;
     s.used = 0;
-    s.bump = 0;
+    s.bump.store(0, Ordering::Relaxed);
     s.free = ptr::null_mut();
     s.owner.store(owner, core::sync::atomic::Ordering::Relaxed);
 }
@@ -72,7 +73,7 @@ pub fn capacity(s: &Span) -> usize {
 /// Whether the span has blocks that were never carved.
 #[inline]
 pub fn can_carve(s: &Span) -> bool {
-    (s.bump as usize) < capacity(s)
+    (s.bump.load(Ordering::Relaxed) as usize) < capacity(s)
 }
 
 /// Carves up to a page's worth of never-used blocks onto the (empty) free list. Returns
@@ -83,7 +84,7 @@ pub fn can_carve(s: &Span) -> bool {
 pub unsafe fn carve(s: &mut Span) -> bool {
     debug_assert!(s.free.is_null());
     let size = s.block_size as usize;
-    let start = s.bump as usize;
+    let start = s.bump.load(Ordering::Relaxed) as usize;
     let left = capacity(s) - start;
     if left == 0 {
         return false;
@@ -112,7 +113,7 @@ pub unsafe fn carve(s: &mut Span) -> bool {
         }
     }
     s.free = base as *mut u8;
-    s.bump = (start + n) as u16;
+    s.bump.store((start + n) as u16, Ordering::Relaxed);
     true
 }
 
@@ -128,7 +129,8 @@ pub fn on_block_boundary(s: &Span, off: usize) -> bool {
 #[inline]
 pub fn is_block_start(s: &Span, p: usize) -> bool {
     let off = p.wrapping_sub(s.addr);
-    off < s.bump as usize * s.block_size as usize && on_block_boundary(s, off)
+    off < s.bump.load(Ordering::Relaxed) as usize * s.block_size as usize
+        && on_block_boundary(s, off)
 }
 
 /// Checks the slab invariant, `used - marks == carved - on_free <= capacity` (the marks:
@@ -143,7 +145,7 @@ pub unsafe fn validate(s: &Span, current: bool) {
         "a heap's span is not a slab",
         s.addr
     );
-    let carved = s.bump as usize;
+    let carved = s.bump.load(Ordering::Relaxed) as usize;
     let mut on_free = 0;
     let mut b = s.free;
     while !b.is_null() {

@@ -1057,7 +1057,7 @@ pub fn lookup(p: *mut u8) -> Block {
     if let Some(nn) = MAP.span_of(p as usize) {
         // SAFETY: the page map names only live chunks, whose descriptors stay mapped.
         let span = unsafe { nn.as_ref() };
-        return match span.state {
+        return match span.state.get() {
             State::Slab if slab::is_block_start(span, p as usize) => Block::Small(nn),
             State::Large if span.addr == p as usize => Block::Large(nn),
             State::Free | State::Purging => Block::Invalid(Invalid::FreePages),

@@ -29,7 +29,7 @@
 
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::AtomicUsize;
+use core::sync::atomic::{AtomicU16, AtomicU8, AtomicUsize, Ordering};
 
 use crate::os::{self, PAGE_SIZE};
 use crate::util::{align_up, invariant, log2_ceil};
@@ -50,7 +50,17 @@ const _: () = assert!(1 << CHUNK_SHIFT == CHUNK_SIZE);
 
 /// Where the page layer gets chunks and metadata memory. The real source is [`OsSource`];
 /// unit tests use a fake over the system allocator.
-pub trait PageSource {
+///
+/// # Safety
+/// The page layer hands the memory out as blocks and trusts these guarantees, so an
+/// implementation must keep them:
+/// - `chunk_alloc` returns `CHUNK_SIZE` bytes aligned to `CHUNK_SIZE`, zeroed, read-write,
+///   overlapping no other live region of this source, valid until `chunk_free`;
+/// - `meta_alloc(len)` returns `len` zeroed, read-write, page-aligned bytes, likewise;
+/// - after a `decommit` that returned `true` the range reads as zero and stays usable;
+///   after `false` it is unchanged;
+/// - `now_ms` never goes backwards.
+pub unsafe trait PageSource {
     /// A zeroed, read-write region of [`CHUNK_SIZE`] bytes aligned to [`CHUNK_SIZE`], or `None`
     /// when memory is exhausted.
     fn chunk_alloc(&self) -> Option<NonNull<u8>>;
@@ -90,7 +100,9 @@ pub trait PageSource {
 /// The real page source: chunks are mmap'd with a guard page after them.
 pub struct OsSource;
 
-impl PageSource for OsSource {
+// SAFETY: chunks and metadata are fresh anonymous mappings (zeroed, aligned by
+// `map_aligned`), decommit is MADV_DONTNEED (reads zero after), the clock is monotonic.
+unsafe impl PageSource for OsSource {
     fn chunk_alloc(&self) -> Option<NonNull<u8>> {
         let p = os::map_aligned(CHUNK_SIZE + GUARD_SIZE, CHUNK_SIZE)?;
         // SAFETY: the guard page is the last page of the mapping just made, unused.
@@ -140,6 +152,47 @@ pub enum State {
     Purging = 3,
 }
 
+/// A span's [`State`], in an atomic byte: it changes under the page lock, and the free paths
+/// of other threads read it without that lock (to classify a pointer), so the reads and
+/// writes are relaxed atomic accesses (plain moves on x86-64).
+pub struct SpanState(AtomicU8);
+
+impl SpanState {
+    /// A state cell holding `s`.
+    pub const fn new(s: State) -> Self {
+        Self(AtomicU8::new(s as u8))
+    }
+
+    /// The state now.
+    #[inline(always)]
+    pub fn get(&self) -> State {
+        match self.0.load(Ordering::Relaxed) {
+            0 => State::Free,
+            1 => State::Slab,
+            2 => State::Large,
+            _ => State::Purging,
+        }
+    }
+
+    /// Sets the state.
+    #[inline(always)]
+    pub fn set(&self, s: State) {
+        self.0.store(s as u8, Ordering::Relaxed);
+    }
+}
+
+impl PartialEq<State> for SpanState {
+    fn eq(&self, other: &State) -> bool {
+        self.get() == *other
+    }
+}
+
+impl core::fmt::Debug for SpanState {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
 /// `Span::flags`: all pages of the run were untouched since the chunk was mapped.
 pub const FLAG_CLEAN: u8 = 1;
 
@@ -147,6 +200,12 @@ pub const FLAG_CLEAN: u8 = 1;
 ///
 /// The fields above `next` belong to whoever owns the run (the slab and heap layers); the page
 /// layer sets `addr`, `npages`, `state`, `order` and reads the rest never.
+///
+/// Read by other threads without a lock (a free of a block another thread owns, and the
+/// classification of any pointer): `owner`, `state` and `bump` (atomics: they change while
+/// such a reader may look), and `addr`, `block_size`, `divisor`, `class`, written when the
+/// run became a slab, before any of its blocks was handed out (the hand-off of a block to
+/// the freeing thread orders them).
 #[repr(C, align(64))]
 pub struct Span {
     /// Slab: head of the local free list (linked through the blocks' first word).
@@ -154,8 +213,9 @@ pub struct Span {
     /// Slab: blocks handed out and not yet freed back to this span, plus the heap's marks
     /// (see `slab`); signed so that one decrement-and-test catches both "empty" and "full".
     pub used: i32,
-    /// Slab: blocks carved so far (the first never-carved block's index).
-    pub bump: u16,
+    /// Slab: blocks carved so far (the first never-carved block's index). Written by the
+    /// owner as it carves, read by other threads' frees.
+    pub bump: AtomicU16,
     /// Slab: block size.
     pub block_size: u16,
     /// Slab: the owning heap's address (0 for none). Read by other threads to route frees.
@@ -173,7 +233,7 @@ pub struct Span {
     /// Pages in the run (for a free block `1 << order`).
     pub npages: u32,
     /// What the run is.
-    pub state: State,
+    pub state: SpanState,
     /// Buddy order of a free block.
     pub order: u8,
     /// Slab: size class.
@@ -190,7 +250,7 @@ impl Span {
     pub const EMPTY: Span = Span {
         free: ptr::null_mut(),
         used: 0,
-        bump: 0,
+        bump: AtomicU16::new(0),
         block_size: 0,
         owner: AtomicUsize::new(0),
         divisor: 0,
@@ -198,7 +258,7 @@ impl Span {
         prev: ptr::null_mut(),
         addr: 0,
         npages: 0,
-        state: State::Free,
+        state: SpanState::new(State::Free),
         order: 0,
         class: 0,
         flags: 0,
@@ -629,7 +689,7 @@ impl<S: PageSource> Pages<S> {
         // SAFETY: per the contract.
         unsafe {
             let s = &raw mut (*chunk).spans[idx];
-            (*s).state = State::Free;
+            (*s).state.set(State::Free);
             (*s).order = order as u8;
             (*s).npages = 1 << order;
             (*s).flags = 0;
@@ -801,7 +861,7 @@ impl<S: PageSource> Pages<S> {
             // unused tail past npages.
             self.used_pages += npages;
             let s = self.claim(chunk, idx, npages);
-            (*chunk).spans[idx].state = state;
+            (*chunk).spans[idx].state.set(state);
             if state == State::Large {
                 self.large_counts[0] += 1;
             }
@@ -877,7 +937,7 @@ impl<S: PageSource> Pages<S> {
                 self.large_counts[1] += 1;
             }
             self.used_pages -= n;
-            (*chunk).spans[idx].state = State::Free;
+            (*chunk).spans[idx].state.set(State::Free);
             let base = (*chunk).base;
             self.free_range(chunk, idx, idx + n);
             self.debug_validate_at(base);
@@ -915,11 +975,11 @@ impl<S: PageSource> Pages<S> {
                 self.take_free(chunk, p, order);
                 p += 1 << order;
             }
-            let state = (*chunk).spans[idx].state;
+            let state = (*chunk).spans[idx].state.get();
             let flags = (*chunk).spans[idx].flags;
             self.used_pages += new_npages - old;
             self.claim(chunk, idx, new_npages);
-            (*chunk).spans[idx].state = state;
+            (*chunk).spans[idx].state.set(state);
             (*chunk).spans[idx].flags = flags & !FLAG_CLEAN;
             if p > end {
                 self.free_range(chunk, end, p);
@@ -1187,7 +1247,7 @@ impl<S: PageSource> Pages<S> {
         unsafe {
             walk_runs(self.all, |c, p, n| {
                 let s = &(*c).spans[p];
-                match s.state {
+                match s.state.get() {
                     State::Free | State::Purging => {
                         u.free += n;
                         u.free_blocks[s.order as usize] += 1;
@@ -1408,7 +1468,13 @@ unsafe fn walk_chunk(
 }
 
 /// A page source that can also map huge blocks (above the chunk size).
-pub trait HugeSource: PageSource {
+///
+/// # Safety
+/// As for [`PageSource`]; besides, `huge_map(len, align)` returns `len` zeroed read-write
+/// bytes aligned to `align` with a guard page after them, overlapping nothing else live, and
+/// `huge_remap` returns the same bytes (contents kept up to the smaller length) at an
+/// address aligned as asked, or `None` with the block unchanged.
+pub unsafe trait HugeSource: PageSource {
     /// Maps `len` bytes (a page multiple) aligned to `align`, with a guard after them.
     fn huge_map(&self, len: usize, align: usize) -> Option<NonNull<u8>>;
     /// Unmaps a block from [`HugeSource::huge_map`] or [`HugeSource::huge_remap`].
@@ -1431,7 +1497,9 @@ pub trait HugeSource: PageSource {
     ) -> Option<NonNull<u8>>;
 }
 
-impl HugeSource for OsSource {
+// SAFETY: huge blocks are fresh anonymous mappings aligned by `map_aligned` with a guard
+// page installed after them; mremap moves pages without changing their contents.
+unsafe impl HugeSource for OsSource {
     fn huge_map(&self, len: usize, align: usize) -> Option<NonNull<u8>> {
         let p = os::map_aligned(len.checked_add(GUARD_SIZE)?, align)?;
         // SAFETY: the guard is the last page of the mapping just made.

@@ -126,7 +126,7 @@ impl<S: PageSource> Pages<S> {
                 let order = c.spans[p].order;
                 let cp: *mut Chunk = c;
                 self.take_free(cp, p, order as u32);
-                c.spans[p].state = State::Purging;
+                c.spans[p].state.set(State::Purging);
                 self.purge_out[self.purge_out_len] = (cp, p as u16, order);
                 self.purge_out_len += 1;
                 let mut from = p;
@@ -150,7 +150,7 @@ impl<S: PageSource> Pages<S> {
                 walk_chunk(chunk, |c, p, n| {
                     visits += 1;
                     let c = &mut *c;
-                    if matches!(c.spans[p].state, State::Free | State::Purging) {
+                    if matches!(c.spans[p].state.get(), State::Free | State::Purging) {
                         newly_aged |= c.age(p, n);
                     }
                     true

@@ -27,7 +27,9 @@ const CHUNK_LAYOUT: Layout = match Layout::from_size_align(CHUNK_SIZE, CHUNK_SIZ
     Err(_) => panic!(),
 };
 
-impl PageSource for FakeSource {
+// SAFETY: chunks are aligned zeroed blocks of the system allocator, metadata zeroed
+// page-aligned blocks, decommit zeroes the range, the fake clock only moves forward.
+unsafe impl PageSource for FakeSource {
     fn chunk_alloc(&self) -> Option<NonNull<u8>> {
         if self.live_chunks.get() == self.limit.get() {
             return None;

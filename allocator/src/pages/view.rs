@@ -91,7 +91,7 @@ impl<S: PageSource> Pages<S> {
             f(RunView {
                 index: p,
                 npages: n,
-                state: match s.state {
+                state: match s.state.get() {
                     State::Purging => State::Free,
                     state => state,
                 },
