@@ -222,6 +222,63 @@ static ABANDONED: AtomicUsize = AtomicUsize::new(0);
 /// Bytes of metadata mapped at a time for new heaps.
 const HEAP_BLOCK: usize = 64 * 1024;
 
+/// Where a heap gets its spans and gives empty ones back: the page layer ([`PageLayer`]), or
+/// a fake over a private page layer in the unit tests. The heap's slow paths are generic
+/// over it; the process's heaps use `PageLayer`, a zero-sized type, so this costs nothing.
+///
+/// # Safety
+/// The heap relies on these, so an implementation must keep them:
+/// - `span_alloc(order)` returns a run of `2^order` pages aligned to its size, in state
+///   `Slab`, used by nobody and in no list, until it is given back with `span_free`;
+/// - `span_of(addr)` returns the run descriptor of the page holding `addr` for every page of
+///   every run `span_alloc` returned and not yet took back;
+/// - `take_over` only moves to `h` spans that no other heap uses any more.
+pub unsafe trait SpanSource {
+    /// A fresh run for a slab of span order `order`, or `None` when memory is exhausted.
+    fn span_alloc(&self, order: u32) -> Option<NonNull<Span>>;
+    /// Gives back a run from `span_alloc`.
+    ///
+    /// # Safety
+    /// `s` came from `span_alloc` of this source, is empty, in no list, and unused.
+    unsafe fn span_free(&self, s: NonNull<Span>);
+    /// The run descriptor of the page holding `addr`, or `None` outside this source's runs.
+    fn span_of(&self, addr: usize) -> Option<NonNull<Span>>;
+    /// Moves the spans of one exited thread's heap to `h`, if there is one; says whether.
+    ///
+    /// # Safety
+    /// `h` is owned by the calling thread.
+    unsafe fn take_over(&self, h: &mut Heap) -> bool;
+}
+
+/// The process's page layer as the heaps' span source.
+pub struct PageLayer;
+
+// SAFETY: runs come from the page layer's `alloc_run` as slabs of the span's size, aligned to
+// it (buddy blocks), and go back with `free_run`; the page map knows every page of every live
+// run; take-over moves spans of heaps on the abandoned list, whose threads have exited.
+unsafe impl SpanSource for PageLayer {
+    #[inline]
+    fn span_alloc(&self, order: u32) -> Option<NonNull<Span>> {
+        crate::pages::with(|p| p.alloc_run(1 << order, order, State::Slab))
+    }
+
+    #[inline]
+    unsafe fn span_free(&self, s: NonNull<Span>) {
+        // SAFETY: the caller gives back a run of the page layer that nobody uses.
+        crate::pages::with(|p| unsafe { p.free_run(s) });
+    }
+
+    #[inline(always)]
+    fn span_of(&self, addr: usize) -> Option<NonNull<Span>> {
+        MAP.span_of(addr)
+    }
+
+    unsafe fn take_over(&self, h: &mut Heap) -> bool {
+        // SAFETY: the caller owns `h`.
+        ABANDONED.load(Ordering::Relaxed) != 0 && unsafe { take_over_abandoned(h) }
+    }
+}
+
 /// The fast path of an allocation: pops a block of `class` from the current span's free
 /// list, or returns null when that needs the slow path (an empty list), or when this
 /// allocation is due to be sampled (the countdown reached zero; the caller's slow path then
@@ -328,16 +385,16 @@ unsafe fn alloc_slow(mut heap: *mut Heap, class: usize) -> *mut u8 {
         return alloc_while_exiting(class);
     }
     // SAFETY: `heap` is the calling thread's own heap.
-    unsafe { counted_alloc_from(&mut *heap, class) }
+    unsafe { counted_alloc_from(&mut *heap, class, &PageLayer) }
 }
 
 /// [`alloc_from`], counting the block in `h`'s counters.
 ///
 /// # Safety
 /// As for [`alloc_from`].
-unsafe fn counted_alloc_from(h: &mut Heap, class: usize) -> *mut u8 {
-    // SAFETY: per the contract.
-    let p = unsafe { alloc_from(h, class) };
+unsafe fn counted_alloc_from(h: &mut Heap, class: usize, src: &impl SpanSource) -> *mut u8 {
+    // SAFETY: the caller keeps alloc_from's contract.
+    let p = unsafe { alloc_from(h, class, src) };
     if !p.is_null() {
         h.counters.alloc[class].bump();
     }
@@ -348,12 +405,13 @@ unsafe fn counted_alloc_from(h: &mut Heap, class: usize) -> *mut u8 {
 /// thread's spans, or grow.
 ///
 /// # Safety
-/// `h` is owned by the calling thread.
-unsafe fn alloc_from(h: &mut Heap, class: usize) -> *mut u8 {
+/// `h` is owned by the calling thread, `class < NUM_CLASSES`, and `h`'s spans came from
+/// `src`.
+unsafe fn alloc_from(h: &mut Heap, class: usize, src: &impl SpanSource) -> *mut u8 {
     let heap = h as *mut Heap;
     if h.remote.load(Ordering::Relaxed) != 0 {
-        // SAFETY: as above.
-        unsafe { collect_remote(h) };
+        // SAFETY: the caller owns `h`, whose spans are `src`'s.
+        unsafe { collect_remote(h, src) };
     }
     let s = h.current[class];
     if s != EMPTY_SPAN_PTR {
@@ -370,16 +428,13 @@ unsafe fn alloc_from(h: &mut Heap, class: usize) -> *mut u8 {
         unsafe { h.full[class].push(s) };
     }
     let mut s = h.partial[class].pop();
-    if s.is_null() && ABANDONED.load(Ordering::Relaxed) != 0 {
-        // Before growing, take over the spans of a thread that exited.
-        // SAFETY: `h` is the calling thread's heap.
-        if unsafe { take_over_abandoned(h) } {
-            s = h.partial[class].pop();
-        }
+    // Before growing, take over the spans of a thread that exited.
+    // SAFETY: `h` is the calling thread's heap.
+    if s.is_null() && unsafe { src.take_over(h) } {
+        s = h.partial[class].pop();
     }
     if s.is_null() {
-        let order = span_order(class);
-        let Some(run) = crate::pages::with(|p| p.alloc_run(1 << order, order, State::Slab)) else {
+        let Some(run) = src.span_alloc(span_order(class)) else {
             return ptr::null_mut();
         };
         s = run.as_ptr();
@@ -458,7 +513,7 @@ unsafe fn free_fast(p: *mut u8, claimed: usize) {
         {
             // SAFETY: the owner test passed: the span is a slab of this thread's heap, and
             // the boundary test makes `p` one of its blocks.
-            return unsafe { free_local(heap, s, p) };
+            return unsafe { free_local(heap, s, p, &PageLayer) };
         }
     }
     // SAFETY: per the contract.
@@ -468,10 +523,10 @@ unsafe fn free_fast(p: *mut u8, claimed: usize) {
 /// Pushes a block onto its span's local free list.
 ///
 /// # Safety
-/// `heap` is the calling thread's heap, `s` one of its slabs and `p` a block of it that is
-/// not free.
+/// `heap` is the calling thread's heap, `s` one of its slabs (from `src`) and `p` a block of
+/// it that is not free.
 #[inline(always)]
-unsafe fn free_local(heap: *mut Heap, s: *mut Span, p: *mut u8) {
+unsafe fn free_local(heap: *mut Heap, s: *mut Span, p: *mut u8, src: &impl SpanSource) {
     // SAFETY: per the contract.
     unsafe {
         let span = &mut *s;
@@ -484,7 +539,7 @@ unsafe fn free_local(heap: *mut Heap, s: *mut Span, p: *mut u8) {
             .get_unchecked(span.class as usize)
             .bump();
         if slab::needs_attention(span.used) {
-            span_attention(&mut *heap, s);
+            span_attention(&mut *heap, s, src);
         }
     }
 }
@@ -530,7 +585,7 @@ unsafe fn free_slow(p: *mut u8, claimed: usize) {
                 };
                 if owner == current_heap() {
                     // SAFETY: our own span's block, checked not to be free already.
-                    return unsafe { free_local(owner, s.as_ptr(), p) };
+                    return unsafe { free_local(owner, s.as_ptr(), p, &PageLayer) };
                 }
             } else {
                 if claimed > span.block_size as usize {
@@ -648,10 +703,10 @@ unsafe fn remote_push(owner: *mut Heap, p: *mut u8) {
 /// page layer.
 ///
 /// # Safety
-/// `s` is a live slab owned by `h`, the calling thread's heap.
+/// `s` is a live slab (from `src`) owned by `h`, the calling thread's heap.
 #[cold]
 #[inline(never)]
-unsafe fn span_attention(h: &mut Heap, s: *mut Span) {
+unsafe fn span_attention(h: &mut Heap, s: *mut Span, src: &impl SpanSource) {
     // SAFETY: per the contract.
     let span = unsafe { &mut *s };
     let class = span.class as usize;
@@ -661,7 +716,7 @@ unsafe fn span_attention(h: &mut Heap, s: *mut Span) {
         unsafe { h.full[class].remove(s) };
         if span.used == 0 {
             // SAFETY: empty, in no list.
-            unsafe { retire(s) };
+            unsafe { retire(s, src) };
         } else {
             // SAFETY: in no list.
             unsafe { h.partial[class].push(s) };
@@ -680,35 +735,36 @@ unsafe fn span_attention(h: &mut Heap, s: *mut Span) {
         // SAFETY: as above.
         unsafe {
             h.partial[class].remove(s);
-            retire(s);
+            retire(s, src);
         }
     }
 }
 
-/// Gives an empty span back to the page layer.
+/// Gives an empty span back to its source.
 ///
 /// # Safety
-/// `s` is a live empty slab in no list.
-unsafe fn retire(s: *mut Span) {
-    // SAFETY: per the contract.
-    unsafe {
-        (*s).owner.store(0, Ordering::Relaxed);
-        (*s).free = ptr::null_mut();
-        crate::pages::with(|p| p.free_run(NonNull::new_unchecked(s)));
-    }
+/// `s` is a live empty slab of `src`, in no list.
+unsafe fn retire(s: *mut Span, src: &impl SpanSource) {
+    // SAFETY: the caller's: `s` is a live descriptor, empty and listed nowhere, so nobody
+    // else writes it.
+    let span = unsafe { &mut *s };
+    span.owner.store(0, Ordering::Relaxed);
+    span.free = ptr::null_mut();
+    // SAFETY: as above; a descriptor's address is non-null.
+    unsafe { src.span_free(NonNull::new_unchecked(s)) };
 }
 
 /// Takes the heap's remote list and frees each block to its span.
 ///
 /// # Safety
-/// `h` is the calling thread's heap.
-unsafe fn collect_remote(h: &mut Heap) {
+/// `h` is owned by the calling thread, and its spans came from `src`.
+unsafe fn collect_remote(h: &mut Heap, src: &impl SpanSource) {
     let mut b = h.remote.swap(0, Ordering::Acquire);
     while b != 0 {
         // SAFETY: remote blocks are blocks of this heap's spans, linked through their first word.
         unsafe {
             let next = *(b as *const usize);
-            let Some(s) = MAP.span_of(b) else {
+            let Some(s) = src.span_of(b) else {
                 fatal("internal-error", "remote block outside any chunk", b);
             };
             let s = s.as_ptr();
@@ -728,7 +784,7 @@ unsafe fn collect_remote(h: &mut Heap) {
             span.free = b as *mut u8;
             span.used -= 1;
             if slab::needs_attention(span.used) {
-                span_attention(h, s);
+                span_attention(h, s, src);
             }
             b = next;
         }
@@ -822,7 +878,7 @@ fn alloc_while_exiting(class: usize) -> *mut u8 {
     }
     // SAFETY: the heap is ours until parked again below.
     unsafe {
-        let p = counted_alloc_from(&mut *heap, class);
+        let p = counted_alloc_from(&mut *heap, class, &PageLayer);
         park(heap);
         p
     }
@@ -834,7 +890,7 @@ fn alloc_while_exiting(class: usize) -> *mut u8 {
 /// The calling thread owns `heap` and will not use it again.
 unsafe fn park(heap: *mut Heap) {
     // SAFETY: per the contract.
-    unsafe { abandon(&mut *heap) };
+    unsafe { abandon(&mut *heap, &PageLayer) };
     let mut r = REGISTRY.lock();
     // SAFETY: as above.
     unsafe { (*heap).next_abandoned = r.abandoned };
@@ -940,7 +996,7 @@ unsafe fn take_over_abandoned(h: &mut Heap) -> bool {
     // SAFETY: `old` is ours alone now (taken off the registry); `h` is the caller's.
     unsafe {
         let o = &mut *old;
-        collect_remote(o);
+        collect_remote(o, &PageLayer);
         for class in 0..NUM_CLASSES {
             debug_assert_eq!(o.current[class], EMPTY_SPAN_PTR);
             move_spans(&mut o.partial[class], &mut h.partial[class], me);
@@ -962,10 +1018,11 @@ unsafe fn take_over_abandoned(h: &mut Heap) -> bool {
 /// spans go back to the page layer, and the current spans join the partial lists.
 ///
 /// # Safety
-/// `h` is owned by the calling thread, which will not use it again.
-unsafe fn abandon(h: &mut Heap) {
-    // SAFETY: per the contract.
-    unsafe { collect_remote(h) };
+/// `h` is owned by the calling thread, which will not use it again; its spans came from
+/// `src`.
+unsafe fn abandon(h: &mut Heap, src: &impl SpanSource) {
+    // SAFETY: the caller owns `h`, whose spans are `src`'s.
+    unsafe { collect_remote(h, src) };
     for class in 0..NUM_CLASSES {
         let s = h.current[class];
         if s != EMPTY_SPAN_PTR {
@@ -974,7 +1031,7 @@ unsafe fn abandon(h: &mut Heap) {
             unsafe {
                 (*s).used -= CURRENT_REF;
                 if (*s).used == 0 {
-                    retire(s);
+                    retire(s, src);
                 } else if (*s).free.is_null() && !slab::can_carve(&*s) {
                     (*s).used += FULL_MARK;
                     h.full[class].push(s);
@@ -1097,8 +1154,8 @@ pub fn release_held_blocks() {
     if heap != EMPTY_HEAP_PTR && heap != EXITING_HEAP_PTR {
         // SAFETY: the calling thread's own heap.
         let h = unsafe { &mut *heap };
-        // SAFETY: as above.
-        unsafe { collect_remote(h) };
+        // SAFETY: the calling thread's own heap, whose spans are the page layer's.
+        unsafe { collect_remote(h, &PageLayer) };
         for class in 0..NUM_CLASSES {
             let s = h.current[class];
             // SAFETY: the current span is a live slab of this heap; if only the heap's own
@@ -1107,7 +1164,7 @@ pub fn release_held_blocks() {
                 if s != EMPTY_SPAN_PTR && (*s).used == CURRENT_REF {
                     h.current[class] = EMPTY_SPAN_PTR;
                     (*s).used = 0;
-                    retire(s);
+                    retire(s, &PageLayer);
                 }
             }
         }
@@ -1126,7 +1183,7 @@ pub fn release_held_blocks() {
         // SAFETY: taken off the registry, so ours alone until put back.
         unsafe {
             let next = (*list).next_abandoned;
-            collect_remote(&mut *list);
+            collect_remote(&mut *list, &PageLayer);
             (*list).next_abandoned = ptr::null_mut();
             if first.is_null() {
                 first = list;
@@ -1281,5 +1338,184 @@ unsafe fn validate_heap(heap: *mut Heap) {
                 s = span.next;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The heap's slow paths on a fake span source: a private page layer over the system
+    //! allocator (`pages::tests::FakeSource`), so nothing here touches the process's heaps.
+    use super::*;
+    use crate::pages::tests::{fake_map, FakeSource};
+    use crate::pages::Pages;
+    use crate::size_class::{class_of, class_size, MIN_ALIGN};
+    use std::cell::RefCell;
+    use std::collections::HashSet;
+
+    /// Spans from a page layer of its own; never takes over other heaps' spans.
+    struct FakeSpans {
+        pages: RefCell<Pages<FakeSource>>,
+    }
+
+    impl FakeSpans {
+        fn new(chunks: usize) -> Self {
+            Self {
+                pages: RefCell::new(Pages::new(FakeSource::new(chunks), fake_map())),
+            }
+        }
+
+        /// Runs handed out and not given back.
+        fn live_runs(&self) -> usize {
+            self.pages.borrow().usage().slab
+        }
+    }
+
+    // SAFETY: runs come from a page layer's alloc_run as slabs of 2^order pages aligned to
+    // their size, go back with free_run, and that layer's map knows their pages; no take-over.
+    unsafe impl SpanSource for FakeSpans {
+        fn span_alloc(&self, order: u32) -> Option<NonNull<Span>> {
+            self.pages
+                .borrow_mut()
+                .alloc_run(1 << order, order, State::Slab)
+        }
+        unsafe fn span_free(&self, s: NonNull<Span>) {
+            // SAFETY: the caller gives back a run of ours that nobody uses.
+            unsafe { self.pages.borrow_mut().free_run(s) };
+        }
+        fn span_of(&self, addr: usize) -> Option<NonNull<Span>> {
+            self.pages.borrow().map.span_of(addr)
+        }
+        unsafe fn take_over(&self, _h: &mut Heap) -> bool {
+            false
+        }
+    }
+
+    /// A heap of the test's own (never registered, never any thread's current heap).
+    fn test_heap() -> Box<Heap> {
+        Box::new(Heap::new())
+    }
+
+    /// Allocates `n` blocks of `class` from `h` (counted, as the slow path does).
+    fn alloc_n(h: &mut Heap, class: usize, n: usize, src: &FakeSpans) -> Vec<*mut u8> {
+        (0..n)
+            .map(|_| {
+                // SAFETY: the test owns `h`, whose spans are all `src`'s; class is valid.
+                let p = unsafe { counted_alloc_from(h, class, src) };
+                assert!(!p.is_null());
+                p
+            })
+            .collect()
+    }
+
+    /// Frees `p` to `h` as its owner thread would (the fast path's push).
+    fn free_own(h: &mut Heap, p: *mut u8, src: &FakeSpans) {
+        let s = src.span_of(p as usize).expect("a block of ours").as_ptr();
+        // SAFETY: `p` is a live block of `s`, a slab of `h` from `src`.
+        unsafe { free_local(h, s, p, src) };
+    }
+
+    #[test]
+    fn blocks_are_distinct_and_spans_go_back_when_empty() {
+        let src = FakeSpans::new(8);
+        let mut h = test_heap();
+        let class = class_of(48);
+        let size = class_size(class);
+        let blocks = alloc_n(&mut h, class, 5000, &src);
+        let distinct: HashSet<usize> = blocks.iter().map(|&p| p as usize).collect();
+        assert_eq!(distinct.len(), blocks.len(), "a block was handed out twice");
+        for &p in &blocks {
+            assert_eq!(p as usize % MIN_ALIGN, 0);
+            // SAFETY: a live block of `size` bytes, ours.
+            unsafe { ptr::write_bytes(p, 0x5c, size) };
+        }
+        // SAFETY: the test owns the heap.
+        unsafe { validate_heap(&mut *h) };
+        let spans_used = src.live_runs();
+        assert!(spans_used > 1, "5000 blocks of 48 B fill several spans");
+        for &p in blocks.iter().rev() {
+            free_own(&mut h, p, &src);
+        }
+        // SAFETY: as above.
+        unsafe { validate_heap(&mut *h) };
+        // Only the current span stays (its reference keeps it); the rest went back.
+        let left = src.live_runs();
+        assert!(
+            left <= 1 << span_order(class),
+            "{left} pages of spans kept after every block was freed"
+        );
+        assert_eq!(h.counters.alloc[class].get(), 5000);
+        assert_eq!(h.counters.free[class].get(), 5000);
+    }
+
+    #[test]
+    fn remote_frees_are_collected_on_the_slow_path() {
+        let src = FakeSpans::new(8);
+        let mut owner = test_heap();
+        let class = class_of(200);
+        let blocks = alloc_n(&mut owner, class, 3000, &src);
+        // Another thread's frees: pushes onto the owner's remote list.
+        for &p in &blocks {
+            // SAFETY: live blocks of `owner`'s spans, given up here.
+            unsafe { remote_push(&mut *owner, p) };
+        }
+        assert_ne!(owner.remote.load(Ordering::Relaxed), 0);
+        // The owner's next slow-path allocation collects them, and reuses one.
+        let again = alloc_n(&mut owner, class, 1, &src)[0];
+        assert_eq!(owner.remote.load(Ordering::Relaxed), 0);
+        assert!(blocks.contains(&again), "a collected block is reused first");
+        // SAFETY: the test owns the heap.
+        unsafe { validate_heap(&mut *owner) };
+        free_own(&mut owner, again, &src);
+        assert!(src.live_runs() <= 1 << span_order(class));
+    }
+
+    #[test]
+    fn exhaustion_is_null_and_abandon_keeps_only_live_spans() {
+        let src = FakeSpans::new(1);
+        let mut h = test_heap();
+        let class = class_of(4096);
+        let mut blocks = Vec::new();
+        loop {
+            // SAFETY: the test owns `h`; its spans are `src`'s.
+            let p = unsafe { counted_alloc_from(&mut h, class, &src) };
+            if p.is_null() {
+                break;
+            }
+            blocks.push(p);
+        }
+        assert!(!blocks.is_empty(), "one chunk holds some spans");
+        // SAFETY: the test owns the heap.
+        unsafe { validate_heap(&mut *h) };
+        // Keep one block in each span, free the rest, then abandon the heap: empty spans go
+        // back, the others stay listed (for a later take-over).
+        let mut kept: HashSet<usize> = HashSet::new();
+        for &p in &blocks {
+            let s = src.span_of(p as usize).unwrap().as_ptr() as usize;
+            if !kept.insert(s) {
+                free_own(&mut h, p, &src);
+            }
+        }
+        // SAFETY: the test owns the heap and will not use it again.
+        unsafe { abandon(&mut h, &src) };
+        // SAFETY: as above (abandoned, still ours here).
+        unsafe { validate_heap(&mut *h) };
+        assert!(h.current.iter().all(|&c| c == EMPTY_SPAN_PTR));
+        let listed: usize = (0..NUM_CLASSES)
+            .map(|c| {
+                let (mut n, mut s) = (0, h.partial[c].head);
+                while !s.is_null() {
+                    n += 1;
+                    // SAFETY: a listed live span.
+                    s = unsafe { (*s).next };
+                }
+                n
+            })
+            .sum::<usize>()
+            + h.full.iter().filter(|l| !l.is_empty()).count();
+        assert!(
+            listed >= 1 && listed <= kept.len(),
+            "{listed} spans for {} kept",
+            kept.len()
+        );
     }
 }
