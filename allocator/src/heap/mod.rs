@@ -268,12 +268,13 @@ pub unsafe fn alloc_fast(class: usize) -> *mut u8 {
 /// `heap` is the calling thread's heap, `s` its current span of `class` with a free block.
 #[inline(always)]
 unsafe fn pop_counted(heap: *mut Heap, s: *mut Span, class: usize) -> *mut u8 {
-    // SAFETY: per the contract.
-    unsafe {
-        let b = pop(&mut *s);
-        (*heap).counters.alloc.get_unchecked(class).bump();
-        b
-    }
+    // SAFETY: `s` is the calling thread's current span of `class` (the caller's contract):
+    // its free list is this thread's alone, and it has a block.
+    let b = pop(unsafe { &mut *s });
+    // SAFETY: `heap` is the calling thread's heap (not a sentinel: a sentinel's current
+    // spans have no block, so the caller cannot have one), and `class < NUM_CLASSES`.
+    unsafe { (*heap).counters.alloc.get_unchecked(class).bump() };
+    b
 }
 
 /// Counts an allocation that did not come through [`alloc_fast`]'s pop, and says
@@ -402,7 +403,7 @@ unsafe fn alloc_from(h: &mut Heap, class: usize, src: &impl SpanSource) -> *mut 
     let span = unsafe { &mut *s };
     span.used += CURRENT_REF;
     h.current[class] = s;
-    // SAFETY: as above.
+    // SAFETY: `span` is this heap's slab, now its current one: carving is its owner's job.
     if span.free.is_null() && !unsafe { slab::carve(span) } {
         fatal(
             "internal-error",
@@ -442,7 +443,7 @@ pub unsafe fn free(p: *mut u8) {
 /// As for [`free`].
 #[inline(always)]
 pub unsafe fn free_sized(p: *mut u8, size: usize) {
-    // SAFETY: per the contract.
+    // SAFETY: free_fast's contract is free's, which the caller keeps.
     unsafe { free_fast(p, size) }
 }
 
@@ -473,7 +474,7 @@ unsafe fn free_fast(p: *mut u8, claimed: usize) {
             return unsafe { free_local(heap, s, p, &PageLayer) };
         }
     }
-    // SAFETY: per the contract.
+    // SAFETY: free_slow's contract is free's, which the caller keeps.
     unsafe { free_slow(p, claimed) }
 }
 
@@ -484,20 +485,21 @@ unsafe fn free_fast(p: *mut u8, claimed: usize) {
 /// it that is not free.
 #[inline(always)]
 unsafe fn free_local(heap: *mut Heap, s: *mut Span, p: *mut u8, src: &impl SpanSource) {
-    // SAFETY: per the contract.
-    unsafe {
-        let span = &mut *s;
-        *(p as *mut *mut u8) = span.free;
-        span.free = p;
-        span.used -= 1;
-        (*heap)
-            .counters
-            .free
-            .get_unchecked(span.class as usize)
-            .bump();
-        if slab::needs_attention(span.used) {
-            span_attention(&mut *heap, s, src);
-        }
+    // SAFETY: `s` is a slab of the calling thread's heap (the caller's contract), so its list
+    // and counts are this thread's alone.
+    let span = unsafe { &mut *s };
+    // SAFETY: `p` is a block of `s` that is not free: ours to link through its first word.
+    unsafe { *(p as *mut *mut u8) = span.free };
+    span.free = p;
+    span.used -= 1;
+    // SAFETY: `heap` is the calling thread's own heap (it owns `s`, so it is no sentinel);
+    // a slab's class is below NUM_CLASSES.
+    let h = unsafe { &mut *heap };
+    // SAFETY: as just said, the class indexes the counters in bounds.
+    unsafe { h.counters.free.get_unchecked(span.class as usize).bump() };
+    if slab::needs_attention(span.used) {
+        // SAFETY: `s` is a live slab of `h` (from `src`), and `h` is this thread's heap.
+        unsafe { span_attention(h, s, src) };
     }
 }
 
@@ -645,7 +647,7 @@ unsafe fn remote_push(owner: *mut Heap, p: *mut u8) {
 #[cold]
 #[inline(never)]
 unsafe fn span_attention(h: &mut Heap, s: *mut Span, src: &impl SpanSource) {
-    // SAFETY: per the contract.
+    // SAFETY: `s` is a live slab of `h`, the calling thread's heap (the caller's contract).
     let span = unsafe { &mut *s };
     let class = span.class as usize;
     if span.used < 0 {
@@ -670,7 +672,8 @@ unsafe fn span_attention(h: &mut Heap, s: *mut Span, src: &impl SpanSource) {
             );
         }
         // Not current, so in the partial list.
-        // SAFETY: as above.
+        // SAFETY: a slab of `h` with free blocks that is not current is in `h.partial`; once
+        // out of it, empty and in no list, it can go back to `src`.
         unsafe {
             h.partial[class].remove(s);
             retire(s, src);
@@ -748,7 +751,7 @@ pub fn validate_current_thread() {
 /// # Safety
 /// `heap` is owned by the calling thread (its own, or one it took off the registry).
 unsafe fn validate_heap(heap: *mut Heap) {
-    // SAFETY: per the contract.
+    // SAFETY: the calling thread owns `heap` (the caller's contract), so nothing changes it.
     let h = unsafe { &*heap };
     let mine = |s: &Span| owner_heap(s.owner.load(Ordering::Relaxed)) == heap;
     for class in 0..NUM_CLASSES {
@@ -762,7 +765,7 @@ unsafe fn validate_heap(heap: *mut Heap) {
                 "current span of another class",
                 span.addr
             );
-            // SAFETY: as above.
+            // SAFETY: `span` is a live slab this thread's heap owns.
             unsafe { slab::validate(span, true) };
         }
         for (list, full) in [(&h.partial[class], false), (&h.full[class], true)] {
@@ -777,7 +780,7 @@ unsafe fn validate_heap(heap: *mut Heap) {
                     "empty span kept in a list",
                     span.addr
                 );
-                // SAFETY: as above.
+                // SAFETY: a listed span is a live slab this thread's heap owns.
                 unsafe { slab::validate(span, false) };
                 s = span.next;
             }

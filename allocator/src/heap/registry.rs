@@ -147,10 +147,11 @@ pub(super) fn alloc_while_exiting(class: usize) -> *mut u8 {
 /// # Safety
 /// The calling thread owns `heap` and will not use it again.
 unsafe fn park(heap: *mut Heap) {
-    // SAFETY: per the contract.
+    // SAFETY: the calling thread owns `heap` and is done with it (the caller's contract);
+    // its spans are the page layer's.
     unsafe { abandon(&mut *heap, &PageLayer) };
     let mut r = REGISTRY.lock();
-    // SAFETY: as above.
+    // SAFETY: still ours until it is on the abandoned list, which the lock held here guards.
     unsafe { (*heap).next_abandoned = r.abandoned };
     r.abandoned = heap;
     ABANDONED.fetch_add(1, Ordering::Relaxed);
@@ -245,7 +246,7 @@ pub(super) unsafe fn take_over_abandoned(h: &mut Heap) -> bool {
         if unsafe { (*old).redzone } != h.redzone {
             return false;
         }
-        // SAFETY: as above.
+        // SAFETY: `old` heads the abandoned list, which the registry lock held here guards.
         r.abandoned = unsafe { (*old).next_abandoned };
         ABANDONED.fetch_sub(1, Ordering::Relaxed);
         old

@@ -90,7 +90,7 @@ fn blocks_are_distinct_and_spans_go_back_when_empty() {
     for &p in blocks.iter().rev() {
         free_own(&mut h, p, &src);
     }
-    // SAFETY: as above.
+    // SAFETY: the test owns the heap; no thread uses it.
     unsafe { validate_heap(&mut *h) };
     // Only the current span stays (its reference keeps it); the rest went back.
     let left = src.live_runs();
