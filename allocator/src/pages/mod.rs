@@ -436,6 +436,17 @@ impl Chunk {
     }
 }
 
+/// The metadata of a huge block mapped straight from the OS (above the chunk size).
+#[repr(C)]
+pub struct Huge {
+    /// The mapping's first byte (the block's start).
+    pub base: usize,
+    /// Usable bytes of the mapping (a multiple of the page size; the guard page follows).
+    pub len: usize,
+    /// Next descriptor in the recycling list.
+    next_spare: *mut Huge,
+}
+
 /// Pages of the live chunks by state (see `Pages::usage`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageUsage {
@@ -997,6 +1008,167 @@ impl<S: PageSource> Pages<S> {
         }
     }
 
+    /// Maps a huge block of at least `len` bytes aligned to `align` (a power of two), with a
+    /// guard page after it. Returns its descriptor, or `None` when memory is exhausted.
+    pub fn huge_alloc(&mut self, len: usize, align: usize) -> Option<(NonNull<Huge>, bool)>
+    where
+        S: HugeSource,
+    {
+        let len = crate::util::checked_align_up(len, PAGE_SIZE)?;
+        let h = self.huge_desc()?;
+        // A cached mapping that fits (not more than twice the size, and aligned) is reused
+        // as it is; its pages may hold old bytes.
+        let align = align.max(CHUNK_SIZE);
+        let hit = self
+            .huge_cache
+            .iter()
+            .position(|&(b, l, _)| l >= len && l / 2 <= len && b & (align - 1) == 0);
+        let (base, len, fresh) = if let Some(i) = hit {
+            let (b, l, _) = self.huge_cache[i];
+            self.huge_cache[i] = (0, 0, 0);
+            self.huge_cached_bytes -= l;
+            (b, l, false)
+        } else {
+            let Some(base) = self.source.huge_map(len, align) else {
+                self.recycle_huge(h);
+                return None;
+            };
+            (base.as_ptr() as usize, len, true)
+        };
+        if !self.map.set(&self.source, base, len, h as usize) {
+            // Clear the slots that were set before the failure.
+            self.map.set(&self.source, base, len, 0);
+            // SAFETY: the mapping was just made and holds nothing.
+            unsafe { self.source.huge_unmap(base, len) };
+            self.recycle_huge(h);
+            return None;
+        }
+        // SAFETY: h is a descriptor we own.
+        unsafe {
+            (*h).base = base;
+            (*h).len = len;
+        }
+        self.huge_bytes += len;
+        self.huge_counts[0] += 1;
+        self.note_peaks();
+        NonNull::new(h).map(|h| (h, fresh))
+    }
+
+    /// Takes the cached huge mappings freed before `cutoff` (ms; all of them for `u64::MAX`)
+    /// out of the cache into `out` as (base, usable bytes); returns how many. The caller
+    /// unmaps them ([`PageSource::huge_release`]).
+    fn take_cached_huge(
+        &mut self,
+        cutoff: u64,
+        out: &mut [(usize, usize); HUGE_CACHE_SLOTS],
+    ) -> usize {
+        let mut n = 0;
+        for e in &mut self.huge_cache {
+            let (base, len, freed) = *e;
+            if len != 0 && freed <= cutoff {
+                *e = (0, 0, 0);
+                self.huge_cached_bytes -= len;
+                out[n] = (base, len);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn huge_desc(&mut self) -> Option<*mut Huge> {
+        if self.spare_huge.is_null() {
+            let page = self
+                .source
+                .meta_alloc(HUGE_META_BYTES)?
+                .as_ptr()
+                .cast::<Huge>();
+            for i in 0..HUGE_META_BYTES / size_of::<Huge>() {
+                // SAFETY: the page holds this many descriptors.
+                self.recycle_huge(unsafe { page.add(i) });
+            }
+        }
+        let h = self.spare_huge;
+        // SAFETY: recycled descriptors are valid.
+        self.spare_huge = unsafe { (*h).next_spare };
+        Some(h)
+    }
+
+    fn recycle_huge(&mut self, h: *mut Huge) {
+        // SAFETY: the descriptor is unused.
+        unsafe { (*h).next_spare = self.spare_huge };
+        self.spare_huge = h;
+    }
+
+    /// Unmaps a huge block.
+    ///
+    /// # Safety
+    /// `h` is a live huge descriptor whose block nobody uses any more.
+    pub unsafe fn huge_free(&mut self, h: NonNull<Huge>)
+    where
+        S: HugeSource,
+    {
+        // SAFETY: per the contract.
+        let (base, len) = unsafe { (h.as_ref().base, h.as_ref().len) };
+        self.map.set(&self.source, base, len, 0);
+        let slot = self.huge_cache.iter().position(|e| e.1 == 0);
+        match slot {
+            Some(i) if self.huge_cached_bytes + len <= HUGE_CACHE_MAX_BYTES => {
+                self.now_ms = self.source.now_ms();
+                self.huge_cache[i] = (base, len, self.now_ms);
+                self.huge_cached_bytes += len;
+            }
+            // SAFETY: the block is no longer used or mapped to an owner.
+            _ => unsafe { self.source.huge_unmap(base, len) },
+        }
+        self.huge_bytes -= len;
+        self.huge_counts[1] += 1;
+        self.recycle_huge(h.as_ptr());
+    }
+
+    /// Resizes a huge block to hold `new_len` bytes, in place or by moving its pages (never by
+    /// copying) to a place aligned to `align` (at least a chunk). Returns whether it worked;
+    /// on failure the block is unchanged.
+    ///
+    /// # Safety
+    /// `h` is a live huge descriptor; the caller owns its block.
+    pub unsafe fn huge_resize(&mut self, mut h: NonNull<Huge>, new_len: usize, align: usize) -> bool
+    where
+        S: HugeSource,
+    {
+        let Some(new_len) = crate::util::checked_align_up(new_len, PAGE_SIZE) else {
+            return false;
+        };
+        // SAFETY: per the contract.
+        let (base, len) = unsafe { (h.as_ref().base, h.as_ref().len) };
+        if new_len == len {
+            return true;
+        }
+        // SAFETY: the caller owns the block.
+        let Some(new_base) = (unsafe { self.source.huge_remap(base, len, new_len, align) }) else {
+            return false;
+        };
+        let new_base = new_base.as_ptr() as usize;
+        let hv = h.as_ptr() as usize;
+        self.map.set(&self.source, base, len, 0);
+        if !self.map.set(&self.source, new_base, new_len, hv) {
+            // The pages have moved and no map node could be had for their new place: the
+            // block can be neither described nor moved back safely.
+            crate::util::fatal(
+                "out-of-memory",
+                "page map node for a moved huge block",
+                new_base,
+            );
+        }
+        // SAFETY: per the contract.
+        unsafe {
+            h.as_mut().base = new_base;
+            h.as_mut().len = new_len;
+        }
+        self.huge_bytes = self.huge_bytes - len + new_len;
+        self.note_peaks();
+        true
+    }
+
     /// Returns every free page that may hold data to the OS (`MADV_DONTNEED`), and unmaps
     /// the spare chunk. Decommitted pages read as zero, so they count as clean again for
     /// zeroed allocations. Returns the bytes given back. Blocks that a purge on another
@@ -1295,12 +1467,99 @@ unsafe fn walk_chunk(
     true
 }
 
-mod huge;
+/// A page source that can also map huge blocks (above the chunk size).
+///
+/// # Safety
+/// As for [`PageSource`]; besides, `huge_map(len, align)` returns `len` zeroed read-write
+/// bytes aligned to `align` with a guard page after them, overlapping nothing else live, and
+/// `huge_remap` returns the same bytes (contents kept up to the smaller length) at an
+/// address aligned as asked, or `None` with the block unchanged.
+pub unsafe trait HugeSource: PageSource {
+    /// Maps `len` bytes (a page multiple) aligned to `align`, with a guard after them.
+    fn huge_map(&self, len: usize, align: usize) -> Option<NonNull<u8>>;
+    /// Unmaps a block from [`HugeSource::huge_map`] or [`HugeSource::huge_remap`].
+    ///
+    /// # Safety
+    /// The block is unused.
+    unsafe fn huge_unmap(&self, base: usize, len: usize);
+    /// Resizes a block, moving its pages (without copying) to a new place aligned to
+    /// `align.max(CHUNK_SIZE)` if it cannot grow where it is. `None` (block unchanged) when
+    /// memory is exhausted.
+    ///
+    /// # Safety
+    /// The block is live and owned by the caller.
+    unsafe fn huge_remap(
+        &self,
+        base: usize,
+        len: usize,
+        new_len: usize,
+        align: usize,
+    ) -> Option<NonNull<u8>>;
+}
+
+// SAFETY: huge blocks are fresh anonymous mappings aligned by `map_aligned` with a guard
+// page installed after them; mremap moves pages without changing their contents.
+unsafe impl HugeSource for OsSource {
+    fn huge_map(&self, len: usize, align: usize) -> Option<NonNull<u8>> {
+        let p = os::map_aligned(len.checked_add(GUARD_SIZE)?, align)?;
+        // SAFETY: the guard is the last page of the mapping just made.
+        unsafe {
+            os::guard_install(p.as_ptr().add(len), GUARD_SIZE);
+            if crate::config::hugepage() {
+                os::advise_hugepage(p.as_ptr(), len);
+            }
+        }
+        Some(p)
+    }
+
+    unsafe fn huge_unmap(&self, base: usize, len: usize) {
+        // SAFETY: the caller gives the block and its guard back.
+        unsafe { os::unmap(base as *mut u8, len + GUARD_SIZE) };
+    }
+
+    unsafe fn huge_remap(
+        &self,
+        base: usize,
+        len: usize,
+        new_len: usize,
+        align: usize,
+    ) -> Option<NonNull<u8>> {
+        let p = base as *mut u8;
+        // SAFETY: the caller owns the block; its guard page is ours.
+        unsafe {
+            if new_len < len {
+                // Shrink: guard the new end, unmap the rest.
+                os::guard_install(p.add(new_len), GUARD_SIZE);
+                os::unmap(p.add(new_len + GUARD_SIZE), len - new_len);
+                return NonNull::new(p);
+            }
+            // Grow: the guard page becomes data; guard again at the new end.
+            os::guard_remove(p.add(len), GUARD_SIZE);
+            let total = new_len + GUARD_SIZE;
+            if os::remap_in_place(p, len + GUARD_SIZE, total) {
+                os::guard_install(p.add(new_len), GUARD_SIZE);
+                return NonNull::new(p);
+            }
+            // Move to a fresh chunk-aligned reservation, without copying.
+            let Some(dest) = os::map_aligned(total, align.max(CHUNK_SIZE)) else {
+                os::guard_install(p.add(len), GUARD_SIZE);
+                return None;
+            };
+            if !os::remap_to(p, len + GUARD_SIZE, total, dest.as_ptr()) {
+                os::unmap(dest.as_ptr(), total);
+                os::guard_install(p.add(len), GUARD_SIZE);
+                return None;
+            }
+            os::guard_install(dest.as_ptr().add(new_len), GUARD_SIZE);
+            Some(dest)
+        }
+    }
+}
+
 mod map;
 mod purge;
 mod view;
 
-pub use huge::Huge;
 use map::TAG_CHUNK;
 pub use map::{Owner, PageMap};
 pub use purge::with;
