@@ -270,7 +270,8 @@ impl Span {
 /// owner, so the free path's owner test fails and the slow path reports the pointer. Never
 /// written (every writer first checks the owner or the state).
 pub struct VacantSpan(core::cell::UnsafeCell<Span>);
-// SAFETY: never written (see above).
+// SAFETY: the vacant descriptor is never written (every writer first checks the owner or
+// the state, which rule it out), so threads only ever share reads of it.
 unsafe impl Sync for VacantSpan {}
 
 /// See [`VacantSpan`].
@@ -869,29 +870,36 @@ impl<S: PageSource> Pages<S> {
         if chunk == self.spare {
             self.spare = ptr::null_mut();
         }
-        // SAFETY: the block is free and listed under `order`.
-        unsafe {
-            self.take_free(chunk, idx, order);
-            // Split down to the wanted order, freeing the upper halves.
-            while order > want {
-                order -= 1;
-                self.push_free(chunk, idx + (1 << order), order);
-            }
-            // Claim the run first (so no page of it looks like a free buddy), then free the
-            // unused tail past npages.
-            self.used_pages += npages;
-            let s = self.claim(chunk, idx, npages);
-            (*chunk).spans[idx].state.set(state);
-            if state == State::Large {
-                self.large_counts[0] += 1;
-            }
-            let end = idx + (1 << want);
-            if idx + npages < end {
-                self.free_range(chunk, idx + npages, end);
-            }
-            self.debug_validate_at((*chunk).base);
-            s
+        // SAFETY: page `idx` of `chunk` starts the free block `s`, the head of the list of
+        // `order`.
+        unsafe { self.take_free(chunk, idx, order) };
+        // Split down to the wanted order, freeing the upper halves.
+        while order > want {
+            order -= 1;
+            // SAFETY: the upper half of the block taken (or last split) is free, in no list
+            // and aligned to `order` inside the live `chunk`.
+            unsafe { self.push_free(chunk, idx + (1 << order), order) };
         }
+        // Claim the run first (so no page of it looks like a free buddy), then free the
+        // unused tail past npages.
+        self.used_pages += npages;
+        // SAFETY: `[idx, idx + npages)` lies in the block of order `want` just taken out of
+        // the free lists (npages <= 2^want), of the live `chunk`.
+        let s = unsafe { self.claim(chunk, idx, npages) };
+        // SAFETY: `chunk` is live: it holds the run just claimed at page `idx`.
+        unsafe { (*chunk).spans[idx].state.set(state) };
+        if state == State::Large {
+            self.large_counts[0] += 1;
+        }
+        let end = idx + (1 << want);
+        if idx + npages < end {
+            // SAFETY: `[idx + npages, end)` is the taken block's tail past the claimed run:
+            // used by nobody and in no free block.
+            unsafe { self.free_range(chunk, idx + npages, end) };
+        }
+        // SAFETY: `chunk` is live: it holds the run just claimed.
+        self.debug_validate_at(unsafe { (*chunk).base });
+        s
     }
 
     /// Marks `[idx, idx + npages)` as one run in use and returns its descriptor.
@@ -1507,7 +1515,8 @@ unsafe fn walk_chunk(
 ) -> bool {
     let mut p = 0;
     while p < PAGES_PER_CHUNK {
-        // SAFETY: per the contract, the chunk is live and its runs tile its pages.
+        // SAFETY: `chunk` is live (walk_chunk's contract) and its runs tile its pages, so
+        // `p` < PAGES_PER_CHUNK is the first page of one, whose descriptor is read.
         let n = unsafe { (*chunk).spans[p].npages } as usize;
         if !f(chunk, p, n) {
             return false;
@@ -1575,34 +1584,50 @@ unsafe impl HugeSource for OsSource {
         align: usize,
     ) -> Option<NonNull<u8>> {
         let p = base as *mut u8;
-        // SAFETY: the caller owns the block; its guard page is ours.
-        unsafe {
-            if new_len < len {
-                // Shrink: guard the new end, unmap the rest.
-                os::guard_install(p.add(new_len), GUARD_SIZE);
-                os::unmap(p.add(new_len + GUARD_SIZE), len - new_len);
-                return NonNull::new(p);
-            }
-            // Grow: the guard page becomes data; guard again at the new end.
-            os::guard_remove(p.add(len), GUARD_SIZE);
-            let total = new_len + GUARD_SIZE;
-            if os::remap_in_place(p, len + GUARD_SIZE, total) {
-                os::guard_install(p.add(new_len), GUARD_SIZE);
-                return NonNull::new(p);
-            }
-            // Move to a fresh chunk-aligned reservation, without copying.
-            let Some(dest) = os::map_aligned(total, align.max(CHUNK_SIZE)) else {
-                os::guard_install(p.add(len), GUARD_SIZE);
-                return None;
-            };
-            if !os::remap_to(p, len + GUARD_SIZE, total, dest.as_ptr()) {
-                os::unmap(dest.as_ptr(), total);
-                os::guard_install(p.add(len), GUARD_SIZE);
-                return None;
-            }
-            os::guard_install(dest.as_ptr().add(new_len), GUARD_SIZE);
-            Some(dest)
+        if new_len < len {
+            // Shrink: guard the new end, unmap the rest.
+            // SAFETY: `[base, base + len)` is the caller's live block (huge_remap's
+            // contract); the page at `new_len` is inside it, past the bytes kept.
+            unsafe { os::guard_install(p.add(new_len), GUARD_SIZE) };
+            // SAFETY: `[new_len + GUARD_SIZE, len + GUARD_SIZE)` from `p` is the rest of the
+            // block's mapping (its old guard page included), past the new guard: unused.
+            unsafe { os::unmap(p.add(new_len + GUARD_SIZE), len - new_len) };
+            return NonNull::new(p);
         }
+        // Grow: the guard page becomes data; guard again at the new end.
+        // SAFETY: the page at `base + len` is the guard page installed after the caller's
+        // block when it was mapped or last resized: part of its mapping.
+        unsafe { os::guard_remove(p.add(len), GUARD_SIZE) };
+        let total = new_len + GUARD_SIZE;
+        // SAFETY: `[base, base + len + GUARD_SIZE)` is the whole mapping of the caller's
+        // block with its guard page (huge_remap's contract).
+        if unsafe { os::remap_in_place(p, len + GUARD_SIZE, total) } {
+            // SAFETY: the mapping now holds `total` bytes from `p`; its last page, past the
+            // block's new `new_len` bytes, holds nothing.
+            unsafe { os::guard_install(p.add(new_len), GUARD_SIZE) };
+            return NonNull::new(p);
+        }
+        // Move to a fresh chunk-aligned reservation, without copying.
+        let Some(dest) = os::map_aligned(total, align.max(CHUNK_SIZE)) else {
+            // SAFETY: the mapping is unchanged; its page at `len` is the old guard page,
+            // opened above and holding nothing: guarded again.
+            unsafe { os::guard_install(p.add(len), GUARD_SIZE) };
+            return None;
+        };
+        // SAFETY: `[base, base + len + GUARD_SIZE)` is the whole mapping of the caller's
+        // block, and `dest` a reservation of `total` bytes just made, ours.
+        if !unsafe { os::remap_to(p, len + GUARD_SIZE, total, dest.as_ptr()) } {
+            // SAFETY: `dest` was mapped just above and nothing uses it.
+            unsafe { os::unmap(dest.as_ptr(), total) };
+            // SAFETY: the old mapping is unchanged (the move failed); its page at `len` is
+            // the old guard page, opened above and holding nothing: guarded again.
+            unsafe { os::guard_install(p.add(len), GUARD_SIZE) };
+            return None;
+        }
+        // SAFETY: the block's pages now lie at `dest`, `total` bytes mapped; its last page,
+        // past the block's `new_len` bytes, holds nothing.
+        unsafe { os::guard_install(dest.as_ptr().add(new_len), GUARD_SIZE) };
+        Some(dest)
     }
 }
 
