@@ -124,7 +124,8 @@ impl Slot {
 /// `slot` is live or being freed (its data pages are read-write).
 unsafe fn check_slack(slot: &Slot, when: &str) {
     let (head, tail) = slot.slack();
-    // SAFETY: per the contract, both ranges are read-write memory of the slot.
+    // SAFETY: `slot` is live or being freed (check_slack's contract), so its data pages are
+    // read-write, and both slack ranges lie in them (up to the data end).
     let (h, t) = unsafe {
         (
             core::slice::from_raw_parts(head.start as *const u8, head.len()),

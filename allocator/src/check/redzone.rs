@@ -83,15 +83,17 @@ pub fn class_for(size: usize, align: usize) -> Option<usize> {
 pub unsafe fn prepare(b: NonNull<u8>, class: usize, size: usize, zero: bool) {
     let p = b.as_ptr() as usize;
     let bsize = class_size(class);
-    // SAFETY: per the contract, `b` is a whole block of `bsize` bytes, ours, and `size`
-    // leaves room for the canary and the trailer (`class_for`).
-    unsafe {
-        check_fill(p, bsize);
-        if zero {
-            ptr::write_bytes(b.as_ptr(), 0, size);
-        }
-        arm(p, size, bsize);
+    // SAFETY: `b` is a whole block of `bsize` bytes just handed out to the caller
+    // (prepare's contract), off a free list or freshly carved: readable, as check_fill asks.
+    unsafe { check_fill(p, bsize) };
+    if zero {
+        // SAFETY: the caller's block holds `size` bytes and more: its class comes from
+        // class_for, which adds the redzone and the trailer (prepare's contract).
+        unsafe { ptr::write_bytes(b.as_ptr(), 0, size) };
     }
+    // SAFETY: the block of `bsize` bytes at `p` is the caller's, and class_for's class
+    // holds `size + 1 + TRAILER` bytes at least (prepare's contract): arm's contract.
+    unsafe { arm(p, size, bsize) };
 }
 
 /// Writes the canary and the trailer of a block of `bsize` bytes holding `size`.

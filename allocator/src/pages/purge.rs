@@ -196,8 +196,8 @@ impl<S: PageSource> Pages<S> {
                     // it is live; and it is queued (just tested).
                     unsafe { self.dequeue(chunk) };
                 }
-                // SAFETY: `chunk` is live (as above) and not queued (dequeued just above if
-                // it was).
+                // SAFETY: `chunk` holds this range's block, out of the lists, so it is live;
+                // and it is not queued (dequeued just above if it was).
                 unsafe { self.enqueue(chunk) };
             }
         }
