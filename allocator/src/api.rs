@@ -119,7 +119,8 @@ fn alloc_checked(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
 /// reported where the checks can see them (see `heap::free`).
 #[inline(always)]
 pub unsafe fn free(p: NonNull<u8>) {
-    // SAFETY: per the contract.
+    // SAFETY: `p` is non-null (a NonNull), returned by this allocator and not freed since
+    // (free's contract): what heap::free asks.
     unsafe { heap::free(p.as_ptr()) }
 }
 
@@ -130,7 +131,9 @@ pub unsafe fn free(p: NonNull<u8>) {
 /// As for [`free`].
 #[inline(always)]
 pub unsafe fn free_sized(p: NonNull<u8>, size: usize) {
-    // SAFETY: per the contract.
+    // SAFETY: `p` is non-null (a NonNull), returned by this allocator and not freed since
+    // (free_sized's contract, as for free): what heap::free_sized asks; a wrong `size` is
+    // reported there, not trusted.
     unsafe { heap::free_sized(p.as_ptr(), size) }
 }
 
@@ -148,7 +151,8 @@ pub fn trim() -> usize {
 /// # Safety
 /// `p` was returned by this allocator and not freed since.
 pub unsafe fn usable_size(p: NonNull<u8>) -> usize {
-    // SAFETY: per the contract.
+    // SAFETY: `p` is non-null (a NonNull), which is all heap::usable_size asks; it is also a
+    // live block of ours (usable_size's contract), so no report ends the process.
     unsafe { heap::usable_size(p.as_ptr()) }
 }
 
@@ -169,7 +173,7 @@ pub unsafe fn realloc(
     if new_size > MAX_SIZE {
         return None;
     }
-    // SAFETY: per the contract.
+    // `p` is the caller's live block (realloc's contract): the lookup finds what it is.
     let usable = match heap::lookup_owned(p.as_ptr(), "realloc") {
         Block::Small(s) => {
             // SAFETY: the lookup found `p` to be a carved block of the live slab `s`.
@@ -188,22 +192,25 @@ pub unsafe fn realloc(
         }
         Block::Guarded => crate::check::guard::size_of_live(p.as_ptr() as usize, "realloc"),
         Block::Large(s) => {
-            // SAFETY: `s` is the caller's live run.
+            // SAFETY: the lookup found `p` at the start of the live large run `s`.
             let cap = large::run_capacity(unsafe { s.as_ref() });
-            // SAFETY: as above.
+            // SAFETY: `s` is the live large run of `p`, which the caller owns (realloc's
+            // contract): resize_run's contract.
             if new_size > SMALL_MAX && unsafe { large::resize_run(s, new_size) } {
                 return Some(p);
             }
             cap
         }
         Block::Huge(h) => {
-            // SAFETY: `h` is the caller's live huge block.
+            // SAFETY: the lookup found `p` at the start of the live huge block `h`.
             let len = unsafe { h.as_ref().len };
-            // SAFETY: as above; `align` is the block's alignment (the caller's contract).
+            // SAFETY: `h` is the live huge block of `p`, owned by the caller and allocated
+            // with alignment `align` (realloc's contract): resize_huge's contract.
             let resized = new_size > crate::pages::CHUNK_SIZE / 2
                 && unsafe { large::resize_huge(h, new_size, align) };
             if resized {
-                // SAFETY: as above; the block may have moved.
+                // SAFETY: `h` still describes the caller's live block after the resize (which
+                // may have moved it: its base is the new start).
                 return NonNull::new(unsafe { h.as_ref().base } as *mut u8);
             }
             len
@@ -260,7 +267,7 @@ mod tests {
         for &size in &[24, 4000, 40_000, 1 << 20, 6 << 20] {
             for _ in 0..3 {
                 let p = alloc(size, 16).unwrap();
-                // SAFETY: live block.
+                // SAFETY: `p` was just allocated with `size` bytes; freed once, here.
                 unsafe {
                     ptr::write_bytes(p.as_ptr(), 0xff, size);
                     free(p);
@@ -269,7 +276,7 @@ mod tests {
                 // SAFETY: live block of `size` bytes.
                 let bytes = unsafe { core::slice::from_raw_parts(z.as_ptr(), size) };
                 assert!(bytes.iter().all(|&b| b == 0), "size {size}");
-                // SAFETY: live block.
+                // SAFETY: `z` was allocated just above and not freed yet.
                 unsafe { free(z) };
             }
         }
@@ -283,7 +290,8 @@ mod tests {
         unsafe { ptr::write_bytes(p.as_ptr(), 0x5a, size) };
         while size < 24 << 20 {
             let new = size * 3;
-            // SAFETY: p is live.
+            // SAFETY: `p` is the live block of `size` bytes from alloc or the previous
+            // realloc (each unwrapped: none failed), not freed since.
             p = unsafe { realloc(p, Some(size), new, 16) }.unwrap();
             // SAFETY: p holds `new` bytes, the first `size` of them written.
             unsafe {
@@ -298,7 +306,8 @@ mod tests {
         }
         while size > 8 {
             let new = size / 5;
-            // SAFETY: p is live.
+            // SAFETY: `p` is the live block of `size` bytes from alloc or the previous
+            // realloc (each unwrapped: none failed), not freed since.
             p = unsafe { realloc(p, Some(size), new, 16) }.unwrap();
             // SAFETY: p holds `new` bytes.
             let kept = unsafe { core::slice::from_raw_parts(p.as_ptr(), new) };
@@ -308,7 +317,7 @@ mod tests {
             );
             size = new;
         }
-        // SAFETY: live.
+        // SAFETY: `p` is the block the last realloc returned, live: not freed since.
         unsafe { free(p) };
     }
 
@@ -352,7 +361,7 @@ mod tests {
             "{counts:?}"
         );
         for p in mine {
-            // SAFETY: live.
+            // SAFETY: `p` is one of `mine`, allocated by this thread above, freed once here.
             unsafe { free(p) };
         }
         heap::validate_current_thread();
@@ -379,7 +388,8 @@ mod tests {
                 )
             };
             for new in [40 << 20, 100 << 20] {
-                // SAFETY: p is live.
+                // SAFETY: `p` is the live block of `size` bytes and alignment `align` from
+                // alloc or the previous realloc (unwrapped), not freed since.
                 p = unsafe { realloc(p, Some(size), new, align) }.unwrap();
                 assert_eq!(
                     p.as_ptr() as usize % align,
@@ -427,7 +437,7 @@ mod tests {
             .collect();
         heap::validate_current_thread();
         for p in again {
-            // SAFETY: live.
+            // SAFETY: `p` is one of `again`, allocated by this thread above, freed once here.
             unsafe { free(p) };
         }
         heap::validate_current_thread();

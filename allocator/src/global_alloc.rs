@@ -41,15 +41,11 @@ unsafe impl GlobalAlloc for Rampart {
 
     #[inline]
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: GlobalAlloc's contract: `p` is a live block of `layout` from this allocator.
-        unsafe {
-            api::realloc(
-                NonNull::new_unchecked(p),
-                Some(layout.size()),
-                new_size,
-                layout.align(),
-            )
+        // SAFETY: GlobalAlloc's contract: `p` is a block this allocator returned, so non-null.
+        let p = unsafe { NonNull::new_unchecked(p) };
+        // SAFETY: GlobalAlloc's contract: `p` is a live block of `layout` from this allocator
+        // (so aligned to `layout.align()`, usable size at least `layout.size()`).
+        unsafe { api::realloc(p, Some(layout.size()), new_size, layout.align()) }
             .map_or(ptr::null_mut(), NonNull::as_ptr)
-        }
     }
 }

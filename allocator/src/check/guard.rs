@@ -124,7 +124,8 @@ impl Slot {
 /// `slot` is live or being freed (its data pages are read-write).
 unsafe fn check_slack(slot: &Slot, when: &str) {
     let (head, tail) = slot.slack();
-    // SAFETY: per the contract, both ranges are read-write memory of the slot.
+    // SAFETY: `slot` is live or being freed (check_slack's contract), so its data pages are
+    // read-write, and both slack ranges lie in them (up to the data end).
     let (h, t) = unsafe {
         (
             core::slice::from_raw_parts(head.start as *const u8, head.len()),
@@ -544,13 +545,14 @@ pub unsafe fn free(p: usize, claimed: usize) {
 /// # Safety
 /// The range is a slot's data pages, no longer used.
 unsafe fn protect_freed(addr: usize, len: usize) {
-    // SAFETY: per the contract.
-    unsafe {
-        if !os::guards_are_free() {
-            os::decommit(addr as *mut u8, len);
-        }
-        os::guard_install(addr as *mut u8, len);
+    if !os::guards_are_free() {
+        // SAFETY: `[addr, addr + len)` is a slot's data pages, owned by the pool, that nobody
+        // uses any more (protect_freed's contract): their contents may go.
+        unsafe { os::decommit(addr as *mut u8, len) };
     }
+    // SAFETY: the same unused data pages of the pool's own: they hold nothing needed, and
+    // stay untouched while the slot is quarantined, until a reuse removes the guard.
+    unsafe { os::guard_install(addr as *mut u8, len) };
 }
 
 impl Pool {

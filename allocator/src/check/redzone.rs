@@ -52,7 +52,9 @@ fn freed_mark(p: usize, size: usize) -> usize {
 /// # Safety
 /// `p` is a block of `bsize` bytes (readable).
 unsafe fn freed_size(p: usize, bsize: usize) -> Option<usize> {
-    // SAFETY: per the contract.
+    // SAFETY: `p` is a readable block of `bsize` bytes (freed_size's contract), at least 16
+    // (the smallest class): its last word is inside it, and 8-aligned (blocks start and
+    // class sizes are multiples of 16).
     let w = unsafe { ((p + bsize - TRAILER) as *const usize).read_volatile() } ^ FREED ^ p;
     (w & ((1 << ADDR_BITS) - 1) == 0).then_some(w >> ADDR_BITS)
 }
@@ -81,15 +83,17 @@ pub fn class_for(size: usize, align: usize) -> Option<usize> {
 pub unsafe fn prepare(b: NonNull<u8>, class: usize, size: usize, zero: bool) {
     let p = b.as_ptr() as usize;
     let bsize = class_size(class);
-    // SAFETY: per the contract, `b` is a whole block of `bsize` bytes, ours, and `size`
-    // leaves room for the canary and the trailer (`class_for`).
-    unsafe {
-        check_fill(p, bsize);
-        if zero {
-            ptr::write_bytes(b.as_ptr(), 0, size);
-        }
-        arm(p, size, bsize);
+    // SAFETY: `b` is a whole block of `bsize` bytes just handed out to the caller
+    // (prepare's contract), off a free list or freshly carved: readable, as check_fill asks.
+    unsafe { check_fill(p, bsize) };
+    if zero {
+        // SAFETY: the caller's block holds `size` bytes and more: its class comes from
+        // class_for, which adds the redzone and the trailer (prepare's contract).
+        unsafe { ptr::write_bytes(b.as_ptr(), 0, size) };
     }
+    // SAFETY: the block of `bsize` bytes at `p` is the caller's, and class_for's class
+    // holds `size + 1 + TRAILER` bytes at least (prepare's contract): arm's contract.
+    unsafe { arm(p, size, bsize) };
 }
 
 /// Writes the canary and the trailer of a block of `bsize` bytes holding `size`.
@@ -97,13 +101,16 @@ pub unsafe fn prepare(b: NonNull<u8>, class: usize, size: usize, zero: bool) {
 /// # Safety
 /// `p` is a block of `bsize` bytes owned by the caller, `size + 1 + TRAILER <= bsize`.
 unsafe fn arm(p: usize, size: usize, bsize: usize) {
-    // SAFETY: per the contract, all inside the block.
-    unsafe {
-        *((p + size) as *mut u8) = 0;
-        let canary_end = p + bsize - TRAILER;
-        ptr::write_bytes((p + size + 1) as *mut u8, CANARY, canary_end - p - size - 1);
-        ((canary_end) as *mut u64).write_unaligned(size as u64 | check_of(p, size) << 32);
-    }
+    // SAFETY: `size + 1 + TRAILER <= bsize` and the block of `bsize` bytes at `p` is the
+    // caller's (arm's contract), so byte `size` is inside it.
+    unsafe { *((p + size) as *mut u8) = 0 };
+    let canary_end = p + bsize - TRAILER;
+    // SAFETY: `[p + size + 1, canary_end)` lies inside the caller's block (arm's contract:
+    // `size + 1 <= bsize - TRAILER`).
+    unsafe { ptr::write_bytes((p + size + 1) as *mut u8, CANARY, canary_end - p - size - 1) };
+    // SAFETY: `[canary_end, p + bsize)` is the last TRAILER bytes of the caller's block;
+    // written unaligned.
+    unsafe { ((canary_end) as *mut u64).write_unaligned(size as u64 | check_of(p, size) << 32) };
 }
 
 /// The requested size of a live block with a redzone, after checking its canary (reports
@@ -113,29 +120,33 @@ unsafe fn arm(p: usize, size: usize, bsize: usize) {
 /// # Safety
 /// `p` is the start of a carved block of `bsize` bytes in a marked span.
 pub unsafe fn check_live(p: usize, bsize: usize, call: &str) -> usize {
-    // SAFETY: per the contract, every offset read is inside the block.
-    unsafe {
-        let trailer = ((p + bsize - TRAILER) as *const u64).read_unaligned();
-        let size = (trailer & 0xffff_ffff) as usize;
-        if size + 1 + TRAILER <= bsize && trailer >> 32 == check_of(p, size) {
-            let canary =
-                core::slice::from_raw_parts((p + size) as *const u8, bsize - TRAILER - size);
-            let bad = if canary[0] != 0 {
-                Some(0)
-            } else {
-                crate::util::first_not(&canary[1..], CANARY).map(|i| i + 1)
-            };
-            if let Some(i) = bad {
-                overwritten(p, size as u64, size + i, call);
-            }
-            return size;
+    // SAFETY: `p` starts a carved block of `bsize` bytes (check_live's contract), at least
+    // 16 (the smallest class): its last TRAILER bytes are inside it, readable.
+    let trailer = unsafe { ((p + bsize - TRAILER) as *const u64).read_unaligned() };
+    let size = (trailer & 0xffff_ffff) as usize;
+    if size + 1 + TRAILER <= bsize && trailer >> 32 == check_of(p, size) {
+        // SAFETY: `[p + size, p + bsize - TRAILER)` lies inside the carved block at `p`
+        // (`size + 1 + TRAILER <= bsize`, tested just above), readable (check_live's
+        // contract).
+        let canary =
+            unsafe { core::slice::from_raw_parts((p + size) as *const u8, bsize - TRAILER - size) };
+        let bad = if canary[0] != 0 {
+            Some(0)
+        } else {
+            crate::util::first_not(&canary[1..], CANARY).map(|i| i + 1)
+        };
+        if let Some(i) = bad {
+            overwritten(p, size as u64, size + i, call);
         }
-        if freed_size(p, bsize).is_some() {
-            crate::util::fatal("double-free", "free of a block that is already free", p);
-        }
-        // The trailer itself is damaged: the overflow ran to the block's end.
-        overwritten(p, 0, bsize - TRAILER, call)
+        return size;
     }
+    // SAFETY: `p` is a readable block of `bsize` bytes (check_live's contract): what
+    // freed_size asks.
+    if unsafe { freed_size(p, bsize) }.is_some() {
+        crate::util::fatal("double-free", "free of a block that is already free", p);
+    }
+    // The trailer itself is damaged: the overflow ran to the block's end.
+    overwritten(p, 0, bsize - TRAILER, call)
 }
 
 /// Checks a block being freed and fills it with the freed pattern (after which its first
@@ -144,7 +155,8 @@ pub unsafe fn check_live(p: usize, bsize: usize, call: &str) -> usize {
 /// # Safety
 /// As for [`check_live`]; the block is being freed by the caller.
 pub unsafe fn retire(p: usize, bsize: usize, claimed: usize) -> usize {
-    // SAFETY: per the contract.
+    // SAFETY: `p` starts a carved block of `bsize` bytes in a marked span (retire's
+    // contract, as for check_live).
     let size = unsafe { check_live(p, bsize, "free") };
     if claimed > size {
         crate::util::fatal(
@@ -168,26 +180,27 @@ pub unsafe fn retire(p: usize, bsize: usize, claimed: usize) -> usize {
 /// # Safety
 /// `p` is a block of `bsize` bytes just taken off a free list.
 unsafe fn check_fill(p: usize, bsize: usize) {
-    // SAFETY: per the contract.
-    unsafe {
-        let Some(old) = freed_size(p, bsize) else {
-            return;
-        };
-        let fill = core::slice::from_raw_parts((p + 8) as *const u8, bsize - 8 - TRAILER);
-        if let Some(i) = crate::util::first_not(fill, FILL) {
-            let mut line = Line::new();
-            line.str("rampart: use-after-free: write at ")
-                .hex((p + 8 + i) as u64)
-                .str(": offset ")
-                .dec(8 + i as u64)
-                .str(" from a block of ")
-                .dec(old as u64)
-                .str(" bytes at ")
-                .hex(p as u64)
-                .str(" (found when the freed block was reused)");
-            line.emit();
-            crate::os::abort();
-        }
+    // SAFETY: `p` is a block of `bsize` bytes just taken off a free list (check_fill's
+    // contract), readable: what freed_size asks.
+    let Some(old) = (unsafe { freed_size(p, bsize) }) else {
+        return;
+    };
+    // SAFETY: `[p + 8, p + bsize - TRAILER)` lies inside the block at `p`, readable
+    // (check_fill's contract): `bsize` is at least 16, the smallest class.
+    let fill = unsafe { core::slice::from_raw_parts((p + 8) as *const u8, bsize - 8 - TRAILER) };
+    if let Some(i) = crate::util::first_not(fill, FILL) {
+        let mut line = Line::new();
+        line.str("rampart: use-after-free: write at ")
+            .hex((p + 8 + i) as u64)
+            .str(": offset ")
+            .dec(8 + i as u64)
+            .str(" from a block of ")
+            .dec(old as u64)
+            .str(" bytes at ")
+            .hex(p as u64)
+            .str(" (found when the freed block was reused)");
+        line.emit();
+        crate::os::abort();
     }
 }
 

@@ -48,7 +48,8 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
 /// # Safety
 /// `s` is a live large run that nobody uses any more.
 pub unsafe fn free_run(s: NonNull<Span>) {
-    // SAFETY: per the contract.
+    // SAFETY: `s` is a live large run that nobody uses any more (free_run's contract): what
+    // Pages::free_run asks.
     unsafe { pages::with(|p| p.free_run(s)) };
 }
 
@@ -57,7 +58,8 @@ pub unsafe fn free_run(s: NonNull<Span>) {
 /// # Safety
 /// `h` is a live huge block that nobody uses any more.
 pub unsafe fn free_huge(h: NonNull<Huge>) {
-    // SAFETY: per the contract.
+    // SAFETY: `h` is a live huge block that nobody uses any more (free_huge's contract): what
+    // Pages::huge_free asks.
     unsafe { pages::with(|p| p.huge_free(h)) };
 }
 
@@ -76,17 +78,18 @@ pub unsafe fn resize_run(s: NonNull<Span>, new_size: usize) -> bool {
         return false;
     };
     let npages = bytes / PAGE_SIZE;
-    // SAFETY: per the contract.
+    // SAFETY: `s` is a live large run (resize_run's contract), so a valid descriptor.
     let old = unsafe { s.as_ref().npages } as usize;
     if npages == old {
         return true;
     }
     if npages < old {
-        // SAFETY: per the contract; the tail is beyond the new size.
+        // SAFETY: `s` is a live run owned by the caller (resize_run's contract), and its
+        // pages from `npages` on lie past `new_size`, which the caller keeps to: unused.
         unsafe { pages::with(|p| p.shrink_run(s, npages)) };
         return true;
     }
-    // SAFETY: per the contract.
+    // SAFETY: `s` is a live run (resize_run's contract): what grow_run asks.
     npages <= PAGES_PER_CHUNK && unsafe { PAGES.lock().grow_run(s, npages) }
 }
 
@@ -97,6 +100,7 @@ pub unsafe fn resize_run(s: NonNull<Span>, new_size: usize) -> bool {
 /// # Safety
 /// `h` is a live huge block owned by the caller, allocated with alignment `align`.
 pub unsafe fn resize_huge(h: NonNull<Huge>, new_size: usize, align: usize) -> bool {
-    // SAFETY: per the contract.
+    // SAFETY: `h` is a live huge block owned by the caller (resize_huge's contract): what
+    // huge_resize asks.
     unsafe { PAGES.lock().huge_resize(h, new_size, align) }
 }

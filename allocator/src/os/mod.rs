@@ -182,7 +182,8 @@ pub unsafe fn guard_install(addr: *mut u8, len: usize) -> bool {
     }
     MPROTECT_GUARDS.store(true, Ordering::Relaxed);
     count(MPROTECT);
-    // SAFETY: as above; the range is the caller's.
+    // SAFETY: the caller owns the range, needs nothing in it and leaves it alone until
+    // guard_remove (guard_install's contract): it may become inaccessible.
     let ok = unsafe { mm::mprotect(addr.cast(), len, MprotectFlags::empty()).is_ok() };
     if ok {
         count(GUARDS);
@@ -582,7 +583,8 @@ fn install_fault_handler(sig: i32, handler: FaultHandler) -> Option<libc::sigact
     let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
     act.sa_sigaction = handler as usize;
     act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
-    // SAFETY: as above.
+    // SAFETY: an all-zero sigaction is a valid value (sigaction overwrites it with the old
+    // action).
     let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
     // SAFETY: both structs are valid; the handler is a plain function living for ever.
     let rc = unsafe {
@@ -638,13 +640,12 @@ fn pass_default(sig: i32, fault: bool) {
 /// Sets `sig` back to its default action (for a fault: the process dies with that signal
 /// when the faulting instruction runs again).
 fn restore_default(sig: i32) {
-    // SAFETY: an all-zero sigaction with SIG_DFL is valid; sigaction neither allocates nor
-    // keeps the pointer.
-    unsafe {
-        let mut act: libc::sigaction = core::mem::zeroed();
-        act.sa_sigaction = libc::SIG_DFL;
-        libc::sigaction(sig, &act, ptr::null_mut());
-    }
+    // SAFETY: an all-zero sigaction is a valid value (no flags, an empty mask).
+    let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
+    act.sa_sigaction = libc::SIG_DFL;
+    // SAFETY: `act` is a valid sigaction naming SIG_DFL, and a null old-action pointer is
+    // allowed; sigaction neither allocates nor keeps the pointer.
+    unsafe { libc::sigaction(sig, &act, ptr::null_mut()) };
 }
 
 /// Whether a page fault described by a handler's context was a write (bit 1 of the x86-64
@@ -656,7 +657,8 @@ unsafe fn fault_was_write(ctx: *mut c_void) -> Option<bool> {
     if ctx.is_null() {
         return None;
     }
-    // SAFETY: per the contract.
+    // SAFETY: `ctx` is not null (tested above), so it is the `ucontext_t` the kernel gave
+    // the fault handler (fault_was_write's contract).
     let uc = unsafe { &*(ctx as *const libc::ucontext_t) };
     Some(uc.uc_mcontext.gregs[libc::REG_ERR as usize] & 2 != 0)
 }
@@ -670,7 +672,8 @@ unsafe fn fault_pc(ctx: *mut c_void) -> Option<usize> {
     if ctx.is_null() {
         return None;
     }
-    // SAFETY: per the contract.
+    // SAFETY: `ctx` is not null (tested above), so it is the `ucontext_t` the kernel gave
+    // the fault handler (fault_pc's contract).
     let uc = unsafe { &*(ctx as *const libc::ucontext_t) };
     Some(uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize)
 }
@@ -742,10 +745,9 @@ pub fn symbolize(pc: usize) -> Option<Symbol> {
     if unsafe { libc::dladdr(pc as *const c_void, &mut info) } == 0 {
         return None;
     }
-    // SAFETY: the names dladdr returns are NUL-terminated strings of loaded objects, which
-    // stay loaded while the report is written.
     let name = |p: *const core::ffi::c_char| {
-        // SAFETY: as above.
+        // SAFETY: `p` is not null (tested), and the names dladdr returns are NUL-terminated
+        // strings of loaded objects, which stay loaded while the report is written.
         (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) })
     };
     let sym = name(info.dli_sname);

@@ -92,7 +92,8 @@ pub unsafe trait PageSource {
     /// # Safety
     /// `[base, base + len + GUARD_SIZE)` is a huge mapping of this source, unused.
     unsafe fn huge_release(&self, base: usize, len: usize) {
-        // SAFETY: per the contract.
+        // SAFETY: `[base, base + len + GUARD_SIZE)` is an unused huge mapping of this source
+        // (huge_release's contract): the caller's to give up.
         unsafe { os::unmap(base as *mut u8, len + GUARD_SIZE) };
     }
 }
@@ -269,7 +270,8 @@ impl Span {
 /// owner, so the free path's owner test fails and the slow path reports the pointer. Never
 /// written (every writer first checks the owner or the state).
 pub struct VacantSpan(core::cell::UnsafeCell<Span>);
-// SAFETY: never written (see above).
+// SAFETY: the vacant descriptor is never written (every writer first checks the owner or
+// the state, which rule it out), so threads only ever share reads of it.
 unsafe impl Sync for VacantSpan {}
 
 /// See [`VacantSpan`].
@@ -320,17 +322,20 @@ impl SpanList {
     /// `s` is in this list.
     #[inline]
     pub unsafe fn remove(&mut self, s: *mut Span) {
-        // SAFETY: `s` is in this list, so its neighbours are valid spans of it.
+        // SAFETY: `s` is in this list (remove's contract), so a valid span.
+        let (prev, next) = unsafe { ((*s).prev, (*s).next) };
+        if prev.is_null() {
+            self.head = next;
+        } else {
+            // SAFETY: `prev` is `s`'s predecessor in this list, so a valid span of it.
+            unsafe { (*prev).next = next };
+        }
+        if !next.is_null() {
+            // SAFETY: `next` is `s`'s successor in this list, so a valid span of it.
+            unsafe { (*next).prev = prev };
+        }
+        // SAFETY: `s` is a valid span (in this list until now, remove's contract).
         unsafe {
-            let (prev, next) = ((*s).prev, (*s).next);
-            if prev.is_null() {
-                self.head = next;
-            } else {
-                (*prev).next = next;
-            }
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
             (*s).next = ptr::null_mut();
             (*s).prev = ptr::null_mut();
         }
@@ -686,27 +691,31 @@ impl<S: PageSource> Pages<S> {
     /// # Safety
     /// `chunk` is live and `[idx, idx + 2^order)` is a free, unlisted, aligned block of it.
     unsafe fn push_free(&mut self, chunk: *mut Chunk, idx: usize, order: u32) {
-        // SAFETY: per the contract.
-        unsafe {
-            let s = &raw mut (*chunk).spans[idx];
-            (*s).state.set(State::Free);
-            (*s).order = order as u8;
-            (*s).npages = 1 << order;
-            (*s).flags = 0;
-            (*chunk).run[idx] = s;
-            (*chunk).free_pages += 1 << order;
-            self.free[order as usize].push(s);
-        }
+        // SAFETY: `chunk` is a live chunk's metadata (push_free's contract), ours under the
+        // page lock; `c` is not used once the list push below may write other descriptors.
+        let c = unsafe { &mut *chunk };
+        let span = &mut c.spans[idx];
+        span.state.set(State::Free);
+        span.order = order as u8;
+        span.npages = 1 << order;
+        span.flags = 0;
+        let s: *mut Span = span;
+        c.run[idx] = s;
+        c.free_pages += 1 << order;
+        // SAFETY: `s` is a valid descriptor in no list (the block is unlisted, push_free's
+        // contract).
+        unsafe { self.free[order as usize].push(s) };
     }
 
     /// # Safety
     /// `[idx, idx + 2^order)` is a free block of `chunk` in the list of `order`.
     unsafe fn take_free(&mut self, chunk: *mut Chunk, idx: usize, order: u32) {
-        // SAFETY: per the contract.
-        unsafe {
-            self.free[order as usize].remove(&raw mut (*chunk).spans[idx]);
-            (*chunk).free_pages -= 1 << order;
-        }
+        // SAFETY: page `idx` of `chunk` starts a free block in the list of `order`
+        // (take_free's contract), so its descriptor is in that list.
+        unsafe { self.free[order as usize].remove(&raw mut (*chunk).spans[idx]) };
+        // SAFETY: `chunk` holds a free block, so it is a live chunk's metadata, ours under
+        // the page lock.
+        unsafe { (*chunk).free_pages -= 1 << order };
     }
 
     /// Frees the block `[idx, idx + 2^order)`, merging it with free buddies.
@@ -716,9 +725,10 @@ impl<S: PageSource> Pages<S> {
     unsafe fn free_block(&mut self, chunk: *mut Chunk, mut idx: usize, mut order: u32) {
         while order < CHUNK_ORDER {
             let buddy = idx ^ (1 << order);
-            // SAFETY: buddy < PAGES_PER_CHUNK since the block is aligned inside the chunk.
+            // SAFETY: `chunk` is live (it holds the block) and buddy < PAGES_PER_CHUNK since
+            // the block is aligned inside the chunk.
             let b = unsafe { &(*chunk).spans[buddy] };
-            // SAFETY: as above.
+            // SAFETY: the same live chunk and in-bounds page `buddy`.
             let is_head = ptr::eq(unsafe { (*chunk).run[buddy] }, b);
             if !(is_head && b.state == State::Free && b.order as u32 == order) {
                 break;
@@ -782,7 +792,8 @@ impl<S: PageSource> Pages<S> {
         if self.spare == chunk {
             return;
         }
-        // SAFETY: per the contract.
+        // SAFETY: `chunk` is one listed free block of order CHUNK_ORDER (release_chunk's
+        // contract) and not the spare (tested just above): unmap_chunk's contract.
         unsafe { self.unmap_chunk(chunk) };
     }
 
@@ -791,31 +802,41 @@ impl<S: PageSource> Pages<S> {
     /// # Safety
     /// `chunk` is one free block of order `CHUNK_ORDER`, in the free list, and not the spare.
     unsafe fn unmap_chunk(&mut self, chunk: *mut Chunk) {
-        // SAFETY: per the contract.
-        unsafe {
-            debug_assert!(
-                (*chunk).free_pages == PAGES_PER_CHUNK && (*chunk).spans[0].state == State::Free
-            );
-            if (*chunk).queued {
-                self.dequeue(chunk);
-            }
-            self.take_free(chunk, 0, CHUNK_ORDER);
-            let dirty: u32 = (*chunk).dirty.iter().map(|w| w.count_ones()).sum();
-            self.dirty_pages -= dirty as usize;
-            let (prev, next) = ((*chunk).prev_chunk, (*chunk).next_chunk);
-            if prev.is_null() {
-                self.all = next;
-            } else {
-                (*prev).next_chunk = next;
-            }
-            if !next.is_null() {
-                (*next).prev_chunk = prev;
-            }
-            let base = (*chunk).base;
-            self.map.set(&self.source, base, CHUNK_SIZE, 0);
-            self.source
-                .chunk_free(NonNull::new_unchecked(base as *mut u8));
+        // SAFETY: `chunk` is a live chunk's metadata (a listed free block, unmap_chunk's
+        // contract); this shared borrow ends before the queue and the lists change it.
+        let c = unsafe { &*chunk };
+        debug_assert!(c.free_pages == PAGES_PER_CHUNK && c.spans[0].state == State::Free);
+        let queued = c.queued;
+        if queued {
+            // SAFETY: `chunk` is live, and queued (its flag, read just above).
+            unsafe { self.dequeue(chunk) };
         }
+        // SAFETY: the whole chunk is one free block of order CHUNK_ORDER at page 0, in the
+        // free list (unmap_chunk's contract).
+        unsafe { self.take_free(chunk, 0, CHUNK_ORDER) };
+        // SAFETY: `chunk` is still live metadata (given back only at the end); this shared
+        // borrow ends before its neighbours are written.
+        let c = unsafe { &*chunk };
+        let dirty: u32 = c.dirty.iter().map(|w| w.count_ones()).sum();
+        self.dirty_pages -= dirty as usize;
+        let (prev, next, base) = (c.prev_chunk, c.next_chunk, c.base);
+        if prev.is_null() {
+            self.all = next;
+        } else {
+            // SAFETY: `prev` precedes `chunk` in the list of live chunks, so it is live.
+            unsafe { (*prev).next_chunk = next };
+        }
+        if !next.is_null() {
+            // SAFETY: `next` follows `chunk` in the list of live chunks, so it is live.
+            unsafe { (*next).prev_chunk = prev };
+        }
+        self.map.set(&self.source, base, CHUNK_SIZE, 0);
+        // SAFETY: `base` is the chunk's start from chunk_alloc (not null), and nothing in it is
+        // used: all its pages are one free block, now out of the lists and the map.
+        unsafe {
+            self.source
+                .chunk_free(NonNull::new_unchecked(base as *mut u8))
+        };
         self.recycle_meta(chunk);
         self.chunks -= 1;
     }
@@ -849,29 +870,36 @@ impl<S: PageSource> Pages<S> {
         if chunk == self.spare {
             self.spare = ptr::null_mut();
         }
-        // SAFETY: the block is free and listed under `order`.
-        unsafe {
-            self.take_free(chunk, idx, order);
-            // Split down to the wanted order, freeing the upper halves.
-            while order > want {
-                order -= 1;
-                self.push_free(chunk, idx + (1 << order), order);
-            }
-            // Claim the run first (so no page of it looks like a free buddy), then free the
-            // unused tail past npages.
-            self.used_pages += npages;
-            let s = self.claim(chunk, idx, npages);
-            (*chunk).spans[idx].state.set(state);
-            if state == State::Large {
-                self.large_counts[0] += 1;
-            }
-            let end = idx + (1 << want);
-            if idx + npages < end {
-                self.free_range(chunk, idx + npages, end);
-            }
-            self.debug_validate_at((*chunk).base);
-            s
+        // SAFETY: page `idx` of `chunk` starts the free block `s`, the head of the list of
+        // `order`.
+        unsafe { self.take_free(chunk, idx, order) };
+        // Split down to the wanted order, freeing the upper halves.
+        while order > want {
+            order -= 1;
+            // SAFETY: the upper half of the block taken (or last split) is free, in no list
+            // and aligned to `order` inside the live `chunk`.
+            unsafe { self.push_free(chunk, idx + (1 << order), order) };
         }
+        // Claim the run first (so no page of it looks like a free buddy), then free the
+        // unused tail past npages.
+        self.used_pages += npages;
+        // SAFETY: `[idx, idx + npages)` lies in the block of order `want` just taken out of
+        // the free lists (npages <= 2^want), of the live `chunk`.
+        let s = unsafe { self.claim(chunk, idx, npages) };
+        // SAFETY: `chunk` is live: it holds the run just claimed at page `idx`.
+        unsafe { (*chunk).spans[idx].state.set(state) };
+        if state == State::Large {
+            self.large_counts[0] += 1;
+        }
+        let end = idx + (1 << want);
+        if idx + npages < end {
+            // SAFETY: `[idx + npages, end)` is the taken block's tail past the claimed run:
+            // used by nobody and in no free block.
+            unsafe { self.free_range(chunk, idx + npages, end) };
+        }
+        // SAFETY: `chunk` is live: it holds the run just claimed.
+        self.debug_validate_at(unsafe { (*chunk).base });
+        s
     }
 
     /// Marks `[idx, idx + npages)` as one run in use and returns its descriptor.
@@ -884,30 +912,30 @@ impl<S: PageSource> Pages<S> {
         idx: usize,
         npages: usize,
     ) -> Option<NonNull<Span>> {
-        // SAFETY: per the contract; all indices are inside the chunk.
-        unsafe {
-            let c = &mut *chunk;
-            let mut clean = true;
-            let head = &raw mut c.spans[idx];
-            let mut dirtied = 0;
-            for p in idx..idx + npages {
-                c.run[p] = head;
-                let (w, b) = (p / 64, p % 64);
-                let was_clean = c.dirty[w] & (1 << b) == 0;
-                clean &= was_clean;
-                dirtied += was_clean as usize;
-                c.dirty[w] |= 1 << b;
-                c.aged[w] &= !(1 << b);
-            }
-            self.dirty_pages += dirtied;
-            self.note_peaks();
-            let s = &mut c.spans[idx];
-            s.npages = npages as u32;
-            s.flags = if clean { FLAG_CLEAN } else { 0 };
-            s.next = ptr::null_mut();
-            s.prev = ptr::null_mut();
-            Some(NonNull::from(s))
+        // SAFETY: `chunk` is a live chunk's metadata whose pages `[idx, idx + npages)` were
+        // just taken out of the free lists (claim's contract): ours under the page lock, and
+        // no other reference into it is used while `c` is.
+        let c = unsafe { &mut *chunk };
+        let mut clean = true;
+        let head = &raw mut c.spans[idx];
+        let mut dirtied = 0;
+        for p in idx..idx + npages {
+            c.run[p] = head;
+            let (w, b) = (p / 64, p % 64);
+            let was_clean = c.dirty[w] & (1 << b) == 0;
+            clean &= was_clean;
+            dirtied += was_clean as usize;
+            c.dirty[w] |= 1 << b;
+            c.aged[w] &= !(1 << b);
         }
+        self.dirty_pages += dirtied;
+        self.note_peaks();
+        let s = &mut c.spans[idx];
+        s.npages = npages as u32;
+        s.flags = if clean { FLAG_CLEAN } else { 0 };
+        s.next = ptr::null_mut();
+        s.prev = ptr::null_mut();
+        Some(NonNull::from(s))
     }
 
     /// The chunk and page index of a span.
@@ -929,19 +957,24 @@ impl<S: PageSource> Pages<S> {
     /// # Safety
     /// `s` is a live run that nobody uses any more.
     pub unsafe fn free_run(&mut self, s: NonNull<Span>) {
-        // SAFETY: per the contract.
-        unsafe {
-            let (chunk, idx) = self.locate(s.as_ptr());
-            let n = s.as_ref().npages as usize;
-            if (*chunk).spans[idx].state == State::Large {
-                self.large_counts[1] += 1;
-            }
-            self.used_pages -= n;
-            (*chunk).spans[idx].state.set(State::Free);
-            let base = (*chunk).base;
-            self.free_range(chunk, idx, idx + n);
-            self.debug_validate_at(base);
+        // SAFETY: `s` is a live run (free_run's contract): a descriptor in a live chunk's
+        // metadata, as locate asks.
+        let (chunk, idx) = unsafe { self.locate(s.as_ptr()) };
+        // SAFETY: `s` is a live run's descriptor (free_run's contract).
+        let n = unsafe { s.as_ref().npages } as usize;
+        // SAFETY: `chunk` is the live chunk holding `s` (found by locate just above) and
+        // `idx` < PAGES_PER_CHUNK; this shared borrow ends before free_range changes it.
+        let c = unsafe { &*chunk };
+        if c.spans[idx].state == State::Large {
+            self.large_counts[1] += 1;
         }
+        self.used_pages -= n;
+        c.spans[idx].state.set(State::Free);
+        let base = c.base;
+        // SAFETY: the run's pages `[idx, idx + n)` are used by nobody any more (free_run's
+        // contract) and in no free block (they were the live run's).
+        unsafe { self.free_range(chunk, idx, idx + n) };
+        self.debug_validate_at(base);
     }
 
     /// Grows a run in place to `new_npages` if the pages after it are free. Returns whether
@@ -950,43 +983,56 @@ impl<S: PageSource> Pages<S> {
     /// # Safety
     /// `s` is a live run.
     pub unsafe fn grow_run(&mut self, s: NonNull<Span>, new_npages: usize) -> bool {
-        // SAFETY: per the contract.
-        unsafe {
-            let (chunk, idx) = self.locate(s.as_ptr());
-            let old = s.as_ref().npages as usize;
-            let end = idx + new_npages;
-            if end > PAGES_PER_CHUNK {
+        // SAFETY: `s` is a live run (grow_run's contract): a descriptor in a live chunk's
+        // metadata, as locate asks.
+        let (chunk, idx) = unsafe { self.locate(s.as_ptr()) };
+        // SAFETY: `s` is a live run's descriptor (grow_run's contract).
+        let old = unsafe { s.as_ref().npages } as usize;
+        let end = idx + new_npages;
+        if end > PAGES_PER_CHUNK {
+            return false;
+        }
+        // Every page in [idx + old, end) must lie in a free block.
+        // SAFETY: `chunk` is the live chunk holding `s` (found by locate just above); this
+        // shared borrow reads descriptors that take_free below leaves as they are (it
+        // relinks the lists and counts free pages), and ends before claim.
+        let c = unsafe { &*chunk };
+        let mut p = idx + old;
+        while p < end {
+            let b = &c.spans[p];
+            if !ptr::eq(c.run[p], b) || b.state != State::Free {
                 return false;
             }
-            // Every page in [idx + old, end) must lie in a free block.
-            let c = &*chunk;
-            let mut p = idx + old;
-            while p < end {
-                let b = &c.spans[p];
-                if !ptr::eq(c.run[p], b) || b.state != State::Free {
-                    return false;
-                }
-                p += b.npages as usize;
-            }
-            // Take those blocks; give back the part of the last one past `end`.
-            let mut p = idx + old;
-            while p < end {
-                let order = c.spans[p].order as u32;
-                self.take_free(chunk, p, order);
-                p += 1 << order;
-            }
-            let state = (*chunk).spans[idx].state.get();
-            let flags = (*chunk).spans[idx].flags;
-            self.used_pages += new_npages - old;
-            self.claim(chunk, idx, new_npages);
-            (*chunk).spans[idx].state.set(state);
-            (*chunk).spans[idx].flags = flags & !FLAG_CLEAN;
-            if p > end {
-                self.free_range(chunk, end, p);
-            }
-            self.debug_validate_at((*chunk).base);
-            true
+            p += b.npages as usize;
         }
+        // Take those blocks; give back the part of the last one past `end`.
+        let mut p = idx + old;
+        while p < end {
+            let order = c.spans[p].order as u32;
+            // SAFETY: page `p` starts a free block of `order` of `chunk` (its run pointer
+            // is its own free descriptor, checked above), so it is in that order's list.
+            unsafe { self.take_free(chunk, p, order) };
+            p += 1 << order;
+        }
+        let state = c.spans[idx].state.get();
+        let flags = c.spans[idx].flags;
+        let base = c.base;
+        self.used_pages += new_npages - old;
+        // SAFETY: `[idx, end)` is the live run's pages and the free blocks just taken out of
+        // the lists, all of `chunk`, which is live.
+        unsafe { self.claim(chunk, idx, new_npages) };
+        // SAFETY: `chunk` is live (it holds the grown run); no other reference into it is
+        // used while `head` is.
+        let head = unsafe { &mut (*chunk).spans[idx] };
+        head.state.set(state);
+        head.flags = flags & !FLAG_CLEAN;
+        if p > end {
+            // SAFETY: `[end, p)` is the tail of the last block taken, past the grown run:
+            // used by nobody and, taken out of the lists above, in no free block.
+            unsafe { self.free_range(chunk, end, p) };
+        }
+        self.debug_validate_at(base);
+        true
     }
 
     /// Shrinks a run in place to `new_npages` (at least 1), freeing its tail.
@@ -994,18 +1040,23 @@ impl<S: PageSource> Pages<S> {
     /// # Safety
     /// `s` is a live run; its pages from `new_npages` on are no longer used.
     pub unsafe fn shrink_run(&mut self, mut s: NonNull<Span>, new_npages: usize) {
-        // SAFETY: per the contract.
-        unsafe {
-            let (chunk, idx) = self.locate(s.as_ptr());
-            let old = s.as_ref().npages as usize;
-            if new_npages >= old {
-                return;
-            }
-            s.as_mut().npages = new_npages as u32;
-            self.used_pages -= old - new_npages;
-            self.free_range(chunk, idx + new_npages, idx + old);
-            self.debug_validate_at((*chunk).base);
+        // SAFETY: `s` is a live run (shrink_run's contract): a descriptor in a live chunk's
+        // metadata, as locate asks.
+        let (chunk, idx) = unsafe { self.locate(s.as_ptr()) };
+        // SAFETY: `s` is a live run's descriptor (shrink_run's contract).
+        let old = unsafe { s.as_ref().npages } as usize;
+        if new_npages >= old {
+            return;
         }
+        // SAFETY: `s` is a live run's descriptor; the page lock (`&mut self`) serialises
+        // writers of its extent.
+        unsafe { s.as_mut().npages = new_npages as u32 };
+        self.used_pages -= old - new_npages;
+        // SAFETY: `[idx + new_npages, idx + old)` is the run's tail, no longer used
+        // (shrink_run's contract) and in no free block (it was the live run's).
+        unsafe { self.free_range(chunk, idx + new_npages, idx + old) };
+        // SAFETY: `chunk` is still live: it holds the shrunk run (at least one page).
+        self.debug_validate_at(unsafe { (*chunk).base });
     }
 
     /// Maps a huge block of at least `len` bytes aligned to `align` (a power of two), with a
@@ -1107,7 +1158,7 @@ impl<S: PageSource> Pages<S> {
     where
         S: HugeSource,
     {
-        // SAFETY: per the contract.
+        // SAFETY: `h` is a live huge descriptor (huge_free's contract).
         let (base, len) = unsafe { (h.as_ref().base, h.as_ref().len) };
         self.map.set(&self.source, base, len, 0);
         let slot = self.huge_cache.iter().position(|e| e.1 == 0);
@@ -1138,12 +1189,13 @@ impl<S: PageSource> Pages<S> {
         let Some(new_len) = crate::util::checked_align_up(new_len, PAGE_SIZE) else {
             return false;
         };
-        // SAFETY: per the contract.
+        // SAFETY: `h` is a live huge descriptor (huge_resize's contract).
         let (base, len) = unsafe { (h.as_ref().base, h.as_ref().len) };
         if new_len == len {
             return true;
         }
-        // SAFETY: the caller owns the block.
+        // SAFETY: `[base, base + len)` is the live block of `h`, which the caller owns
+        // (huge_resize's contract): what huge_remap asks.
         let Some(new_base) = (unsafe { self.source.huge_remap(base, len, new_len, align) }) else {
             return false;
         };
@@ -1159,7 +1211,8 @@ impl<S: PageSource> Pages<S> {
                 new_base,
             );
         }
-        // SAFETY: per the contract.
+        // SAFETY: `h` is a live huge descriptor whose block the caller owns (huge_resize's
+        // contract), so nobody else writes it; the page lock serialises the page layer.
         unsafe {
             h.as_mut().base = new_base;
             h.as_mut().len = new_len;
@@ -1213,7 +1266,8 @@ impl<S: PageSource> Pages<S> {
     /// # Safety
     /// `[idx, idx + n)` is a free block of the live `chunk`.
     unsafe fn decommit_block(&mut self, chunk: *mut Chunk, idx: usize, n: usize) -> usize {
-        // SAFETY: per the contract.
+        // SAFETY: `chunk` is a live chunk's metadata (decommit_block's contract), ours under
+        // the page lock; nothing else reaches into it while `c` is used.
         let c = unsafe { &mut *chunk };
         let mut released = 0;
         let mut from = idx;
@@ -1273,10 +1327,11 @@ impl<S: PageSource> Pages<S> {
         let mut c = self.all;
         let mut n = 0;
         while !c.is_null() {
-            // SAFETY: listed chunks are live.
+            // SAFETY: `c` is in the list of live chunks (from `self.all` through
+            // `next_chunk`), so live: validate_chunk's contract.
             unsafe { self.validate_chunk(c) };
             n += 1;
-            // SAFETY: as above.
+            // SAFETY: `c` is a live chunk of that list; its link names the next one or null.
             c = unsafe { (*c).next_chunk };
         }
         invariant!(n == self.chunks, "chunk list and count disagree");
@@ -1301,7 +1356,8 @@ impl<S: PageSource> Pages<S> {
                     "block in the wrong list",
                     span.addr
                 );
-                // SAFETY: as above.
+                // SAFETY: `s` is in a free list, so a descriptor inside a live chunk's
+                // metadata, as locate asks.
                 let (chunk, idx) = unsafe { self.locate(s) };
                 invariant!(idx % (1 << order) == 0, "misaligned free block", span.addr);
                 // SAFETY: chunk is live.
@@ -1382,7 +1438,7 @@ impl<S: PageSource> Pages<S> {
     /// # Safety
     /// `chunk` is live.
     pub unsafe fn validate_chunk(&self, chunk: *const Chunk) {
-        // SAFETY: per the contract.
+        // SAFETY: `chunk` is a live chunk's metadata (validate_chunk's contract); only read.
         let c = unsafe { &*chunk };
         let (mut free, mut used, mut out, mut p) = (0, 0, 0, 0);
         while p < PAGES_PER_CHUNK {
@@ -1437,11 +1493,13 @@ unsafe fn walk_runs(
 ) -> bool {
     let mut c = first;
     while !c.is_null() {
-        // SAFETY: per the contract.
+        // SAFETY: `c` is a listed chunk, so live, and `f` changes neither the chunk list nor
+        // any run's extent (walk_runs's contract): walk_chunk's contract for `c`.
         if !unsafe { walk_chunk(c, &mut f) } {
             return false;
         }
-        // SAFETY: as above.
+        // SAFETY: `c` is still a live listed chunk: `f` does not change the chunk list
+        // (walk_runs's contract).
         c = unsafe { (*c).next_chunk };
     }
     true
@@ -1457,7 +1515,8 @@ unsafe fn walk_chunk(
 ) -> bool {
     let mut p = 0;
     while p < PAGES_PER_CHUNK {
-        // SAFETY: per the contract, the chunk is live and its runs tile its pages.
+        // SAFETY: `chunk` is live (walk_chunk's contract) and its runs tile its pages, so
+        // `p` < PAGES_PER_CHUNK is the first page of one, whose descriptor is read.
         let n = unsafe { (*chunk).spans[p].npages } as usize;
         if !f(chunk, p, n) {
             return false;
@@ -1525,34 +1584,50 @@ unsafe impl HugeSource for OsSource {
         align: usize,
     ) -> Option<NonNull<u8>> {
         let p = base as *mut u8;
-        // SAFETY: the caller owns the block; its guard page is ours.
-        unsafe {
-            if new_len < len {
-                // Shrink: guard the new end, unmap the rest.
-                os::guard_install(p.add(new_len), GUARD_SIZE);
-                os::unmap(p.add(new_len + GUARD_SIZE), len - new_len);
-                return NonNull::new(p);
-            }
-            // Grow: the guard page becomes data; guard again at the new end.
-            os::guard_remove(p.add(len), GUARD_SIZE);
-            let total = new_len + GUARD_SIZE;
-            if os::remap_in_place(p, len + GUARD_SIZE, total) {
-                os::guard_install(p.add(new_len), GUARD_SIZE);
-                return NonNull::new(p);
-            }
-            // Move to a fresh chunk-aligned reservation, without copying.
-            let Some(dest) = os::map_aligned(total, align.max(CHUNK_SIZE)) else {
-                os::guard_install(p.add(len), GUARD_SIZE);
-                return None;
-            };
-            if !os::remap_to(p, len + GUARD_SIZE, total, dest.as_ptr()) {
-                os::unmap(dest.as_ptr(), total);
-                os::guard_install(p.add(len), GUARD_SIZE);
-                return None;
-            }
-            os::guard_install(dest.as_ptr().add(new_len), GUARD_SIZE);
-            Some(dest)
+        if new_len < len {
+            // Shrink: guard the new end, unmap the rest.
+            // SAFETY: `[base, base + len)` is the caller's live block (huge_remap's
+            // contract); the page at `new_len` is inside it, past the bytes kept.
+            unsafe { os::guard_install(p.add(new_len), GUARD_SIZE) };
+            // SAFETY: `[new_len + GUARD_SIZE, len + GUARD_SIZE)` from `p` is the rest of the
+            // block's mapping (its old guard page included), past the new guard: unused.
+            unsafe { os::unmap(p.add(new_len + GUARD_SIZE), len - new_len) };
+            return NonNull::new(p);
         }
+        // Grow: the guard page becomes data; guard again at the new end.
+        // SAFETY: the page at `base + len` is the guard page installed after the caller's
+        // block when it was mapped or last resized: part of its mapping.
+        unsafe { os::guard_remove(p.add(len), GUARD_SIZE) };
+        let total = new_len + GUARD_SIZE;
+        // SAFETY: `[base, base + len + GUARD_SIZE)` is the whole mapping of the caller's
+        // block with its guard page (huge_remap's contract).
+        if unsafe { os::remap_in_place(p, len + GUARD_SIZE, total) } {
+            // SAFETY: the mapping now holds `total` bytes from `p`; its last page, past the
+            // block's new `new_len` bytes, holds nothing.
+            unsafe { os::guard_install(p.add(new_len), GUARD_SIZE) };
+            return NonNull::new(p);
+        }
+        // Move to a fresh chunk-aligned reservation, without copying.
+        let Some(dest) = os::map_aligned(total, align.max(CHUNK_SIZE)) else {
+            // SAFETY: the mapping is unchanged; its page at `len` is the old guard page,
+            // opened above and holding nothing: guarded again.
+            unsafe { os::guard_install(p.add(len), GUARD_SIZE) };
+            return None;
+        };
+        // SAFETY: `[base, base + len + GUARD_SIZE)` is the whole mapping of the caller's
+        // block, and `dest` a reservation of `total` bytes just made, ours.
+        if !unsafe { os::remap_to(p, len + GUARD_SIZE, total, dest.as_ptr()) } {
+            // SAFETY: `dest` was mapped just above and nothing uses it.
+            unsafe { os::unmap(dest.as_ptr(), total) };
+            // SAFETY: the old mapping is unchanged (the move failed); its page at `len` is
+            // the old guard page, opened above and holding nothing: guarded again.
+            unsafe { os::guard_install(p.add(len), GUARD_SIZE) };
+            return None;
+        }
+        // SAFETY: the block's pages now lie at `dest`, `total` bytes mapped; its last page,
+        // past the block's `new_len` bytes, holds nothing.
+        unsafe { os::guard_install(dest.as_ptr().add(new_len), GUARD_SIZE) };
+        Some(dest)
     }
 }
 

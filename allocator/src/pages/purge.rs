@@ -16,18 +16,19 @@ impl<S: PageSource> Pages<S> {
     /// `chunk` is live and not queued.
     pub(super) unsafe fn enqueue(&mut self, chunk: *mut Chunk) {
         let now = self.source.now_ms();
-        // SAFETY: per the contract; the queue's chunks are live.
-        unsafe {
-            let c = &mut *chunk;
-            c.queued = true;
-            c.queued_ms = now;
-            c.purge_next = ptr::null_mut();
-            c.purge_prev = self.purge_tail;
-            if self.purge_tail.is_null() {
-                self.purge_head = chunk;
-            } else {
-                (*self.purge_tail).purge_next = chunk;
-            }
+        // SAFETY: `chunk` is a live chunk's metadata (enqueue's contract), ours under the
+        // page lock; `c` is not used once the old tail is written.
+        let c = unsafe { &mut *chunk };
+        c.queued = true;
+        c.queued_ms = now;
+        c.purge_next = ptr::null_mut();
+        c.purge_prev = self.purge_tail;
+        if self.purge_tail.is_null() {
+            self.purge_head = chunk;
+        } else {
+            // SAFETY: the tail is a queued chunk, so live, and not `chunk`, which was not
+            // queued (enqueue's contract).
+            unsafe { (*self.purge_tail).purge_next = chunk };
         }
         self.purge_tail = chunk;
     }
@@ -37,20 +38,23 @@ impl<S: PageSource> Pages<S> {
     /// # Safety
     /// `chunk` is live and queued.
     pub(super) unsafe fn dequeue(&mut self, chunk: *mut Chunk) {
-        // SAFETY: per the contract; the queue's chunks are live.
-        unsafe {
-            let c = &mut *chunk;
-            c.queued = false;
-            if c.purge_prev.is_null() {
-                self.purge_head = c.purge_next;
-            } else {
-                (*c.purge_prev).purge_next = c.purge_next;
-            }
-            if c.purge_next.is_null() {
-                self.purge_tail = c.purge_prev;
-            } else {
-                (*c.purge_next).purge_prev = c.purge_prev;
-            }
+        // SAFETY: `chunk` is a live chunk's metadata (dequeue's contract), ours under the
+        // page lock; its queue neighbours, written below, are other chunks.
+        let c = unsafe { &mut *chunk };
+        c.queued = false;
+        if c.purge_prev.is_null() {
+            self.purge_head = c.purge_next;
+        } else {
+            // SAFETY: `chunk` is queued (dequeue's contract), so its predecessor in the
+            // queue is a queued chunk, live.
+            unsafe { (*c.purge_prev).purge_next = c.purge_next };
+        }
+        if c.purge_next.is_null() {
+            self.purge_tail = c.purge_prev;
+        } else {
+            // SAFETY: `chunk` is queued, so its successor in the queue is a queued chunk,
+            // live.
+            unsafe { (*c.purge_next).purge_prev = c.purge_prev };
         }
     }
 
@@ -95,9 +99,10 @@ impl<S: PageSource> Pages<S> {
         self.purge_huge_out = w.nhuge;
         self.purge_huge = w.huge;
         let c = self.purge_head;
-        // SAFETY: queued chunks are live.
+        // SAFETY: `c` is the queue's head, and queued chunks are live.
         if !c.is_null() && unsafe { (*c).queued_ms } <= cutoff {
-            // SAFETY: as above.
+            // SAFETY: `c` is the queue's head, so live and queued, and no other purge is out
+            // (purge_due said so above; this one has only taken cached huge mappings).
             unsafe { self.visit(c, &mut w) };
         }
         w
@@ -145,7 +150,8 @@ impl<S: PageSource> Pages<S> {
         if !cut {
             // Age what is free and dirty now: it goes at the next visit, a delay from now.
             let mut newly_aged = false;
-            // SAFETY: as above.
+            // SAFETY: `chunk` is live (visit's contract); this walk only ages pages,
+            // changing neither the chunk list nor any run's extent.
             unsafe {
                 walk_chunk(chunk, |c, p, n| {
                     visits += 1;
@@ -185,13 +191,14 @@ impl<S: PageSource> Pages<S> {
             } else {
                 // Refused (an mlock'ed range, say): tried again a delay from now, behind the
                 // other queued chunks, so that it never holds the head of the queue.
-                // SAFETY: live; dequeued only if queued.
-                unsafe {
-                    if c.queued {
-                        self.dequeue(chunk);
-                    }
-                    self.enqueue(chunk);
+                if c.queued {
+                    // SAFETY: `chunk` holds this range's block, which is out of the lists, so
+                    // it is live; and it is queued (just tested).
+                    unsafe { self.dequeue(chunk) };
                 }
+                // SAFETY: `chunk` holds this range's block, out of the lists, so it is live;
+                // and it is not queued (dequeued just above if it was).
+                unsafe { self.enqueue(chunk) };
             }
         }
         self.purged_bytes += w.huge[..w.nhuge].iter().map(|h| h.1).sum::<usize>();
@@ -227,7 +234,8 @@ impl<S: PageSource> Pages<S> {
             let chunk = self.purge_out[i].0;
             // SAFETY: the out blocks' chunks are live.
             if unsafe { !(*chunk).queued } {
-                // SAFETY: as above, and not queued.
+                // SAFETY: `chunk` holds a block out for purging, so it is live; and it is not
+                // queued (just tested).
                 unsafe { self.enqueue(chunk) };
             }
         }

@@ -70,7 +70,8 @@ pub fn fake_map() -> &'static PageMap {
 }
 
 fn chunk_of(p: &Pages<FakeSource>, s: NonNull<Span>) -> *mut Chunk {
-    // SAFETY: s is live.
+    // SAFETY: every caller passes a run it allocated from `p` and has not freed: a
+    // descriptor in a live chunk of `p`.
     unsafe { p.locate(s.as_ptr()).0 }
 }
 
@@ -79,12 +80,13 @@ fn split_and_merge_back_to_one_chunk() {
     let mut p = Pages::new(FakeSource::new(4), fake_map());
     let a = p.alloc_run(1, 0, State::Large).unwrap();
     let chunk = chunk_of(&p, a);
-    // SAFETY: a is live.
+    // SAFETY: `a` was allocated just above and is not freed yet.
     let base = unsafe { a.as_ref().addr };
     assert_eq!(base % CHUNK_SIZE, 0);
     let b = p.alloc_run(3, 0, State::Large).unwrap();
     let c = p.alloc_run(16, 4, State::Large).unwrap();
-    // SAFETY: spans are live.
+    // SAFETY: `a`, `b` and `c` were allocated above and are each freed once, here, after
+    // their last reads; `chunk` is `a`'s chunk, live until the last of them is freed.
     unsafe {
         assert_eq!(c.as_ref().addr % (16 * PAGE_SIZE), 0);
         assert_eq!(b.as_ref().npages, 3);
@@ -113,7 +115,8 @@ fn runs_do_not_overlap_and_reuse_is_dirty() {
         if runs.len() > 40 || (seed.is_multiple_of(3) && !runs.is_empty()) {
             let i = (seed as usize / 3) % runs.len();
             let s: NonNull<Span> = runs.swap_remove(i);
-            // SAFETY: s is live.
+            // SAFETY: `s` was taken out of `runs`, which holds the runs allocated and not
+            // freed yet; it is freed once.
             unsafe { p.free_run(s) };
         } else {
             let n = 1 + (seed as usize >> 20) % 300;
@@ -125,7 +128,7 @@ fn runs_do_not_overlap_and_reuse_is_dirty() {
     }
     let mut ranges: Vec<(usize, usize)> = runs
         .iter()
-        // SAFETY: live spans.
+        // SAFETY: `runs` holds the runs allocated and not freed yet.
         .map(|s| unsafe {
             (
                 s.as_ref().addr,
@@ -138,13 +141,14 @@ fn runs_do_not_overlap_and_reuse_is_dirty() {
         assert!(w[0].1 <= w[1].0, "overlap {w:?}");
     }
     for s in runs {
-        // SAFETY: live.
+        // SAFETY: `s` is one of `runs`, allocated above and still live (runs freed in the loop
+        // were taken out of the vector); each is freed once here.
         unsafe { p.free_run(s) };
     }
     p.validate();
     assert_eq!(p.chunks, 1);
     let again = p.alloc_run(1, 0, State::Large).unwrap();
-    // SAFETY: live.
+    // SAFETY: `again` is a run this test allocated on the line above and has not freed.
     assert_eq!(unsafe { again.as_ref().flags } & FLAG_CLEAN, 0);
 }
 
@@ -156,7 +160,7 @@ fn whole_free_chunks_go_back_but_one_spare() {
         .collect();
     assert_eq!(p.source.live_chunks.get(), 4);
     for s in runs {
-        // SAFETY: live.
+        // SAFETY: `s` is one of the four runs allocated above; each is freed once here.
         unsafe { p.free_run(s) };
     }
     assert_eq!(p.source.live_chunks.get(), 1);
@@ -170,18 +174,18 @@ fn trim_decommits_free_pages_and_drops_the_spare() {
     let runs: Vec<_> = (0..3)
         .map(|_| p.alloc_run(PAGES_PER_CHUNK, 0, State::Large).unwrap())
         .collect();
-    // SAFETY: live runs; fill the kept page and the rest of its chunk's first run.
+    // SAFETY: `keep` was allocated above and not freed: its one page is ours to fill.
     unsafe { ptr::write_bytes(keep.as_ref().addr as *mut u8, 0xee, PAGE_SIZE) };
     let freed = p.alloc_run(8, 0, State::Large).unwrap();
-    // SAFETY: live run.
+    // SAFETY: `freed` was allocated on the line above and not freed yet.
     let freed_addr = unsafe { freed.as_ref().addr };
-    // SAFETY: live run.
+    // SAFETY: `freed` is still live (8 pages at `freed_addr`), and freed once, here.
     unsafe {
         ptr::write_bytes(freed_addr as *mut u8, 0xee, 8 * PAGE_SIZE);
         p.free_run(freed);
     }
     for s in runs {
-        // SAFETY: live.
+        // SAFETY: `s` is one of the three whole-chunk runs allocated above, freed once here.
         unsafe { p.free_run(s) };
     }
     assert_eq!(p.source.live_chunks.get(), 2, "one chunk in use, one spare");
@@ -196,7 +200,7 @@ fn trim_decommits_free_pages_and_drops_the_spare() {
     assert!(bytes.iter().all(|&b| b == 0));
     assert_eq!(p.trim(), 0, "nothing left to give back");
     let again = p.alloc_run(8, 0, State::Large).unwrap();
-    // SAFETY: live.
+    // SAFETY: `again` is a run this test allocated on the line above and has not freed.
     let flags = unsafe { again.as_ref().flags };
     assert_ne!(flags & FLAG_CLEAN, 0, "decommitted pages are clean");
     p.validate();
@@ -219,7 +223,7 @@ fn kept_page_and_runs(
     let runs: Vec<_> = (0..count)
         .map(|_| p.alloc_run(npages, 0, State::Large).unwrap())
         .collect();
-    // SAFETY: live runs.
+    // SAFETY: `runs` were all allocated on the lines above and none is freed.
     let addrs: Vec<usize> = runs.iter().map(|s| unsafe { s.as_ref().addr }).collect();
     (p, keep, runs, addrs)
 }
@@ -229,7 +233,8 @@ fn free_pages_are_purged_after_the_delay_only() {
     let delay = crate::config::purge_delay_ms();
     let (mut p, keep, runs, addrs) = kept_page_and_runs(8, 16);
     for (s, &a) in runs.into_iter().zip(&addrs) {
-        // SAFETY: live run; dirty it, then free it.
+        // SAFETY: `s` is one of the runs kept_page_and_runs allocated (16 pages at `a`), not
+        // freed before: dirty it, then free it once.
         unsafe {
             ptr::write_bytes(a as *mut u8, 0x5a, 16 * PAGE_SIZE);
             p.free_run(s);
@@ -244,7 +249,7 @@ fn free_pages_are_purged_after_the_delay_only() {
     p.source.now.set(p.source.now.get() + delay / 2);
     for _ in 0..10 {
         let t = p.alloc_run(1, 0, State::Large).unwrap();
-        // SAFETY: live.
+        // SAFETY: `t` was allocated on the line above and is freed only here.
         unsafe { p.free_run(t) };
         p.purge_step();
     }
@@ -254,7 +259,7 @@ fn free_pages_are_purged_after_the_delay_only() {
     for _ in 0..3 {
         p.source.now.set(p.source.now.get() + delay / 2 + 1);
         let t = p.alloc_run(1, 0, State::Large).unwrap();
-        // SAFETY: live.
+        // SAFETY: `t` was allocated on the line above and is freed only here.
         unsafe { p.free_run(t) };
         p.purge_step();
     }
@@ -268,7 +273,7 @@ fn free_pages_are_purged_after_the_delay_only() {
         "freed pages read as zero after the purge"
     );
     p.validate();
-    // SAFETY: live.
+    // SAFETY: `keep` is the page kept_page_and_runs allocated; nothing freed it yet.
     unsafe { p.free_run(keep) };
 }
 
@@ -322,7 +327,8 @@ fn blocks_out_for_purging_are_not_handed_out_and_come_back_merged() {
     let delay = crate::config::purge_delay_ms().max(1);
     let (mut p, keep, runs, addrs) = kept_page_and_runs(16, 32);
     for s in runs.iter().step_by(2) {
-        // SAFETY: live run, freed once.
+        // SAFETY: `s` is one of the runs kept_page_and_runs allocated (every other one), not
+        // freed before; freed once here.
         unsafe { p.free_run(*s) };
     }
     // The first visit, a delay after the frees, ages the freed pages; the next takes
@@ -343,13 +349,13 @@ fn blocks_out_for_purging_are_not_handed_out_and_come_back_merged() {
     let mut more = Vec::new();
     for _ in 0..4 {
         let s = p.alloc_run(32, 0, State::Large).unwrap();
-        // SAFETY: live run.
+        // SAFETY: `s` was allocated on the line above and not freed.
         let a = unsafe { s.as_ref().addr };
         assert!(!out.iter().any(|&o| a.abs_diff(o) < 32 * PAGE_SIZE));
         more.push(s);
     }
     for s in runs.iter().skip(1).step_by(2) {
-        // SAFETY: live run, freed once.
+        // SAFETY: `s` is one of the runs the first loop left live (the odd ones); freed once.
         unsafe { p.free_run(*s) };
     }
     p.validate();
@@ -363,10 +369,10 @@ fn blocks_out_for_purging_are_not_handed_out_and_come_back_merged() {
         assert_eq!(unsafe { *(a as *const u8) }, 0);
     }
     for s in more {
-        // SAFETY: live.
+        // SAFETY: `s` is one of `more`, allocated above while the purge was out, freed once.
         unsafe { p.free_run(s) };
     }
-    // SAFETY: live.
+    // SAFETY: `keep` is the page kept_page_and_runs allocated; nothing freed it yet.
     unsafe { p.free_run(keep) };
     p.validate();
     assert_eq!(p.chunks, 1, "everything merged back into the spare chunk");
@@ -379,7 +385,8 @@ fn trim_leaves_a_spare_that_is_out_for_purging() {
     let mut p = Pages::new(FakeSource::new(2), fake_map());
     let keep = p.alloc_run(1, 0, State::Large).unwrap();
     let whole = p.alloc_run(PAGES_PER_CHUNK, 0, State::Large).unwrap();
-    // SAFETY: live run; freed once: its chunk becomes the spare, dirty and queued.
+    // SAFETY: `whole` was allocated just above (a whole chunk at its addr) and not freed;
+    // freed once here: its chunk becomes the spare, dirty and queued.
     unsafe {
         ptr::write_bytes(whole.as_ref().addr as *mut u8, 1, CHUNK_SIZE);
         p.free_run(whole);
@@ -405,7 +412,7 @@ fn trim_leaves_a_spare_that_is_out_for_purging() {
     assert_eq!(p.dirty_pages, 1, "the spare's pages were returned");
     p.trim();
     assert_eq!(p.chunks, 1, "a later trim unmaps the spare");
-    // SAFETY: live.
+    // SAFETY: `keep` was allocated at the start of this test and not freed since.
     unsafe { p.free_run(keep) };
     p.validate();
 }
@@ -420,7 +427,7 @@ fn a_refused_purge_waits_a_delay_behind_the_others() {
         .collect();
     let (keep, freed) = ([runs[0], runs[2]], [runs[1], runs[3]]);
     for s in freed {
-        // SAFETY: live, freed once.
+        // SAFETY: `s` is `runs[1]` or `runs[3]`, allocated above and freed once, here.
         unsafe { p.free_run(s) };
         p.source.now.set(p.source.now.get() + 1);
     }
@@ -446,7 +453,8 @@ fn a_refused_purge_waits_a_delay_behind_the_others() {
     p.purge_step();
     assert_eq!(p.purged_bytes, CHUNK_SIZE);
     for s in keep {
-        // SAFETY: live.
+        // SAFETY: `s` is `runs[0]` or `runs[2]`, allocated above and not freed (only the runs
+        // in `freed` were).
         unsafe { p.free_run(s) };
     }
     p.validate();
@@ -458,7 +466,9 @@ fn free_pages_never_point_at_a_live_run() {
     let a = p.alloc_run(37, 0, State::Large).unwrap();
     let b = p.alloc_run(8, 0, State::Slab).unwrap();
     let chunk = chunk_of(&p, a);
-    // SAFETY: live runs of a live chunk.
+    // SAFETY: `a` and `b` were allocated above from one fresh chunk, `chunk`, which stays
+    // live while `b` is (freed last); each run is freed once; every `run` entry points at a
+    // descriptor of that chunk or at the vacant one.
     unsafe {
         let check = |p: &Pages<FakeSource>| {
             let c = &*chunk;
@@ -508,7 +518,7 @@ fn exhaustion_is_none_not_a_crash() {
     // The tail past 600 pages was freed as blocks of at most 256 pages.
     assert!(p.alloc_run(300, 0, State::Large).is_none());
     let b = p.alloc_run(256, 0, State::Large).unwrap();
-    // SAFETY: live.
+    // SAFETY: `a` and `b` were allocated above in this test; each is freed once here.
     unsafe {
         p.free_run(a);
         p.free_run(b);
@@ -521,7 +531,8 @@ fn grow_and_shrink_in_place() {
     let mut p = Pages::new(FakeSource::new(2), fake_map());
     let a = p.alloc_run(10, 0, State::Large).unwrap();
     let chunk = chunk_of(&p, a);
-    // SAFETY: spans are live.
+    // SAFETY: `a` was allocated above and `b` below, each freed once at the end; `chunk` is
+    // `a`'s chunk, live while `a` is.
     unsafe {
         assert!(p.grow_run(a, 100));
         assert_eq!(a.as_ref().npages, 100);
@@ -549,7 +560,7 @@ fn grow_and_shrink_in_place() {
 fn page_map_lookup() {
     let mut p = Pages::new(FakeSource::new(2), fake_map());
     let a = p.alloc_run(1, 0, State::Large).unwrap();
-    // SAFETY: live.
+    // SAFETY: `a` was allocated on the line above and is not freed.
     let base = unsafe { a.as_ref().addr };
     let chunk = chunk_of(&p, a);
     assert_eq!(p.map.lookup(base), Owner::Chunk(chunk));
@@ -566,12 +577,13 @@ fn huge_blocks_on_the_real_os() {
     let mut p = Pages::new(OsSource, fake_map());
     let (h, fresh) = p.huge_alloc(10 * CHUNK_SIZE + 5, 1).unwrap();
     assert!(fresh);
-    // SAFETY: live descriptor.
+    // SAFETY: `h` is the descriptor huge_alloc just returned, not freed.
     let (base, len) = unsafe { (h.as_ref().base, h.as_ref().len) };
     assert_eq!(base % CHUNK_SIZE, 0);
     assert!(len >= 10 * CHUNK_SIZE + 5);
     assert_eq!(p.map.lookup(base + len - 1), Owner::Huge(h.as_ptr()));
-    // SAFETY: the block is ours.
+    // SAFETY: `h` is the live huge block allocated above (`len` bytes at `base`), resized
+    // only through `p` and freed once, at the end of this block.
     unsafe {
         *(base as *mut u8).add(len - 1) = 7;
         assert!(p.huge_resize(h, 40 * CHUNK_SIZE, 1));
@@ -592,7 +604,7 @@ fn huge_blocks_on_the_real_os() {
     let (again, fresh) = p.huge_alloc(CHUNK_SIZE + 1, 1).unwrap();
     assert!(!fresh, "a cached mapping is reused");
     assert_eq!(p.huge_cached_bytes, 0);
-    // SAFETY: live descriptor.
+    // SAFETY: `again` is the descriptor huge_alloc just returned, not freed.
     unsafe { p.huge_free(again) };
     assert!(p.trim() > 0);
     assert_eq!(p.huge_cached_bytes, 0, "a trim unmaps the cache");
