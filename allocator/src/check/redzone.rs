@@ -28,8 +28,8 @@
 
 use core::ptr::{self, NonNull};
 
+use super::report::{self, ErrorKind, Report};
 use crate::size_class::{class_of_aligned, class_size};
-use crate::util::Line;
 
 /// Bytes of the trailer at the end of every block.
 const TRAILER: usize = 8;
@@ -143,7 +143,12 @@ pub unsafe fn check_live(p: usize, bsize: usize, call: &str) -> usize {
     // SAFETY: `p` is a readable block of `bsize` bytes (check_live's contract): what
     // freed_size asks.
     if unsafe { freed_size(p, bsize) }.is_some() {
-        crate::util::fatal("double-free", "free of a block that is already free", p);
+        report::on_call(
+            ErrorKind::DoubleFree,
+            call,
+            "of a block that is already free",
+            p,
+        );
     }
     // The trailer itself is damaged: the overflow ran to the block's end.
     overwritten(p, 0, bsize - TRAILER, call)
@@ -159,9 +164,10 @@ pub unsafe fn retire(p: usize, bsize: usize, claimed: usize) -> usize {
     // contract, as for check_live).
     let size = unsafe { check_live(p, bsize, "free") };
     if claimed > size {
-        crate::util::fatal(
-            "invalid-free",
-            "sized free with a size larger than the block",
+        report::on_call(
+            ErrorKind::InvalidFree,
+            "sized free",
+            "with a size larger than the block",
             p,
         );
     }
@@ -189,41 +195,30 @@ unsafe fn check_fill(p: usize, bsize: usize) {
     // (check_fill's contract): `bsize` is at least 16, the smallest class.
     let fill = unsafe { core::slice::from_raw_parts((p + 8) as *const u8, bsize - 8 - TRAILER) };
     if let Some(i) = crate::util::first_not(fill, FILL) {
-        let mut line = Line::new();
-        line.str("rampart: use-after-free: write at ")
-            .hex((p + 8 + i) as u64)
-            .str(": offset ")
-            .dec(8 + i as u64)
-            .str(" from a block of ")
-            .dec(old as u64)
-            .str(" bytes at ")
-            .hex(p as u64)
-            .str(" (found when the freed block was reused)");
-        line.emit();
-        crate::os::abort();
+        let at = p + 8 + i;
+        Report::new(ErrorKind::UseAfterFree)
+            .text("write")
+            .at(at)
+            .in_block(at, p, Some(old))
+            .text(" (found when the freed block was reused)")
+            .abort();
     }
 }
 
+/// Reports a canary (or trailer) overwritten at `offset` into the block at `p` of `size`
+/// bytes (0 with a non-zero offset: unknown, its trailer was overwritten too), found by
+/// `call`, and aborts.
 #[cold]
 fn overwritten(p: usize, size: u64, offset: usize, call: &str) -> ! {
-    let mut line = Line::new();
-    line.str("rampart: redzone-overwritten: byte at ")
-        .hex((p + offset) as u64)
-        .str(": offset ")
-        .dec(offset as u64)
-        .str(" from a block of ");
-    if size == 0 && offset != 0 {
-        line.str("unknown size (its trailer was overwritten too)");
-    } else {
-        line.dec(size).str(" bytes");
+    let known = !(size == 0 && offset != 0);
+    let mut r = Report::new(ErrorKind::RedzoneOverwritten);
+    r.text("byte")
+        .at(p + offset)
+        .in_block(p + offset, p, known.then_some(size as usize));
+    if !known {
+        r.text(" (its trailer was overwritten too)");
     }
-    line.str(" at ")
-        .hex(p as u64)
-        .str(" (found on ")
-        .str(call)
-        .str(")");
-    line.emit();
-    crate::os::abort()
+    r.text(" (found on ").text(call).text(")").abort()
 }
 
 /// Checks the canary of every live block with a redzone (at exit): blocks whose trailer is

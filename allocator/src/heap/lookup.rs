@@ -105,17 +105,10 @@ pub fn lookup_owned(p: *mut u8, call: &str) -> Block {
 /// query), and aborts.
 #[cold]
 pub(super) fn invalid(p: *mut u8, call: &str, why: Invalid) -> ! {
-    let mut line = crate::util::Line::new();
-    line.str("rampart: invalid-free: ")
-        .str(call)
-        .str(" of a pointer ")
-        .str(match why {
-            Invalid::FreePages => "into free pages (double free?)",
-            Invalid::Interior => "that is not the start of a block",
-            Invalid::Foreign => "rampart did not allocate",
-        })
-        .str(" at ")
-        .hex(p as u64);
-    line.emit();
-    os::abort()
+    let what = match why {
+        Invalid::FreePages => "of a pointer into free pages (double free?)",
+        Invalid::Interior => "of a pointer that is not the start of a block",
+        Invalid::Foreign => "of a pointer rampart did not allocate",
+    };
+    report::on_call(ErrorKind::InvalidFree, call, what, p as usize)
 }

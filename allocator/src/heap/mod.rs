@@ -36,6 +36,7 @@ use core::ffi::c_void;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+use crate::check::report::{self, ErrorKind};
 use crate::large;
 use crate::os;
 use crate::pages::{Owner, Span, SpanList, State, MAP, PAGES};
@@ -553,9 +554,10 @@ unsafe fn free_slow(p: *mut u8, claimed: usize) {
                 if owner == current_heap() {
                     // A block of our own span that the fast path refused: the only reason
                     // left is that it is the block most recently freed to the span.
-                    fatal(
-                        "double-free",
-                        "free of a block that is already free",
+                    report::on_call(
+                        ErrorKind::DoubleFree,
+                        "free",
+                        "of a block that is already free",
                         p as usize,
                     );
                 }
@@ -588,9 +590,10 @@ unsafe fn free_slow(p: *mut u8, claimed: usize) {
 
 #[cold]
 fn size_mismatch(p: *mut u8) -> ! {
-    fatal(
-        "invalid-free",
-        "sized free with a size larger than the block",
+    report::on_call(
+        ErrorKind::InvalidFree,
+        "sized free",
+        "with a size larger than the block",
         p as usize,
     )
 }
@@ -624,9 +627,10 @@ unsafe fn remote_push(owner: *mut Heap, p: *mut u8) {
     loop {
         if head == p as usize {
             // The same block pushed twice in a row: it would link to itself.
-            fatal(
-                "double-free",
-                "free of a block that is already free",
+            report::on_call(
+                ErrorKind::DoubleFree,
+                "free",
+                "of a block that is already free",
                 p as usize,
             );
         }
@@ -665,9 +669,10 @@ unsafe fn span_attention(h: &mut Heap, s: *mut Span, src: &impl SpanSource) {
         if h.current[class] == s {
             // The current span holds CURRENT_REF, so its count can only reach 0 if a block
             // was freed twice.
-            fatal(
-                "double-free",
-                "a span's blocks were freed more often than allocated",
+            report::on_call(
+                ErrorKind::DoubleFree,
+                "free",
+                "of a block of a span whose blocks were freed more often than allocated",
                 span.addr,
             );
         }
@@ -719,7 +724,12 @@ unsafe fn collect_remote(h: &mut Heap, src: &impl SpanSource) {
                 continue;
             }
             if span.free as usize == b {
-                fatal("double-free", "free of a block that is already free", b);
+                report::on_call(
+                    ErrorKind::DoubleFree,
+                    "free",
+                    "of a block that is already free",
+                    b,
+                );
             }
             *(b as *mut *mut u8) = span.free;
             span.free = b as *mut u8;

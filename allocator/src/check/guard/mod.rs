@@ -39,6 +39,7 @@
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+use super::report::{self, ErrorKind, Report};
 use crate::config::{self, GuardMode};
 use crate::os::{self, PAGE_SIZE};
 use crate::util::{FutexLock, Line};
@@ -134,9 +135,10 @@ unsafe fn check_slack(slot: &Slot, when: &str) {
     };
     // The damage nearest the block is where the bad access began.
     let damage = if let Some(i) = crate::util::last_not(h, SLACK_BYTE) {
-        Some(("heap-buffer-underflow", head.start + i))
+        Some((ErrorKind::HeapBufferUnderflow, head.start + i))
     } else {
-        crate::util::first_not(t, SLACK_BYTE).map(|i| ("heap-buffer-overflow", tail.start + i))
+        crate::util::first_not(t, SLACK_BYTE)
+            .map(|i| (ErrorKind::HeapBufferOverflow, tail.start + i))
     };
     if let Some((kind, at)) = damage {
         report_access(kind, Some(true), at, slot, None, Some(when));
@@ -212,14 +214,10 @@ static LEN: AtomicUsize = AtomicUsize::new(0);
 /// The slot records and the page table, for the fault handler (read without the lock).
 static SLOTS: AtomicUsize = AtomicUsize::new(0);
 static PAGE_SLOT: AtomicUsize = AtomicUsize::new(0);
-/// Whether every allocation should leave the fast path (`all` mode, or redzones).
-static DIVERT_ALL: AtomicBool = AtomicBool::new(false);
 /// Whether some allocations are guarded (`all` or `sample`, with a pool).
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// Guarded blocks allocated and freed (statistics).
 static GUARDED: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
-/// State of the sampling intervals' random numbers.
-static SEED: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
 
 /// Reads the options (once; see `config::init`) and, in a guard mode, sets the pool and the
 /// fault handler up. Called on a thread's first allocation and by the C library's start-up.
@@ -267,54 +265,10 @@ extern "C" fn init_at_load() {
 #[link_section = ".init_array"]
 static INIT_AT_LOAD: extern "C" fn() = init_at_load;
 
-/// Whether every allocation must leave the fast path (set by `all` mode and by redzones);
-/// read by `heap` to set its threads' sampling countdowns.
-#[inline]
-pub fn divert_all() -> bool {
-    DIVERT_ALL.load(Ordering::Relaxed)
-}
-
 /// Whether guarded allocation is on (`all` or `sample` with a pool).
 #[inline]
 pub fn active() -> bool {
     ACTIVE.load(Ordering::Relaxed)
-}
-
-/// How many allocations a thread makes before its next guarded one: 1 when every allocation
-/// is diverted, a random interval averaging `RAMPART_GUARD_SAMPLE` in `sample` mode, and
-/// "never" otherwise.
-pub fn next_interval() -> usize {
-    if divert_all() {
-        return 1;
-    }
-    if !active() {
-        return usize::MAX;
-    }
-    let n = config::guard_sample().max(1);
-    if n == 1 {
-        return 1;
-    }
-    // splitmix64 over a shared counter: uniform in [1, 2n - 1], mean n.
-    let mut z = SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (1 + z % (2 * n - 1)) as usize
-}
-
-/// Whether an allocation the heap's countdown picked should be guarded: always in `all`
-/// mode; in `sample` mode too, unless redzones divert every allocation, in which case one in
-/// `RAMPART_GUARD_SAMPLE` of them is (a shared countdown: that path is slow anyway).
-pub fn sample_now() -> bool {
-    if config::guard_mode() == GuardMode::All || !divert_all() {
-        return true;
-    }
-    static LEFT: AtomicUsize = AtomicUsize::new(1);
-    if LEFT.fetch_sub(1, Ordering::Relaxed) <= 1 {
-        LEFT.store(config::guard_sample() as usize, Ordering::Relaxed);
-        return true;
-    }
-    false
 }
 
 /// Whether `p` lies in the guard pool (a guarded block, or what is left of one).
@@ -471,10 +425,10 @@ pub fn size_of_live(p: usize, what: &str) -> usize {
         return slot.size;
     }
     let (kind, why) = if slot.ptr == p {
-        ("double-free", "of a block that is already free")
+        (ErrorKind::DoubleFree, "of a block that is already free")
     } else {
         (
-            "invalid-free",
+            ErrorKind::InvalidFree,
             "of a pointer that is not the start of a block",
         )
     };
@@ -503,15 +457,19 @@ pub unsafe fn free(p: usize, claimed: usize) {
     let slot = unsafe { &mut *pool.slots.add(idx) };
     let error = if slot.ptr != p {
         Some((
-            "invalid-free",
+            ErrorKind::InvalidFree,
             "free",
             "of a pointer that is not the start of a block",
         ))
     } else if slot.state != SlotState::Live {
-        Some(("double-free", "free", "of a block that is already free"))
+        Some((
+            ErrorKind::DoubleFree,
+            "free",
+            "of a block that is already free",
+        ))
     } else if claimed > slot.size {
         Some((
-            "invalid-free",
+            ErrorKind::InvalidFree,
             "sized free",
             "with a size larger than the block",
         ))
@@ -777,228 +735,12 @@ fn warn(what: &str) {
     line.emit();
 }
 
-/// The fault callback of the guard modes (see the module's doc): a fault in the pool is
-/// reported (and is the process's end); any other is not ours.
-fn on_fault(f: &os::Fault) -> bool {
-    let base = BASE.load(Ordering::Acquire);
-    let len = LEN.load(Ordering::Relaxed);
-    if f.addr.wrapping_sub(base) >= len {
-        return false;
-    }
-    let page_slot = PAGE_SLOT.load(Ordering::Relaxed) as *const u32;
-    let slots = SLOTS.load(Ordering::Relaxed) as *const Slot;
-    match classify_fault(f.addr, base, len, page_slot, slots) {
-        Some((kind, slot)) => report_access(kind, f.write, f.addr, slot, f.pc, None),
-        None => {
-            let mut line = Line::new();
-            line.str("rampart: wild-access: ")
-                .str(rw(f.write))
-                .str(" at ")
-                .hex(f.addr as u64)
-                .str(", in rampart's guard pool but in no block");
-            line.emit();
-        }
-    }
-    true
-}
+mod fault;
+mod sample;
 
-/// The kind of a fault at `addr` in the pool and the block it concerns: a fault in freed
-/// data pages is a use after free; one in a guard page is an overflow of the block before it,
-/// or an underflow of the block after it if that one's start is nearer.
-fn classify_fault(
-    addr: usize,
-    base: usize,
-    len: usize,
-    page_slot: *const u32,
-    slots: *const Slot,
-) -> Option<(&'static str, &'static Slot)> {
-    // SAFETY: indices from the table; records are never unmapped.
-    let at = |a: usize| slot_index(base, len, page_slot, a).map(|i| unsafe { &*slots.add(i) });
-    let before = at(addr);
-    if let Some(s) = before {
-        if addr < s.data_end() {
-            // In the data pages: freed ones, or the guarded pages before a live block.
-            let kind = if s.state == SlotState::Live && addr < s.ptr {
-                "heap-buffer-underflow"
-            } else {
-                "use-after-free"
-            };
-            return Some((kind, s));
-        }
-    }
-    // In a guard page (or the pool's first page): which neighbour's edge is nearer?
-    let next_page = (addr | (PAGE_SIZE - 1)) + 1;
-    let after = at(next_page).filter(|n| n.data == next_page && n.state == SlotState::Live);
-    let past_end = before.map(|s| addr - (s.ptr + s.size).min(addr));
-    match (before, after) {
-        (_, Some(n)) if past_end.is_none_or(|d| n.ptr - addr <= d) => {
-            Some(("heap-buffer-underflow", n))
-        }
-        (Some(s), _) if s.state != SlotState::Live => Some(("use-after-free", s)),
-        (Some(s), _) => Some(("heap-buffer-overflow", s)),
-        _ => None,
-    }
-}
-
-fn rw(write: Option<bool>) -> &'static str {
-    match write {
-        Some(true) => "write",
-        Some(false) => "read",
-        None => "access",
-    }
-}
-
-/// Prints an access report: the first line (kind, read or write, address, offset from the
-/// block, its size) and the stacks of the access (`pc`), the allocation and the free.
-fn report_access(
-    kind: &str,
-    write: Option<bool>,
-    addr: usize,
-    slot: &Slot,
-    pc: Option<usize>,
-    found: Option<&str>,
-) {
-    let mut line = Line::new();
-    line.str("rampart: ")
-        .str(kind)
-        .str(": ")
-        .str(rw(write))
-        .str(" at ")
-        .hex(addr as u64);
-    where_in_block(&mut line, addr, slot);
-    if let Some(when) = found {
-        line.str(" (found when the block was ").str(when).str(")");
-    }
-    line.emit();
-    if let Some(pc) = pc {
-        let mut frames = [0usize; FRAMES + 4];
-        let n = os::backtrace(&mut frames, 0);
-        // Skip the handler's own frames: start at the faulting instruction.
-        let start = frames[..n].iter().position(|&f| f == pc);
-        let frames = match start {
-            Some(s) => &frames[s..n],
-            None => &[pc][..],
-        };
-        print_stack(&["accessed by"], os::gettid(), frames);
-    }
-    print_slot_stacks(slot);
-}
-
-/// Appends `: offset N from a block of S bytes at 0x…`, the part of every report that places
-/// an address against its block (N negative before the block).
-fn where_in_block(line: &mut Line, addr: usize, slot: &Slot) {
-    line.str(": offset ");
-    let offset = addr as i128 - slot.ptr as i128;
-    if offset < 0 {
-        line.str("-");
-    }
-    line.dec(offset.unsigned_abs() as u64)
-        .str(" from a block of ")
-        .dec(slot.size as u64)
-        .str(" bytes at ")
-        .hex(slot.ptr as u64);
-}
-
-/// Prints the allocation and (if freed) the free stacks of a slot.
-fn print_slot_stacks(slot: &Slot) {
-    print_stack(
-        &["allocated by"],
-        slot.alloc_tid,
-        &slot.alloc_frames[..slot.alloc_frames_len as usize],
-    );
-    if slot.state != SlotState::Live {
-        print_stack(
-            &["freed by"],
-            slot.free_tid,
-            &slot.free_frames[..slot.free_frames_len as usize],
-        );
-    }
-}
-
-/// Prints one stack of a report: `rampart:   <what…> thread <tid>:`, then its frames.
-fn print_stack(what: &[&str], tid: u32, frames: &[usize]) {
-    let mut line = Line::new();
-    line.str("rampart:   ");
-    for part in what {
-        line.str(part);
-    }
-    line.str(" thread ").dec(tid as u64).str(":");
-    line.emit();
-    print_frames(frames);
-}
-
-/// Prints return addresses, symbolized where the loader knows them, leaving out the frames
-/// of librampart itself (when it is a shared library of its own).
-fn print_frames(frames: &[usize]) {
-    let own_module = os::symbolize(print_frames as *const () as usize).and_then(|s| s.2);
-    let separate = own_module.is_some_and(|m| m.to_bytes().ends_with(b".so"));
-    let mut shown = 0;
-    for &pc in frames {
-        let sym = os::symbolize(pc);
-        if separate && shown == 0 && sym.is_some_and(|s| s.2 == own_module) {
-            continue;
-        }
-        let mut line = Line::new();
-        line.str("rampart:     #")
-            .dec(shown)
-            .str(" ")
-            .hex(pc as u64);
-        if let Some((name, off, module, moff)) = sym {
-            if let Some(name) = name {
-                line.str(" in ")
-                    .str(core::str::from_utf8(name.to_bytes()).unwrap_or("?"))
-                    .str("+")
-                    .hex(off as u64);
-            }
-            if let Some(module) = module {
-                line.str(" (")
-                    .str(core::str::from_utf8(module.to_bytes()).unwrap_or("?"))
-                    .str("+")
-                    .hex(moff as u64)
-                    .str(")");
-            }
-        }
-        line.emit();
-        shown += 1;
-    }
-    if shown == 0 {
-        let mut line = Line::new();
-        line.str("rampart:     (no frames)");
-        line.emit();
-    }
-}
-
-/// Reports an error found on a call with a guarded block (`double-free`, `invalid-free`)
-/// and aborts.
-fn report_slot_error(kind: &str, call: &str, why: &str, p: usize, slot: &Slot) -> ! {
-    let mut line = Line::new();
-    line.str("rampart: ")
-        .str(kind)
-        .str(": ")
-        .str(call)
-        .str(" ")
-        .str(why)
-        .str(" at ")
-        .hex(p as u64);
-    where_in_block(&mut line, p, slot);
-    line.emit();
-    let mut frames = [0usize; FRAMES];
-    let n = os::backtrace(&mut frames, 0);
-    print_stack(&[call, " called by"], os::gettid(), &frames[..n]);
-    print_slot_stacks(slot);
-    os::abort()
-}
-
-/// Reports a pointer into the pool that belongs to no slot, and aborts.
-fn report_wild(call: &str, p: usize) -> ! {
-    let mut line = Line::new();
-    line.str("rampart: invalid-free: ")
-        .str(call)
-        .str(" of a pointer rampart did not allocate at ")
-        .hex(p as u64);
-    line.emit();
-    os::abort()
-}
+use fault::{on_fault, report_access, report_slot_error, report_wild};
+use sample::DIVERT_ALL;
+pub use sample::{next_interval, sample_now};
 
 #[cfg(test)]
 mod tests {

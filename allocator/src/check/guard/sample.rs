@@ -1,0 +1,59 @@
+//! The sampling policy: which allocations leave the fast path to be guarded. In `all` mode
+//! (and with redzones) every one; in `sample` mode one in `RAMPART_GUARD_SAMPLE` on
+//! average, at random intervals (so a program cannot fall into step with them), counted
+//! down on the thread's fast path.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use super::active;
+use crate::config::{self, GuardMode};
+
+/// Whether every allocation should leave the fast path (`all` mode, or redzones).
+pub(super) static DIVERT_ALL: AtomicBool = AtomicBool::new(false);
+
+/// State of the sampling intervals' random numbers.
+static SEED: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
+
+/// Whether every allocation must leave the fast path (set by `all` mode and by redzones);
+/// read by `heap` to set its threads' sampling countdowns.
+#[inline]
+pub fn divert_all() -> bool {
+    DIVERT_ALL.load(Ordering::Relaxed)
+}
+
+/// How many allocations a thread makes before its next guarded one: 1 when every allocation
+/// is diverted, a random interval averaging `RAMPART_GUARD_SAMPLE` in `sample` mode, and
+/// "never" otherwise.
+pub fn next_interval() -> usize {
+    if divert_all() {
+        return 1;
+    }
+    if !active() {
+        return usize::MAX;
+    }
+    let n = config::guard_sample().max(1);
+    if n == 1 {
+        return 1;
+    }
+    // splitmix64 over a shared counter: uniform in [1, 2n - 1], mean n.
+    let mut z = SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (1 + z % (2 * n - 1)) as usize
+}
+
+/// Whether an allocation the heap's countdown picked should be guarded: always in `all`
+/// mode; in `sample` mode too, unless redzones divert every allocation, in which case one in
+/// `RAMPART_GUARD_SAMPLE` of them is (a shared countdown: that path is slow anyway).
+pub fn sample_now() -> bool {
+    if config::guard_mode() == GuardMode::All || !divert_all() {
+        return true;
+    }
+    static LEFT: AtomicUsize = AtomicUsize::new(1);
+    if LEFT.fetch_sub(1, Ordering::Relaxed) <= 1 {
+        LEFT.store(config::guard_sample() as usize, Ordering::Relaxed);
+        return true;
+    }
+    false
+}

@@ -1,0 +1,181 @@
+//! Every report of a memory error the program made, in one format:
+//!
+//! ```text
+//! rampart: <kind>: <what happened> at 0x…[: offset N from a block of S bytes at 0x…][ (…)]
+//! rampart:   <who> thread <tid>:            (stacks, where recorded)
+//! rampart:     #0 0x… in symbol+0x… (module+0x…)
+//! ```
+//!
+//! One line is composed at a time in a stack buffer and written with `write(2)`: nothing
+//! here allocates, so a report can be made from inside malloc or a signal handler. The
+//! allocator's own failures (an internal error, exhausted metadata, a broken invariant) are
+//! reported by `util::fatal`, which the layers below this one use.
+
+use crate::os;
+use crate::util::Line;
+
+/// What kind of error a report is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// An access past the end of a block.
+    HeapBufferOverflow,
+    /// An access before the start of a block.
+    HeapBufferUnderflow,
+    /// An access to, or a write into, a block after its free.
+    UseAfterFree,
+    /// A free of a block that is free already.
+    DoubleFree,
+    /// A free, resize or size query of a pointer that is no block of ours, or a sized free
+    /// with the wrong size or alignment.
+    InvalidFree,
+    /// A write over a block's redzone canary.
+    RedzoneOverwritten,
+    /// An access into the guard pool that belongs to no block.
+    WildAccess,
+}
+
+impl ErrorKind {
+    /// The kind's name, as reports print it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ErrorKind::HeapBufferOverflow => "heap-buffer-overflow",
+            ErrorKind::HeapBufferUnderflow => "heap-buffer-underflow",
+            ErrorKind::UseAfterFree => "use-after-free",
+            ErrorKind::DoubleFree => "double-free",
+            ErrorKind::InvalidFree => "invalid-free",
+            ErrorKind::RedzoneOverwritten => "redzone-overwritten",
+            ErrorKind::WildAccess => "wild-access",
+        }
+    }
+}
+
+/// `read`, `write`, or `access` where the kind of access is not known.
+pub fn access(write: Option<bool>) -> &'static str {
+    match write {
+        Some(true) => "write",
+        Some(false) => "read",
+        None => "access",
+    }
+}
+
+/// The first line of a report, being composed: starts `rampart: <kind>: `.
+pub struct Report {
+    line: Line,
+}
+
+impl Report {
+    /// A report of `kind`.
+    pub fn new(kind: ErrorKind) -> Report {
+        let mut line = Line::new();
+        line.str("rampart: ").str(kind.name()).str(": ");
+        Report { line }
+    }
+
+    /// Appends text.
+    pub fn text(&mut self, s: &str) -> &mut Self {
+        self.line.str(s);
+        self
+    }
+
+    /// Appends ` at 0x…`.
+    pub fn at(&mut self, addr: usize) -> &mut Self {
+        self.line.str(" at ").hex(addr as u64);
+        self
+    }
+
+    /// Appends `: offset N from a block of S bytes at 0x…` (N negative before the block),
+    /// the part that places an address against its block; `size` is `None` when it is not
+    /// known any more (its record was overwritten).
+    pub fn in_block(&mut self, addr: usize, block: usize, size: Option<usize>) -> &mut Self {
+        self.line.str(": offset ");
+        let offset = addr as i128 - block as i128;
+        if offset < 0 {
+            self.line.str("-");
+        }
+        self.line
+            .dec(offset.unsigned_abs() as u64)
+            .str(" from a block of ");
+        match size {
+            Some(size) => self.line.dec(size as u64).str(" bytes"),
+            None => self.line.str("unknown size"),
+        };
+        self.line.str(" at ").hex(block as u64);
+        self
+    }
+
+    /// Writes the line to stderr.
+    pub fn emit(&mut self) {
+        self.line.emit();
+    }
+
+    /// Writes the line and aborts (SIGABRT): for errors found on a call, not on a fault.
+    pub fn abort(&mut self) -> ! {
+        self.emit();
+        os::abort()
+    }
+}
+
+/// Reports an error found by `call` (`free`, `realloc`, `size query`, …) on the pointer `p`:
+/// `rampart: <kind>: <call> <what> at 0x…`, and aborts.
+#[cold]
+pub fn on_call(kind: ErrorKind, call: &str, what: &str, p: usize) -> ! {
+    Report::new(kind)
+        .text(call)
+        .text(" ")
+        .text(what)
+        .at(p)
+        .abort()
+}
+
+/// Prints one stack of a report: `rampart:   <what…> thread <tid>:`, then its frames.
+pub fn print_stack(what: &[&str], tid: u32, frames: &[usize]) {
+    let mut line = Line::new();
+    line.str("rampart:   ");
+    for part in what {
+        line.str(part);
+    }
+    line.str(" thread ").dec(tid as u64).str(":");
+    line.emit();
+    print_frames(frames);
+}
+
+/// Prints return addresses, symbolized where the loader knows them, leaving out the frames
+/// of librampart itself (when it is a shared library of its own).
+fn print_frames(frames: &[usize]) {
+    let own_module = os::symbolize(print_frames as *const () as usize).and_then(|s| s.2);
+    let separate = own_module.is_some_and(|m| m.to_bytes().ends_with(b".so"));
+    let mut shown = 0;
+    for &pc in frames {
+        let sym = os::symbolize(pc);
+        if separate && shown == 0 && sym.is_some_and(|s| s.2 == own_module) {
+            continue;
+        }
+        let mut line = Line::new();
+        line.str("rampart:     #")
+            .dec(shown)
+            .str(" ")
+            .hex(pc as u64);
+        if let Some((name, off, module, moff)) = sym {
+            if let Some(name) = name {
+                line.str(" in ")
+                    .str(core::str::from_utf8(name.to_bytes()).unwrap_or("?"))
+                    .str("+")
+                    .hex(off as u64);
+            }
+            if let Some(module) = module {
+                line.str(" (")
+                    .str(core::str::from_utf8(module.to_bytes()).unwrap_or("?"))
+                    .str("+")
+                    .hex(moff as u64)
+                    .str(")");
+            }
+        }
+        line.emit();
+        shown += 1;
+    }
+    if shown == 0 {
+        let mut line = Line::new();
+        line.str("rampart:     (no frames)");
+        line.emit();
+    }
+}
