@@ -56,7 +56,8 @@ impl<S: PageSource> Pages<S> {
         if !self.map.set(&self.source, base, len, h as usize) {
             // Clear the slots that were set before the failure.
             self.map.set(&self.source, base, len, 0);
-            // SAFETY: the mapping was just made and holds nothing.
+            // SAFETY: the mapping was just made, or just taken out of the cache: either way it
+            // is ours, unused and named by no map slot now.
             unsafe { self.source.huge_unmap(base, len) };
             self.recycle_huge(h);
             return None;

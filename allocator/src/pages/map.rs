@@ -94,7 +94,9 @@ impl PageMap {
         // SAFETY: the entry names a live chunk's metadata (set up before the chunk entered
         // the map), idx is masked to its pages, and no page's run pointer is ever null (a
         // run's descriptor, or the vacant sentinel).
-        Some(unsafe { NonNull::new_unchecked(*(*chunk).run.get_unchecked(idx)) })
+        Some(unsafe {
+            NonNull::new_unchecked((*chunk).run.get_unchecked(idx).load(Ordering::Relaxed))
+        })
     }
 
     /// The owner of `addr`.

@@ -29,7 +29,7 @@
 
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU16, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU16, AtomicU8, AtomicUsize, Ordering};
 
 use crate::os::{self, PAGE_SIZE};
 use crate::util::{align_up, invariant, log2_ceil};
@@ -367,8 +367,9 @@ pub struct Chunk {
     /// Per page, the descriptor of its run: one load from an address to its span. A free
     /// block's first page points to the block's own (free) descriptor, or to [`VACANT`]; any
     /// other free page to [`VACANT`] or to a descriptor in the `Free` state, never to a live
-    /// run that does not cover it.
-    pub run: [*mut Span; PAGES_PER_CHUNK],
+    /// run that does not cover it. Never null. Atomic (relaxed: plain moves on x86-64): the
+    /// page layer writes it under its lock while any thread's free reads it without.
+    pub run: [AtomicPtr<Span>; PAGES_PER_CHUNK],
     /// Per page, set once the page has been handed out (it may hold non-zero bytes).
     dirty: [u64; PAGES_PER_CHUNK / 64],
     /// Per page, set by a purge sweep that found the page free and dirty; a free page still
@@ -612,7 +613,9 @@ impl<S: PageSource> Pages<S> {
             for (i, s) in (*meta).spans.iter_mut().enumerate() {
                 s.addr = base + i * PAGE_SIZE;
             }
-            (*meta).run = [VACANT_PTR; PAGES_PER_CHUNK];
+            for r in &(*meta).run {
+                r.store(VACANT_PTR, Ordering::Relaxed);
+            }
         }
         if !self
             .map
@@ -689,7 +692,7 @@ impl<S: PageSource> Pages<S> {
         span.npages = 1 << order;
         span.flags = 0;
         let s: *mut Span = span;
-        c.run[idx] = s;
+        c.run[idx].store(s, Ordering::Relaxed);
         c.free_pages += 1 << order;
         // SAFETY: `s` is a valid descriptor in no list (the block is unlisted, push_free's
         // contract).
@@ -718,7 +721,7 @@ impl<S: PageSource> Pages<S> {
             // the block is aligned inside the chunk.
             let b = unsafe { &(*chunk).spans[buddy] };
             // SAFETY: the same live chunk and in-bounds page `buddy`.
-            let is_head = ptr::eq(unsafe { (*chunk).run[buddy] }, b);
+            let is_head = ptr::eq(unsafe { (*chunk).run[buddy].load(Ordering::Relaxed) }, b);
             if !(is_head && b.state == State::Free && b.order as u32 == order) {
                 break;
             }
@@ -745,7 +748,9 @@ impl<S: PageSource> Pages<S> {
         // SAFETY: the range lies inside the live chunk.
         let c = unsafe { &mut *chunk };
         // No page of the range may keep pointing at the live run it leaves.
-        c.run[idx..end].fill(VACANT_PTR);
+        for r in &c.run[idx..end] {
+            r.store(VACANT_PTR, Ordering::Relaxed);
+        }
         if !c.queued && c.any_dirty(idx, end - idx) {
             // SAFETY: the chunk is live and not queued.
             unsafe { self.enqueue(chunk) };
@@ -909,7 +914,7 @@ impl<S: PageSource> Pages<S> {
         let head = &raw mut c.spans[idx];
         let mut dirtied = 0;
         for p in idx..idx + npages {
-            c.run[p] = head;
+            c.run[p].store(head, Ordering::Relaxed);
             let (w, b) = (p / 64, p % 64);
             let was_clean = c.dirty[w] & (1 << b) == 0;
             clean &= was_clean;
@@ -989,7 +994,7 @@ impl<S: PageSource> Pages<S> {
         let mut p = idx + old;
         while p < end {
             let b = &c.spans[p];
-            if !ptr::eq(c.run[p], b) || b.state != State::Free {
+            if !ptr::eq(c.run[p].load(Ordering::Relaxed), b) || b.state != State::Free {
                 return false;
             }
             p += b.npages as usize;
@@ -1187,14 +1192,14 @@ impl<S: PageSource> Pages<S> {
                 let (chunk, idx) = unsafe { self.locate(s) };
                 invariant!(idx % (1 << order) == 0, "misaligned free block", span.addr);
                 // SAFETY: chunk is live.
-                let head = unsafe { (*chunk).run[idx] };
+                let head = unsafe { (*chunk).run[idx].load(Ordering::Relaxed) };
                 invariant!(ptr::eq(head, s), "free block not its page's run", span.addr);
                 if order < CHUNK_ORDER as usize {
                     let buddy = idx ^ (1 << order);
                     // SAFETY: chunk is live.
                     let b = unsafe { &(*chunk).spans[buddy] };
                     // SAFETY: chunk is live.
-                    let bh = unsafe { (*chunk).run[buddy] };
+                    let bh = unsafe { (*chunk).run[buddy].load(Ordering::Relaxed) };
                     invariant!(
                         !(ptr::eq(bh, b) && b.state == State::Free && b.order as usize == order),
                         "unmerged buddies",
@@ -1270,7 +1275,7 @@ impl<S: PageSource> Pages<S> {
         while p < PAGES_PER_CHUNK {
             let s = &c.spans[p];
             invariant!(
-                ptr::eq(c.run[p], s),
+                ptr::eq(c.run[p].load(Ordering::Relaxed), s),
                 "a run's first page is not its head",
                 s.addr
             );
@@ -1282,7 +1287,7 @@ impl<S: PageSource> Pages<S> {
                 out += n;
             } else {
                 invariant!(
-                    (p..p + n).all(|q| ptr::eq(c.run[q], s)),
+                    (p..p + n).all(|q| ptr::eq(c.run[q].load(Ordering::Relaxed), s)),
                     "a page of a run does not point at it",
                     s.addr
                 );

@@ -472,7 +472,8 @@ fn free_pages_never_point_at_a_live_run() {
     unsafe {
         let check = |p: &Pages<FakeSource>| {
             let c = &*chunk;
-            for (i, &r) in c.run.iter().enumerate() {
+            for (i, r) in c.run.iter().enumerate() {
+                let r = r.load(Ordering::Relaxed);
                 let s = &*r;
                 let addr = c.base + i * PAGE_SIZE;
                 let covered = s.state != State::Free
@@ -505,7 +506,10 @@ fn free_pages_never_point_at_a_live_run() {
         p.shrink_run(b, 3);
         check(&p);
         // Never handed out: the vacant descriptor.
-        assert!(ptr::eq((*chunk).run[PAGES_PER_CHUNK - 1], VACANT_PTR));
+        assert!(ptr::eq(
+            (*chunk).run[PAGES_PER_CHUNK - 1].load(Ordering::Relaxed),
+            VACANT_PTR
+        ));
         p.free_run(b);
     }
 }
