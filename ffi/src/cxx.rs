@@ -163,18 +163,26 @@ pub extern "C" fn _ZnamSt11align_val_tRKSt9nothrow_t(
     new_or_null(size, align)
 }
 
+/// Every `operator delete`: frees `p` (null does nothing).
+///
+/// # Safety
+/// `p` is null or a live block of this allocator, not used after this.
 #[inline(always)]
 unsafe fn delete(p: *mut c_void) {
     if let Some(p) = NonNull::new(p.cast::<u8>()) {
-        // SAFETY: the caller's contract.
+        // SAFETY: `p` is a live block of ours, given up (this function's contract).
         unsafe { api::free(p) }
     }
 }
 
+/// Every sized `operator delete`: frees `p`, reporting a `size` larger than the block.
+///
+/// # Safety
+/// As for [`delete`].
 #[inline(always)]
 unsafe fn delete_sized(p: *mut c_void, size: usize) {
     if let Some(p) = NonNull::new(p.cast::<u8>()) {
-        // SAFETY: the caller's contract.
+        // SAFETY: `p` is a live block of ours, given up (this function's contract).
         unsafe { api::free_sized(p, size) }
     }
 }

@@ -67,7 +67,7 @@ fn malloc_slow(size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn free(p: *mut c_void) {
     if let Some(p) = NonNull::new(p.cast::<u8>()) {
-        // SAFETY: per the contract.
+        // SAFETY: `p` is a live block of ours (free's contract; null was ruled out above).
         unsafe { api::free(p) }
     }
 }
@@ -92,7 +92,7 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         return malloc(size);
     };
     if size == 0 {
-        // SAFETY: per the contract.
+        // SAFETY: `old` is a live block of ours (realloc's contract), given up here.
         unsafe { api::free(old) };
         return ptr::null_mut();
     }
@@ -107,7 +107,7 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void {
     match n.checked_mul(size) {
-        // SAFETY: per the contract.
+        // SAFETY: realloc's contract is this function's, which the caller keeps.
         Some(total) => unsafe { realloc(p, total) },
         None => enomem(),
     }
@@ -129,7 +129,7 @@ pub unsafe extern "C" fn posix_memalign(
     }
     match api::alloc(size, align.max(MIN_ALIGN)) {
         Some(p) => {
-            // SAFETY: per the contract.
+            // SAFETY: `memptr` points to a writable `void *` (posix_memalign's contract).
             unsafe { *memptr = p.as_ptr().cast() };
             0
         }
@@ -179,7 +179,7 @@ pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
     match NonNull::new(p.cast::<u8>()) {
-        // SAFETY: per the contract.
+        // SAFETY: `p` is a live block of ours (the caller's contract; null ruled out).
         Some(p) => unsafe { api::usable_size(p) },
         None => 0,
     }
@@ -191,7 +191,7 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
 /// As for [`free`].
 #[no_mangle]
 pub unsafe extern "C" fn cfree(p: *mut c_void) {
-    // SAFETY: per the contract.
+    // SAFETY: free's contract, which the caller keeps.
     unsafe { free(p) }
 }
 
@@ -201,7 +201,7 @@ pub unsafe extern "C" fn cfree(p: *mut c_void) {
 /// As for [`free`]; `size` is the size the block was allocated with.
 #[no_mangle]
 pub unsafe extern "C" fn free_sized(p: *mut c_void, size: usize) {
-    // SAFETY: per the contract.
+    // SAFETY: free_checked's contract is free's, which the caller keeps.
     unsafe { free_checked(p, size, MIN_ALIGN) }
 }
 
@@ -212,7 +212,7 @@ pub unsafe extern "C" fn free_sized(p: *mut c_void, size: usize) {
 /// As for [`free`]; `align` and `size` are those the block was allocated with.
 #[no_mangle]
 pub unsafe extern "C" fn free_aligned_sized(p: *mut c_void, align: usize, size: usize) {
-    // SAFETY: per the contract.
+    // SAFETY: free_checked's contract is free's, which the caller keeps.
     unsafe { free_checked(p, size, align) }
 }
 
@@ -250,7 +250,7 @@ pub extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
 /// As for [`free`].
 #[no_mangle]
 pub unsafe extern "C" fn __libc_free(p: *mut c_void) {
-    // SAFETY: per the contract.
+    // SAFETY: free's contract, which the caller keeps.
     unsafe { free(p) }
 }
 
@@ -266,7 +266,7 @@ pub extern "C" fn __libc_calloc(n: usize, size: usize) -> *mut c_void {
 /// As for [`realloc`].
 #[no_mangle]
 pub unsafe extern "C" fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void {
-    // SAFETY: per the contract.
+    // SAFETY: realloc's contract, which the caller keeps.
     unsafe { realloc(p, size) }
 }
 
@@ -310,7 +310,7 @@ pub extern "C" fn rampart_calloc(n: usize, size: usize) -> *mut c_void {
 /// As for [`realloc`].
 #[no_mangle]
 pub unsafe extern "C" fn rampart_realloc(p: *mut c_void, size: usize) -> *mut c_void {
-    // SAFETY: per the contract.
+    // SAFETY: realloc's contract, which the caller keeps.
     unsafe { realloc(p, size) }
 }
 
@@ -320,7 +320,7 @@ pub unsafe extern "C" fn rampart_realloc(p: *mut c_void, size: usize) -> *mut c_
 /// As for [`free`].
 #[no_mangle]
 pub unsafe extern "C" fn rampart_free(p: *mut c_void) {
-    // SAFETY: per the contract.
+    // SAFETY: free's contract, which the caller keeps.
     unsafe { free(p) }
 }
 
@@ -336,7 +336,7 @@ pub extern "C" fn rampart_aligned_alloc(align: usize, size: usize) -> *mut c_voi
 /// As for [`malloc_usable_size`].
 #[no_mangle]
 pub unsafe extern "C" fn rampart_usable_size(p: *mut c_void) -> usize {
-    // SAFETY: per the contract.
+    // SAFETY: malloc_usable_size's contract, which the caller keeps.
     unsafe { malloc_usable_size(p) }
 }
 
