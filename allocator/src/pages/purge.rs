@@ -136,12 +136,21 @@ impl<S: PageSource> Pages<S> {
                 self.purge_out_len += 1;
                 let mut from = p;
                 while let Some((start, end)) = c.next_stretch(from, p + n, Chunk::ripe) {
+                    from = end;
+                    let (addr, len) = (c.base + start * PAGE_SIZE, (end - start) * PAGE_SIZE);
+                    // A stretch that goes on where the last one (of the block before) ends
+                    // joins it: one madvise for both.
+                    if let Some(last) = w.ranges[..w.nranges].last_mut() {
+                        if last.0 + last.1 == addr {
+                            last.1 += len;
+                            continue;
+                        }
+                    }
                     if w.nranges == PURGE_CALLS {
                         cut = true;
                         return false;
                     }
-                    from = end;
-                    w.ranges[w.nranges] = (c.base + start * PAGE_SIZE, (end - start) * PAGE_SIZE);
+                    w.ranges[w.nranges] = (addr, len);
                     w.nranges += 1;
                 }
                 true
