@@ -229,7 +229,8 @@ pub struct Span {
     pub next: *mut Span,
     /// List links.
     pub prev: *mut Span,
-    /// Address of the run's first byte.
+    /// Address of the run's first byte (set when the descriptor becomes a run's or a free
+    /// block's head; meaningless elsewhere).
     pub addr: usize,
     /// Pages in the run (for a free block `1 << order`).
     pub npages: u32,
@@ -610,9 +611,8 @@ impl<S: PageSource> Pages<S> {
         unsafe {
             (*meta).base = base;
             (*meta).free_pages = 0;
-            for (i, s) in (*meta).spans.iter_mut().enumerate() {
-                s.addr = base + i * PAGE_SIZE;
-            }
+            // A descriptor's `addr` is set when it becomes a block's or a run's head (in
+            // push_free and claim): writing all 1024 here would fault in all 64 KiB of them.
             for r in &(*meta).run {
                 r.store(VACANT_PTR, Ordering::Relaxed);
             }
@@ -686,7 +686,9 @@ impl<S: PageSource> Pages<S> {
         // SAFETY: `chunk` is a live chunk's metadata (push_free's contract), ours under the
         // page lock; `c` is not used once the list push below may write other descriptors.
         let c = unsafe { &mut *chunk };
+        let base = c.base;
         let span = &mut c.spans[idx];
+        span.addr = base + idx * PAGE_SIZE;
         span.state.set(State::Free);
         span.order = order as u8;
         span.npages = 1 << order;
@@ -924,7 +926,9 @@ impl<S: PageSource> Pages<S> {
         }
         self.dirty_pages += dirtied;
         self.note_peaks();
+        let base = c.base;
         let s = &mut c.spans[idx];
+        s.addr = base + idx * PAGE_SIZE;
         s.npages = npages as u32;
         s.flags = if clean { FLAG_CLEAN } else { 0 };
         s.next = ptr::null_mut();
