@@ -779,7 +779,7 @@ unsafe fn validate_heap(heap: *mut Heap) {
             unsafe { slab::validate(span, true) };
         }
         for (list, full) in [(&h.partial[class], false), (&h.full[class], true)] {
-            let mut s = list.head;
+            let mut s = list.head();
             while !s.is_null() {
                 // SAFETY: a live span of this heap's lists.
                 let span = unsafe { &*s };

@@ -157,7 +157,7 @@ fn exhaustion_is_null_and_abandon_keeps_only_live_spans() {
     assert!(h.current.iter().all(|&c| c == EMPTY_SPAN_PTR));
     let listed: usize = (0..NUM_CLASSES)
         .map(|c| {
-            let (mut n, mut s) = (0, h.partial[c].head);
+            let (mut n, mut s) = (0, h.partial[c].head());
             while !s.is_null() {
                 n += 1;
                 // SAFETY: a listed live span.

@@ -282,8 +282,9 @@ const VACANT_PTR: *mut Span = VACANT.0.get();
 
 /// An intrusive doubly linked list of spans (through `next`/`prev`).
 pub struct SpanList {
-    /// The first span, or null.
-    pub head: *mut Span,
+    /// The first span, or null. Private: only `push` (whose caller vouches for the span)
+    /// puts spans in, so the safe `pop` and `head` hand out only valid descriptors.
+    head: *mut Span,
 }
 
 impl SpanList {
@@ -340,6 +341,12 @@ impl SpanList {
             (*s).next = ptr::null_mut();
             (*s).prev = ptr::null_mut();
         }
+    }
+
+    /// The first span, or null.
+    #[inline]
+    pub fn head(&self) -> *mut Span {
+        self.head
     }
 
     /// Unlinks and returns the first span, or null.
@@ -860,7 +867,7 @@ impl<S: PageSource> Pages<S> {
             }
             order = CHUNK_ORDER;
         }
-        let s = self.free[order as usize].head;
+        let s = self.free[order as usize].head();
         // SAFETY: s is the head of a non-empty free list, so a live free block.
         let (chunk, idx) = unsafe { self.locate(s) };
         if chunk == self.spare {
@@ -1177,7 +1184,7 @@ impl<S: PageSource> Pages<S> {
             "used page count and walk disagree"
         );
         for (order, list) in self.free.iter().enumerate() {
-            let mut s = list.head;
+            let mut s = list.head();
             while !s.is_null() {
                 // SAFETY: listed spans are live descriptors.
                 let span = unsafe { &*s };

@@ -99,7 +99,7 @@ fn split_and_merge_back_to_one_chunk() {
         p.free_run(c);
     }
     p.validate();
-    assert_eq!(p.free[CHUNK_ORDER as usize].head, chunk.cast::<Span>());
+    assert_eq!(p.free[CHUNK_ORDER as usize].head(), chunk.cast::<Span>());
     assert_eq!(p.chunks, 1, "the last free chunk stays as the spare");
 }
 
