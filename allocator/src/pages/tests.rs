@@ -460,58 +460,70 @@ fn a_refused_purge_waits_a_delay_behind_the_others() {
     p.validate();
 }
 
+/// Checks that no page of `chunk` points at a live run that does not cover it, then the
+/// whole page layer.
+///
+/// # Safety
+/// `chunk` is a live chunk of `p`.
+unsafe fn check_run_pointers(p: &Pages<FakeSource>, chunk: *const Chunk) {
+    // SAFETY: `chunk` is live (the caller's contract); the test thread is its only user.
+    let c = unsafe { &*chunk };
+    for (i, r) in c.run.iter().enumerate() {
+        // SAFETY: a run pointer is never null: a descriptor of this chunk or the vacant one.
+        let s = unsafe { &*r.load(Ordering::Relaxed) };
+        let addr = c.base + i * PAGE_SIZE;
+        let covered =
+            s.state != State::Free && addr.wrapping_sub(s.addr) < s.npages as usize * PAGE_SIZE;
+        assert!(
+            covered || s.state == State::Free,
+            "page {i} points at a live run not covering it"
+        );
+        assert_eq!(s.owner.load(Ordering::Relaxed), 0);
+    }
+    p.validate();
+}
+
 #[test]
 fn free_pages_never_point_at_a_live_run() {
     let mut p = Pages::new(FakeSource::new(2), fake_map());
     let a = p.alloc_run(37, 0, State::Large).unwrap();
     let b = p.alloc_run(8, 0, State::Slab).unwrap();
     let chunk = chunk_of(&p, a);
-    // SAFETY: `a` and `b` were allocated above from one fresh chunk, `chunk`, which stays
-    // live while `b` is (freed last); each run is freed once; every `run` entry points at a
-    // descriptor of that chunk or at the vacant one.
-    unsafe {
-        let check = |p: &Pages<FakeSource>| {
-            let c = &*chunk;
-            for (i, r) in c.run.iter().enumerate() {
-                let r = r.load(Ordering::Relaxed);
-                let s = &*r;
-                let addr = c.base + i * PAGE_SIZE;
-                let covered = s.state != State::Free
-                    && addr.wrapping_sub(s.addr) < s.npages as usize * PAGE_SIZE;
-                assert!(
-                    covered || s.state == State::Free,
-                    "page {i} points at a live run not covering it"
-                );
-                assert_eq!(s.owner.load(Ordering::Relaxed), 0);
-            }
-            p.validate();
-        };
-        check(&p);
-        p.free_run(a);
-        check(&p);
-        // Reuse the first page of what was `a` (taking single pages until it comes): the
-        // other pages of `a` must not point at it.
-        let mut singles = Vec::new();
-        loop {
-            let c = p.alloc_run(1, 0, State::Large).unwrap();
-            singles.push(c);
-            if c.as_ref().addr == (*chunk).base {
-                break;
-            }
+    // SAFETY: `chunk` holds the live run `b` (freed last) whenever it is checked below.
+    unsafe { check_run_pointers(&p, chunk) };
+    // SAFETY: `a` is a live run of this test, freed once.
+    unsafe { p.free_run(a) };
+    // SAFETY: as above (`b` is still live).
+    unsafe { check_run_pointers(&p, chunk) };
+    // Reuse the first page of what was `a` (taking single pages until it comes): the other
+    // pages of `a` must not point at it.
+    let mut singles = Vec::new();
+    // SAFETY: `chunk` is live (it holds `b`).
+    let base = unsafe { (*chunk).base };
+    loop {
+        let c = p.alloc_run(1, 0, State::Large).unwrap();
+        singles.push(c);
+        // SAFETY: `c` was just allocated.
+        if unsafe { c.as_ref().addr } == base {
+            break;
         }
-        check(&p);
-        for c in singles {
-            p.free_run(c);
-        }
-        p.shrink_run(b, 3);
-        check(&p);
-        // Never handed out: the vacant descriptor.
-        assert!(ptr::eq(
-            (*chunk).run[PAGES_PER_CHUNK - 1].load(Ordering::Relaxed),
-            VACANT_PTR
-        ));
-        p.free_run(b);
     }
+    // SAFETY: as above.
+    unsafe { check_run_pointers(&p, chunk) };
+    for c in singles {
+        // SAFETY: each single-page run was allocated above and is freed once.
+        unsafe { p.free_run(c) };
+    }
+    // SAFETY: `b` is live and nothing uses its pages past the third.
+    unsafe { p.shrink_run(b, 3) };
+    // SAFETY: as above.
+    unsafe { check_run_pointers(&p, chunk) };
+    // Never handed out: the vacant descriptor.
+    // SAFETY: `chunk` is live (it holds `b`).
+    let last = unsafe { (*chunk).run[PAGES_PER_CHUNK - 1].load(Ordering::Relaxed) };
+    assert!(ptr::eq(last, VACANT_PTR));
+    // SAFETY: `b` is live, freed once.
+    unsafe { p.free_run(b) };
 }
 
 #[test]
@@ -535,29 +547,39 @@ fn grow_and_shrink_in_place() {
     let mut p = Pages::new(FakeSource::new(2), fake_map());
     let a = p.alloc_run(10, 0, State::Large).unwrap();
     let chunk = chunk_of(&p, a);
-    // SAFETY: `a` was allocated above and `b` below, each freed once at the end; `chunk` is
-    // `a`'s chunk, live while `a` is.
+    // SAFETY: `a` is a live run of this test (allocated above, freed at the end).
+    assert!(unsafe { p.grow_run(a, 100) });
+    // SAFETY: as above: `a` is live, so its descriptor is readable.
+    let (npages, state) = unsafe { (a.as_ref().npages, a.as_ref().state.get()) };
+    assert_eq!((npages, state), (100, State::Large));
+    p.validate();
+    // SAFETY: `chunk` is `a`'s chunk, live while `a` is.
+    unsafe { p.validate_chunk(chunk) };
+    // The pages freed past the grown run's end are reused first.
+    let b = p.alloc_run(1, 0, State::Large).unwrap();
+    // SAFETY: `a` and `b` are live runs of this test.
+    let (a_addr, b_addr) = unsafe { (a.as_ref().addr, b.as_ref().addr) };
+    assert_eq!(b_addr, a_addr + 100 * PAGE_SIZE);
+    // SAFETY: `a` is live.
+    assert!(!unsafe { p.grow_run(a, 101) }, "b is in the way");
+    // SAFETY: `a` is live and nothing uses its pages past the third.
+    unsafe { p.shrink_run(a, 3) };
+    p.validate();
+    // SAFETY: `chunk` is `a`'s chunk, live while `a` is.
+    unsafe { p.validate_chunk(chunk) };
+    // SAFETY: `a` is live.
+    assert!(unsafe { p.grow_run(a, 100) });
+    // SAFETY: `a` is live.
+    assert_eq!(unsafe { a.as_ref().flags } & FLAG_CLEAN, 0);
+    p.validate();
+    // SAFETY: `chunk` is `a`'s chunk, live while `a` is.
+    unsafe { p.validate_chunk(chunk) };
+    // SAFETY: `a` and `b` are live runs of this test, each freed once, here.
     unsafe {
-        assert!(p.grow_run(a, 100));
-        assert_eq!(a.as_ref().npages, 100);
-        assert_eq!(a.as_ref().state, State::Large);
-        p.validate();
-        p.validate_chunk(chunk);
-        // The pages freed past the grown run's end are reused first.
-        let b = p.alloc_run(1, 0, State::Large).unwrap();
-        assert_eq!(b.as_ref().addr, a.as_ref().addr + 100 * PAGE_SIZE);
-        assert!(!p.grow_run(a, 101), "b is in the way");
-        p.shrink_run(a, 3);
-        p.validate();
-        p.validate_chunk(chunk);
-        assert!(p.grow_run(a, 100));
-        assert_eq!(a.as_ref().flags & FLAG_CLEAN, 0);
-        p.validate();
-        p.validate_chunk(chunk);
         p.free_run(a);
         p.free_run(b);
-        p.validate();
     }
+    p.validate();
 }
 
 #[test]
