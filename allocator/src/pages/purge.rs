@@ -124,7 +124,9 @@ impl<S: PageSource> Pages<S> {
                 if c.spans[p].state != State::Free || !(p..p + n).any(|q| c.ripe(q)) {
                     return true;
                 }
-                if w.nranges == PURGE_CALLS {
+                // Room for one more range and one more block out (with stretches joining
+                // across blocks, a step can have more blocks out than ranges).
+                if w.nranges == PURGE_CALLS || self.purge_out_len == PURGE_CALLS {
                     cut = true;
                     return false;
                 }

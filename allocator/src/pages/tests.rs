@@ -635,3 +635,37 @@ fn huge_blocks_on_the_real_os() {
     assert!(p.trim() > 0);
     assert_eq!(p.huge_cached_bytes, 0, "a trim unmaps the cache");
 }
+
+#[test]
+fn a_purge_takes_out_no_more_blocks_than_it_has_room_for() {
+    // One live page in every 8 and the 7 after it free: chains of free blocks of 1, 2 and 4
+    // pages that lie end to end (their buddies are not free, so they do not merge) and join
+    // into one range each. 128 chains: 384 blocks in 128 ranges, far more blocks than one
+    // purge step may have out.
+    let delay = crate::config::purge_delay_ms().max(1);
+    let mut p = Pages::new(FakeSource::new(2), fake_map());
+    let runs: Vec<_> = (0..PAGES_PER_CHUNK)
+        .map(|_| p.alloc_run(1, 0, State::Large).unwrap())
+        .collect();
+    for (i, s) in runs.iter().enumerate() {
+        if i % 8 != 0 {
+            // SAFETY: each run was allocated above and is freed once.
+            unsafe { p.free_run(*s) };
+        }
+    }
+    p.validate();
+    let mut steps = 0;
+    while p.dirty_pages > PAGES_PER_CHUNK / 8 {
+        p.source.now.set(p.source.now.get() + delay);
+        p.purge_step();
+        p.validate();
+        steps += 1;
+        assert!(steps < 100, "the purge does not finish");
+    }
+    assert_eq!(p.purged_bytes, 7 * PAGES_PER_CHUNK / 8 * PAGE_SIZE);
+    for s in runs.iter().step_by(8) {
+        // SAFETY: the live runs, freed once.
+        unsafe { p.free_run(*s) };
+    }
+    p.validate();
+}
