@@ -17,10 +17,25 @@ use rampart::internals::Line;
 use rampart::internals::PAGE_SIZE;
 use rampart::stats::print as print_stats;
 
-/// Reads the options (at load time).
+/// Reads the options (at load time), and makes a panic inside the library a clean death.
 pub fn read_options() {
     rampart::internals::set_process_malloc();
     rampart::internals::init_options();
+    // The library's own copy of std (nothing else in a C process uses it) would print a
+    // panic with a hook that allocates, that is, calls back into malloc while the allocator
+    // may hold its locks: a hang instead of a report. This hook allocates nothing.
+    std::panic::set_hook(Box::new(|info| {
+        let mut line = Line::new();
+        line.str("rampart: internal-error: a panic inside the allocator");
+        if let Some(at) = info.location() {
+            line.str(" at ")
+                .str(at.file())
+                .str(":")
+                .dec(u64::from(at.line()));
+        }
+        line.emit();
+        std::process::abort();
+    }));
 }
 
 /// `rampart_heapmap_write`: writes the heap map (an SVG picture of every chunk, see
