@@ -446,20 +446,29 @@ fn map_of_this_process_matches_the_page_layer() {
 }
 
 #[test]
-fn write_file_reports_errors_as_errno() {
+fn write_reports_errors_as_errno() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let bad = c"/nonexistent-rampart-dir/map.svg";
-    assert_eq!(rampart::heapmap::write_file(bad).err(), Some(libc::ENOENT));
-    let full = c"/dev/full";
+    let bad = "/nonexistent-rampart-dir/map.svg";
+    assert_eq!(
+        rampart::heapmap::write(bad)
+            .map_err(|e| e.raw_os_error())
+            .err(),
+        Some(Some(libc::ENOENT))
+    );
+    let full = "/dev/full";
     if Path::new("/dev/full").exists() {
-        assert_eq!(rampart::heapmap::write_file(full).err(), Some(libc::ENOSPC));
+        assert_eq!(
+            rampart::heapmap::write(full)
+                .map_err(|e| e.raw_os_error())
+                .err(),
+            Some(Some(libc::ENOSPC))
+        );
     }
     // A good path: the whole map, and the heap is still usable afterwards (the lock was
     // released).
     let live = workload();
     let path = tmp("file.svg");
-    let cpath = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    let t = rampart::heapmap::write_file(&cpath).expect("written");
+    let t = rampart::heapmap::write(&path).expect("written");
     let svg = std::fs::read_to_string(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
     let r = read_map(&svg);

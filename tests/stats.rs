@@ -71,32 +71,44 @@ fn allocated_minus_freed_is_live_per_class() {
     }
     // The workers exited: their heaps' remote lists are collected by the trim, so every
     // block freed anywhere is back in its span.
-    rampart::api::trim();
+    rampart::trim();
     let st = rampart::stats();
     let mut total_counted = 0;
     let mut total_held = 0;
-    for c in &st.classes {
-        let counted = c.allocated - c.freed;
+    for c in &st.size_classes {
+        let counted = c.live();
         assert_eq!(counted, c.held, "class {} B: {c:?}", c.size);
         total_counted += counted;
         total_held += c.held;
     }
     assert_eq!(total_counted, total_held);
-    assert_eq!(st.small_live_blocks(), total_counted);
+    assert_eq!(st.small_blocks.live(), total_counted);
     let kept_blocks: usize = kept.iter().map(Vec::len).sum();
-    assert!(
-        st.small_live_blocks() as usize + (st.large_allocated - st.large_freed) as usize
-            >= kept_blocks
+    assert!(st.small_blocks.live() as usize + st.large_blocks.live() as usize >= kept_blocks);
+    assert!(st.small_blocks.allocated >= 4 * 20 * 2000 * 9 / 10);
+    assert_eq!(
+        st.small_blocks.allocated,
+        st.size_classes.iter().map(|c| c.allocated).sum::<u64>()
     );
-    assert!(st.classes.iter().map(|c| c.allocated).sum::<u64>() >= 4 * 20 * 2000 * 9 / 10);
     assert!(st.remote_frees >= 4 * 500, "{st:?}");
-    assert!(st.large_allocated > 0 && st.large_freed > 0, "{st:?}");
-    assert!(st.committed_peak >= st.committed_bytes && st.reserved_peak >= st.reserved_bytes);
     assert!(
-        st.in_use_peak >= st.in_use_bytes && st.in_use_bytes >= st.live_bytes,
+        st.large_blocks.allocated > 0 && st.large_blocks.freed > 0,
         "{st:?}"
     );
-    assert!(st.os.mmap > 0 && st.guard_pages > 0, "{st:?}");
-    assert!(st.heaps.created + st.heaps.adopted >= 5, "{st:?}");
+    assert!(st.committed_peak >= st.committed && st.reserved_peak >= st.reserved);
+    assert!(
+        st.pages_in_use_peak >= st.pages_in_use && st.pages_in_use >= st.in_use,
+        "{st:?}"
+    );
+    assert_eq!(
+        st.chunks_mapped,
+        st.small_span_pages + st.large_block_pages + st.free_pages,
+        "{st:?}"
+    );
+    assert!(st.kernel_calls.mmap > 0 && st.guard_pages > 0, "{st:?}");
+    assert!(
+        st.thread_heaps.created + st.thread_heaps.reused >= 5,
+        "{st:?}"
+    );
     drop(kept);
 }

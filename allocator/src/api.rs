@@ -357,7 +357,7 @@ mod tests {
         heap::validate_current_thread();
         let counts = heap::registry_counts();
         assert!(
-            counts.taken_over > before.taken_over || counts.adopted > before.adopted,
+            counts.taken_over > before.taken_over || counts.reused > before.reused,
             "{counts:?}"
         );
         for p in mine {

@@ -1,5 +1,5 @@
 //! rampart: a fast memory allocator for Linux x86-64, with guard pages, redzones and
-//! quarantine chosen at run time.
+//! quarantine chosen at run time. (The package is `rampart-alloc`; the library is `rampart`.)
 //!
 //! Use it as a Rust program's global allocator:
 //!
@@ -13,33 +13,30 @@
 //! }
 //! ```
 //!
-//! Layers, from the top: each is a folder (or file) of `allocator/src`, so a line's path
-//! names its layer; arrows run downward only.
+//! What a program can ask it:
 //!
-//! ```text
-//!  global_alloc.rs (GlobalAlloc)     [ffi crate: C ABI, errno, glibc semantics, C++]
-//!                  \                  /
-//!                   api.rs   semantics; Option<NonNull<u8>>      observe/   statistics, heap
-//!                     |                                                     map: read the
-//!                   heap/    thread heaps: fast paths, remote           layers below;
-//!                     |      frees, registry, thread exit               nothing calls it
-//!         +-----------+-----------+
-//!      slab.rs     large/      check/   size-class spans | page runs | guard pool,
-//!         |           |           |     fault callback, redzones (run-time hardening)
-//!         +-----------+-----------+
-//!                   pages/   buddy runs in chunks, page map (map.rs), purge queue
-//!                     |      (purge.rs), views (view.rs), huge mappings and their cache
-//!                   os/      the only code that calls the kernel (mmap, madvise, futex,
-//!                            signals, environ, initial-exec TLS slots)
-//!  leaves used by all, above os: size_class.rs, config.rs (options), util.rs (locks, reports)
-//! ```
+//! - [`stats()`] returns the allocator's figures ([`Stats`]: bytes in use, committed and
+//!   reserved with their peaks, blocks per size class, kernel calls, thread heaps), and
+//!   [`stats_print()`] writes them as the table `RAMPART_STATS=1` prints at exit;
+//! - [`trim()`] gives free memory back to the OS now;
+//! - [`heapmap::write`] draws the heap, page by page, into an SVG file.
 //!
-//! This crate exports no C symbols: linking it never replaces a program's malloc.
+//! The environment variables of the C library work the same under `#[global_allocator]`:
+//! `RAMPART_STATS=1` prints the statistics at exit, `RAMPART_HEAPMAP=path.svg` writes the
+//! heap map at exit, `RAMPART_GUARD=all|sample` and `RAMPART_REDZONE=N` turn on the checks,
+//! `RAMPART_PURGE_DELAY_MS` sets how soon free pages go back to the OS, and
+//! `RAMPART_VERBOSE=1` reports what was read. They are read once, at the first allocation.
+//!
+//! This crate exports no C symbols: linking it never replaces a program's `malloc` (C code
+//! it calls keeps glibc's). To make rampart the malloc of a whole process, C libraries
+//! included, preload `librampart.so` (the repository's `ffi` crate). The repository's
+//! `docs/architecture.md` describes the layers and the rules of the allocation paths.
 
 #![warn(missing_docs)]
 
 // The layers: private to the crate. What users call is re-exported below; what the C library,
 // the test suite and the benchmarks need besides is in `internals`.
+#[doc(hidden)]
 pub mod api;
 mod check;
 mod config;
@@ -54,23 +51,58 @@ mod slab;
 mod util;
 
 pub use global_alloc::Rampart;
-pub use observe::stats::stats;
+pub use observe::stats::{
+    print as stats_print, stats, BlockCounts, KernelCalls, SizeClassStats, Stats, ThreadHeaps,
+};
 
-/// The allocator's statistics: [`stats()`] returns them, [`stats::print`] writes the table
-/// `RAMPART_STATS=1` prints at exit.
-pub mod stats {
-    pub use crate::heap::HeapCounts;
-    pub use crate::observe::stats::{print, ClassStats, Stats};
-    pub use crate::os::OsCalls;
-}
-
-/// The heap map: an SVG picture of every chunk (what `RAMPART_HEAPMAP` writes at exit).
+/// The heap map: an SVG picture of every chunk, page by page (what `RAMPART_HEAPMAP` writes at
+/// exit).
 pub mod heapmap {
-    pub use crate::observe::heapmap::{write_file, Totals};
+    pub use crate::observe::heapmap::Totals;
+
+    /// Writes the heap map of this process to `path` (created or truncated): an SVG with a
+    /// row of cells per chunk, each page coloured by what holds it, and the totals above.
+    /// The file is opened before the page layer's lock is taken; the map is written under
+    /// it, without allocating. Returns the map's totals.
+    ///
+    /// ```
+    /// #[global_allocator]
+    /// static GLOBAL: rampart::Rampart = rampart::Rampart;
+    ///
+    /// fn main() {
+    ///     let kept: Vec<Vec<u8>> = (1..100).map(|i| vec![0u8; 64 * i]).collect();
+    ///     let path = std::env::temp_dir().join(format!("heap-{}.svg", std::process::id()));
+    ///     let totals = rampart::heapmap::write(&path).expect("written");
+    ///     assert!(totals.chunks >= 1 && totals.slab > 0);
+    ///     assert!(std::fs::read_to_string(&path).unwrap().contains("<svg"));
+    ///     # std::fs::remove_file(&path).unwrap();
+    ///     drop(kept);
+    /// }
+    /// ```
+    pub fn write(path: impl AsRef<std::path::Path>) -> std::io::Result<Totals> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(path.as_ref().as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        crate::observe::heapmap::write_file(&path).map_err(std::io::Error::from_raw_os_error)
+    }
 }
 
-/// Gives free memory back to the OS now (what `malloc_trim` does); returns the bytes given
-/// back.
+/// Gives free memory back to the OS now (what `malloc_trim` does in C): every free page that
+/// may be resident is returned, and wholly free chunks are unmapped. Returns the bytes given
+/// back. Costs a walk of the heap; the allocator also returns free pages by itself, a purge
+/// delay after their free (`RAMPART_PURGE_DELAY_MS`).
+///
+/// ```
+/// #[global_allocator]
+/// static GLOBAL: rampart::Rampart = rampart::Rampart;
+///
+/// fn main() {
+///     let blocks: Vec<Vec<u8>> = (0..64).map(|_| vec![1u8; 64 << 10]).collect();
+///     drop(blocks);
+///     let returned = rampart::trim();
+///     assert!(rampart::stats().returned_to_os >= returned);
+/// }
+/// ```
 pub fn trim() -> usize {
     api::trim()
 }
@@ -83,9 +115,9 @@ pub mod internals {
     pub use crate::check::guard::init_options;
     pub use crate::config::{DEFAULT_GUARD_SAMPLE, DEFAULT_PURGE_DELAY_MS};
     pub use crate::heap::registry_counts;
-    pub use crate::observe::heapmap::write_fd_with_usage;
+    pub use crate::observe::heapmap::{write_fd_with_usage, write_file as write_heapmap};
     pub use crate::observe::set_process_malloc;
-    pub use crate::observe::stats::{figures, Figures};
+    pub use crate::observe::stats::stats_and_usage;
     pub use crate::os::{pid, set_errno, PAGE_SIZE};
     pub use crate::pages::{PageUsage, CHUNK_SIZE, PAGES_PER_CHUNK};
     pub use crate::util::{checked_align_up, fatal, Line};

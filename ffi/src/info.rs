@@ -12,10 +12,10 @@
 
 use core::ffi::{c_char, c_int, c_void};
 
-use rampart::internals::figures;
+use rampart::internals::stats_and_usage;
 use rampart::internals::Line;
 use rampart::internals::PAGE_SIZE;
-use rampart::stats::print as print_stats;
+use rampart::stats_print as print_stats;
 
 /// Reads the options (at load time), and makes a panic inside the library a clean death.
 pub fn read_options() {
@@ -53,7 +53,7 @@ pub unsafe extern "C" fn rampart_heapmap_write(path: *const c_char) -> c_int {
     }
     // SAFETY: the caller passes a NUL-terminated string.
     let path = unsafe { core::ffi::CStr::from_ptr(path) };
-    match rampart::heapmap::write_file(path) {
+    match rampart::internals::write_heapmap(path) {
         Ok(_) => 0,
         Err(errno) => {
             rampart::internals::set_errno(errno);
@@ -98,13 +98,13 @@ pub struct Mallinfo {
 /// `ordblks` = free page blocks.
 #[no_mangle]
 pub extern "C" fn mallinfo2() -> Mallinfo2 {
-    let f = figures();
+    let (st, usage) = stats_and_usage();
     Mallinfo2 {
-        arena: f.chunk_bytes,
-        ordblks: f.usage.free_blocks.iter().sum(),
-        hblkhd: f.usage.huge_bytes,
-        uordblks: f.in_use,
-        fordblks: f.free,
+        arena: st.chunks_mapped,
+        ordblks: usage.free_blocks.iter().sum(),
+        hblkhd: st.huge_blocks_mapped,
+        uordblks: st.in_use,
+        fordblks: st.free_in_chunks,
         ..Mallinfo2::default()
     }
 }
@@ -131,17 +131,20 @@ pub extern "C" fn mallinfo() -> Mallinfo {
 /// `malloc_stats(3)`: glibc's summary lines on stderr, then rampart's own table.
 #[no_mangle]
 pub extern "C" fn malloc_stats() {
-    let f = figures();
-    let system = f.chunk_bytes + f.usage.huge_bytes;
+    let st = rampart::stats();
+    let system = st.chunks_mapped + st.huge_blocks_mapped;
     for (name, v) in [
         ("Arena 0:", None),
-        ("system bytes     = ", Some(f.chunk_bytes)),
-        ("in use bytes     = ", Some(f.in_use - f.usage.huge_bytes)),
+        ("system bytes     = ", Some(st.chunks_mapped)),
+        (
+            "in use bytes     = ",
+            Some(st.in_use - st.huge_blocks_mapped),
+        ),
         ("Total (incl. mmap):", None),
         ("system bytes     = ", Some(system)),
-        ("in use bytes     = ", Some(f.in_use)),
+        ("in use bytes     = ", Some(st.in_use)),
         ("max mmap regions = ", Some(0)),
-        ("max mmap bytes   = ", Some(f.usage.huge_bytes)),
+        ("max mmap bytes   = ", Some(st.huge_blocks_mapped)),
     ] {
         let mut l = Line::new();
         l.str(name);
@@ -201,10 +204,9 @@ pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut c_void) -> c_i
         rampart::internals::set_errno(libc::EINVAL);
         return -1;
     }
-    let f = figures();
-    let st = &f.stats;
-    let free_blocks: u64 = f.usage.free_blocks.iter().sum::<usize>() as u64;
-    let system = (f.chunk_bytes + f.usage.huge_bytes) as u64;
+    let (st, usage) = stats_and_usage();
+    let free_blocks: u64 = usage.free_blocks.iter().sum::<usize>() as u64;
+    let system = (st.chunks_mapped + st.huge_blocks_mapped) as u64;
     // One line at a time, each handed to stdio with no lock of ours held (stdio may
     // allocate); `<sizes>` lists, as glibc's does, the free blocks by size: per size class,
     // the blocks of its spans not handed out.
@@ -214,8 +216,8 @@ pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut c_void) -> c_i
         return -1;
     }
     let mut prev = 0;
-    for c in st.classes.iter() {
-        let capacity = (c.pages * PAGE_SIZE / c.size) as u64;
+    for c in st.size_classes.iter() {
+        let capacity = (c.span_pages * PAGE_SIZE / c.size) as u64;
         let free = capacity.saturating_sub(c.held);
         if free > 0 {
             let l = &mut lines[1];
@@ -238,18 +240,18 @@ pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut c_void) -> c_i
     x.str("</sizes>\n");
     xml_totals(
         x,
-        (free_blocks, f.free as u64),
+        (free_blocks, st.free_in_chunks as u64),
         None,
-        (st.committed_bytes as u64, st.committed_peak as u64),
-        st.reserved_bytes as u64,
+        (st.committed as u64, st.committed_peak as u64),
+        st.reserved as u64,
     );
     x.str("</heap>\n");
     xml_totals(
         x,
-        (free_blocks, f.free as u64),
-        Some((st.huge_allocated - st.huge_freed, f.usage.huge_bytes as u64)),
+        (free_blocks, st.free_in_chunks as u64),
+        Some((st.huge_blocks.live(), st.huge_blocks_mapped as u64)),
         (system, st.reserved_peak as u64),
-        st.reserved_bytes as u64,
+        st.reserved as u64,
     );
     x.str("</malloc>\n");
     if put(x, stream).is_err() {

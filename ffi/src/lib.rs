@@ -349,7 +349,7 @@ pub extern "C" fn rampart_trim() -> usize {
 /// `rampart_stats_print`: writes rampart's statistics to stderr.
 #[no_mangle]
 pub extern "C" fn rampart_stats_print() {
-    rampart::stats::print();
+    rampart::stats_print();
 }
 
 /// Runs at load time (before `main`): reads the options. Allocation may already have

@@ -806,7 +806,7 @@ pub use lookup::{lookup, lookup_owned, usable_size, Block};
 #[cfg(test)]
 use registry::abandon;
 use registry::{alloc_while_exiting, take_over_abandoned, thread_init, ABANDONED};
-pub use registry::{merge_counters, registry_counts, release_held_blocks, HeapCounts, HeapTotals};
+pub use registry::{merge_counters, registry_counts, release_held_blocks, HeapTotals, ThreadHeaps};
 
 #[cfg(test)]
 mod tests;

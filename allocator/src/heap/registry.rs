@@ -392,9 +392,9 @@ pub fn merge_counters(out: &mut HeapTotals) {
         out.freed[class] += n;
         out.remote_frees += n;
     }
-    out.heaps = HeapCounts {
+    out.heaps = ThreadHeaps {
         created: r.created,
-        adopted: r.adopted,
+        reused: r.adopted,
         taken_over: r.taken_over,
     };
 }
@@ -411,7 +411,7 @@ pub struct HeapTotals {
     /// Frees of blocks owned by another heap.
     pub remote_frees: u64,
     /// The registry's counts.
-    pub heaps: HeapCounts,
+    pub heaps: ThreadHeaps,
 }
 
 impl Default for HeapTotals {
@@ -421,28 +421,28 @@ impl Default for HeapTotals {
             freed: [0; NUM_CLASSES],
             current_spans: [0; NUM_CLASSES],
             remote_frees: 0,
-            heaps: HeapCounts::default(),
+            heaps: ThreadHeaps::default(),
         }
     }
 }
 
 /// Counts of the heap registry, for statistics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HeapCounts {
+pub struct ThreadHeaps {
     /// Heaps ever made.
     pub created: usize,
     /// Heaps reused by a new thread (an exited thread's, or an emptied one).
-    pub adopted: usize,
+    pub reused: usize,
     /// Exited threads' heaps whose spans a running thread took over.
     pub taken_over: usize,
 }
 
 /// Counts of the heap registry, for statistics and tests.
-pub fn registry_counts() -> HeapCounts {
+pub fn registry_counts() -> ThreadHeaps {
     let r = REGISTRY.lock();
-    HeapCounts {
+    ThreadHeaps {
         created: r.created,
-        adopted: r.adopted,
+        reused: r.adopted,
         taken_over: r.taken_over,
     }
 }

@@ -1,185 +1,224 @@
 //! Statistics: what the allocator has done and holds.
 //!
 //! Block counts are kept per thread, in the thread's heap, without atomic read-modify-write
-//! instructions: each [`Counter`] has one writer (the heap's thread), which adds with a
+//! instructions: each counter has one writer (the heap's thread), which adds with a
 //! relaxed load and store, and any thread may read it. [`stats`] merges the
 //! counters of every heap ever made (heaps are never freed, so an exited thread's counts are
 //! kept) with a walk of the page layer and the OS-call counters of `os`. The figures of a
 //! running program are a snapshot: other threads go on allocating while they are read.
 
-pub use crate::os::OsCalls;
+pub use crate::heap::ThreadHeaps;
+pub use crate::os::KernelCalls;
 use crate::os::PAGE_SIZE;
 use crate::pages::{PageUsage, CHUNK_SIZE, PAGES};
 use crate::size_class::{class_size, NUM_CLASSES};
 use crate::util::Line;
 
-/// One size class.
+/// One size class: a line of the table's `size class` section.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ClassStats {
-    /// Block size in bytes.
+pub struct SizeClassStats {
+    /// Block size in bytes (column `size class`).
     pub size: usize,
-    /// Blocks allocated since the start.
+    /// Blocks allocated since the start (column `allocated`).
     pub allocated: u64,
-    /// Blocks freed since the start.
+    /// Blocks freed since the start (column `freed`).
     pub freed: u64,
-    /// Blocks the page layer's spans count as handed out (a walk of the spans; blocks freed
-    /// by another thread count until their owner collects them).
+    /// Blocks the class's spans count as handed out, from a walk of the spans (column
+    /// `held`): blocks freed by another thread count until their owner collects them, so
+    /// `held` may exceed [`live`](Self::live).
     pub held: u64,
-    /// Pages of the class's spans.
-    pub pages: usize,
+    /// Pages of the class's spans (column `span pages`).
+    pub span_pages: usize,
 }
 
-/// Everything [`stats`] reports.
+impl SizeClassStats {
+    /// Blocks allocated and not freed (column `live`).
+    pub fn live(&self) -> u64 {
+        self.allocated.saturating_sub(self.freed)
+    }
+}
+
+/// Blocks of one kind allocated and freed since the start: a line `allocated A, freed F,
+/// live L` of the table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockCounts {
+    /// Blocks allocated.
+    pub allocated: u64,
+    /// Blocks freed.
+    pub freed: u64,
+}
+
+impl BlockCounts {
+    /// Blocks allocated and not freed.
+    pub fn live(&self) -> u64 {
+        self.allocated.saturating_sub(self.freed)
+    }
+}
+
+/// The allocator's statistics, as [`stats()`](crate::stats()) returns them and
+/// [`stats_print`](crate::stats_print) prints them: each field is the table's line of the
+/// same name (`pages_in_use` is the line `pages in use`). Sizes are in bytes (the table
+/// shows KiB).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stats {
-    /// Per size class.
-    pub classes: [ClassStats; NUM_CLASSES],
-    /// Large blocks (page runs) allocated and freed since the start.
-    pub large_allocated: u64,
-    /// See `large_allocated`.
-    pub large_freed: u64,
-    /// Huge blocks (own mappings) allocated and freed since the start.
-    pub huge_allocated: u64,
-    /// See `huge_allocated`.
-    pub huge_freed: u64,
-    /// Bytes handed out: small blocks by class size (as counted, allocated minus freed), large
-    /// blocks by pages, huge blocks by mapping.
-    pub live_bytes: usize,
-    /// Bytes of live page runs (slab spans, large blocks) and huge blocks: what the heaps and
-    /// the large blocks hold, at page granularity.
-    pub in_use_bytes: usize,
-    /// The highest `in_use_bytes` so far (the peak of live bytes is bounded by it; it is not
+    /// Bytes handed out: small blocks by their class size, large blocks by their pages, huge
+    /// blocks by their mappings.
+    pub in_use: usize,
+    /// Bytes of live page runs (small-block spans, large blocks) and huge blocks: what the
+    /// heaps and the large blocks hold, at page granularity.
+    pub pages_in_use: usize,
+    /// The highest `pages_in_use` so far (the peak of `in_use` is bounded by it; it is not
     /// tracked per block, which would cost the fast path).
-    pub in_use_peak: usize,
+    pub pages_in_use_peak: usize,
     /// Bytes that may be resident: pages handed out and not returned since, and huge
     /// mappings (an upper bound on the allocator's share of RSS, metadata aside).
-    pub committed_bytes: usize,
-    /// The highest `committed_bytes` so far.
+    pub committed: usize,
+    /// The highest `committed` so far.
     pub committed_peak: usize,
     /// Address space mapped: chunks and huge blocks with their guard pages.
-    pub reserved_bytes: usize,
-    /// The highest `reserved_bytes` so far.
+    pub reserved: usize,
+    /// The highest `reserved` so far.
     pub reserved_peak: usize,
-    /// Bytes returned to the OS by purging and trimming.
-    pub purged_bytes: usize,
-    /// Kernel calls.
-    pub os: OsCalls,
-    /// Guard pages installed (one after every mapping, one after every guarded block, and a
-    /// freed guarded block's pages).
-    pub guard_pages: u64,
-    /// Guarded blocks (`RAMPART_GUARD`) allocated.
-    pub guarded_allocated: u64,
-    /// Guarded blocks freed (and quarantined).
-    pub guarded_freed: u64,
-    /// Frees of blocks owned by another thread's heap.
+    /// Bytes of the chunks mapped (the 4 MiB regions that small and large blocks come from).
+    pub chunks_mapped: usize,
+    /// Bytes of huge blocks' mappings.
+    pub huge_blocks_mapped: usize,
+    /// Bytes of chunks not handed out (free pages and free small blocks).
+    pub free_in_chunks: usize,
+    /// Bytes of the pages of small-block spans.
+    pub small_span_pages: usize,
+    /// Bytes of the pages of large blocks.
+    pub large_block_pages: usize,
+    /// Bytes of free pages in chunks (resident or returned).
+    pub free_pages: usize,
+    /// Bytes returned to the OS by purging and trimming since the start.
+    pub returned_to_os: usize,
+    /// Small blocks (size classes), summed over the classes.
+    pub small_blocks: BlockCounts,
+    /// Frees of small blocks by a thread other than the one whose heap owns them.
     pub remote_frees: u64,
+    /// Large blocks (page runs in chunks).
+    pub large_blocks: BlockCounts,
+    /// Huge blocks (own mappings).
+    pub huge_blocks: BlockCounts,
+    /// Kernel calls made so far.
+    pub kernel_calls: KernelCalls,
+    /// Guard pages installed: one after every mapping, one after every guarded block, and a
+    /// freed guarded block's pages.
+    pub guard_pages: u64,
+    /// Guarded blocks (`RAMPART_GUARD`): allocated, and freed (into the quarantine).
+    pub guarded_blocks: BlockCounts,
     /// Thread heaps made, reused by a new thread, and taken over by a running thread.
-    pub heaps: crate::heap::HeapCounts,
+    pub thread_heaps: ThreadHeaps,
+    /// Per size class (the table lists those that were ever used).
+    pub size_classes: [SizeClassStats; NUM_CLASSES],
 }
 
 impl Default for Stats {
     fn default() -> Self {
         Self {
-            classes: [ClassStats::default(); NUM_CLASSES],
-            large_allocated: 0,
-            large_freed: 0,
-            huge_allocated: 0,
-            huge_freed: 0,
-            live_bytes: 0,
-            in_use_bytes: 0,
-            in_use_peak: 0,
-            committed_bytes: 0,
+            in_use: 0,
+            pages_in_use: 0,
+            pages_in_use_peak: 0,
+            committed: 0,
             committed_peak: 0,
-            reserved_bytes: 0,
+            reserved: 0,
             reserved_peak: 0,
-            purged_bytes: 0,
-            os: OsCalls::default(),
-            guard_pages: 0,
-            guarded_allocated: 0,
-            guarded_freed: 0,
+            chunks_mapped: 0,
+            huge_blocks_mapped: 0,
+            free_in_chunks: 0,
+            small_span_pages: 0,
+            large_block_pages: 0,
+            free_pages: 0,
+            returned_to_os: 0,
+            small_blocks: BlockCounts::default(),
             remote_frees: 0,
-            heaps: crate::heap::HeapCounts::default(),
+            large_blocks: BlockCounts::default(),
+            huge_blocks: BlockCounts::default(),
+            kernel_calls: KernelCalls::default(),
+            guard_pages: 0,
+            guarded_blocks: BlockCounts::default(),
+            thread_heaps: ThreadHeaps::default(),
+            size_classes: [SizeClassStats::default(); NUM_CLASSES],
         }
     }
 }
 
-impl Stats {
-    /// Small blocks allocated minus freed, summed over the classes.
-    pub fn small_live_blocks(&self) -> u64 {
-        self.classes.iter().map(|c| c.allocated - c.freed).sum()
-    }
+/// The allocator's statistics now: the figures [`stats_print`](crate::stats_print) prints.
+/// Merges the counters of every thread heap (an exited thread's counts are kept) with a walk
+/// of the page layer and the kernel-call counters. A snapshot: other threads go on
+/// allocating while it is taken. Takes the heap registry's lock, then the page layer's;
+/// never allocates.
+///
+/// ```
+/// #[global_allocator]
+/// static GLOBAL: rampart::Rampart = rampart::Rampart;
+///
+/// fn main() {
+///     let big = vec![1u8; 1 << 20];
+///     let st = rampart::stats();
+///     assert!(st.in_use >= big.len() && st.large_blocks.live() >= 1);
+///     assert!(st.pages_in_use_peak >= st.pages_in_use && st.committed <= st.reserved);
+///     drop(big);
+/// }
+/// ```
+pub fn stats() -> Stats {
+    stats_and_usage().0
 }
 
-/// The allocator's statistics: per size class, large and huge blocks,
-/// bytes live, committed and reserved with their peaks, kernel calls, guard pages, remote
-/// frees and thread heaps. Takes the heap registry's lock, then the page layer's; never
-/// allocates.
-pub fn stats() -> Stats {
+/// [`stats`], with the walk of the page layer it was computed from.
+pub fn stats_and_usage() -> (Stats, PageUsage) {
     let mut st = Stats::default();
     let mut totals = crate::heap::HeapTotals::default();
     crate::heap::merge_counters(&mut totals);
     st.remote_frees = totals.remote_frees;
-    st.heaps = totals.heaps;
+    st.thread_heaps = totals.heaps;
     let (usage, large_counts, huge_counts) = {
-        let pages = crate::pages::PAGES.lock();
-        st.in_use_bytes = pages.in_use_bytes();
-        st.in_use_peak = pages.in_use_peak;
-        st.committed_bytes = pages.committed_bytes();
+        let pages = PAGES.lock();
+        st.pages_in_use = pages.in_use_bytes();
+        st.pages_in_use_peak = pages.in_use_peak;
+        st.committed = pages.committed_bytes();
         st.committed_peak = pages.committed_peak;
-        st.reserved_bytes = pages.reserved_bytes();
+        st.reserved = pages.reserved_bytes();
         st.reserved_peak = pages.reserved_peak;
-        st.purged_bytes = pages.purged_bytes;
+        st.returned_to_os = pages.purged_bytes;
         (pages.usage(), pages.large_counts, pages.huge_counts)
     };
-    let mut live = 0usize;
-    for (class, c) in st.classes.iter_mut().enumerate() {
+    let mut small = 0usize;
+    for (class, c) in st.size_classes.iter_mut().enumerate() {
         c.size = class_size(class);
         c.allocated = totals.allocated[class];
         c.freed = totals.freed[class];
-        c.pages = usage.class_pages[class];
+        c.span_pages = usage.class_pages[class];
         c.held = usage.class_held[class].saturating_sub(totals.current_spans[class]);
-        live += (c.allocated.saturating_sub(c.freed)) as usize * c.size;
+        small += c.live() as usize * c.size;
+        st.small_blocks.allocated += c.allocated;
+        st.small_blocks.freed += c.freed;
     }
-    st.large_allocated = large_counts[0];
-    st.large_freed = large_counts[1];
-    st.huge_allocated = huge_counts[0];
-    st.huge_freed = huge_counts[1];
-    st.live_bytes = live + usage.large * crate::os::PAGE_SIZE + usage.huge_bytes;
+    st.large_blocks = BlockCounts {
+        allocated: large_counts[0],
+        freed: large_counts[1],
+    };
+    st.huge_blocks = BlockCounts {
+        allocated: huge_counts[0],
+        freed: huge_counts[1],
+    };
+    st.in_use = small + usage.large * PAGE_SIZE + usage.huge_bytes;
+    st.chunks_mapped = usage.chunks * CHUNK_SIZE;
+    st.huge_blocks_mapped = usage.huge_bytes;
+    // Huge blocks are outside the chunks.
+    st.free_in_chunks = st
+        .chunks_mapped
+        .saturating_sub(st.in_use - usage.huge_bytes.min(st.in_use));
+    st.small_span_pages = usage.slab * PAGE_SIZE;
+    st.large_block_pages = usage.large * PAGE_SIZE;
+    st.free_pages = usage.free * PAGE_SIZE;
     let (os, guards) = crate::os::calls();
-    st.os = os;
+    st.kernel_calls = os;
     st.guard_pages = guards;
-    (st.guarded_allocated, st.guarded_freed) = crate::check::guard::counts();
-    st
-}
-
-/// A snapshot of the heap's figures, in bytes.
-pub struct Figures {
-    /// The page layer's walk.
-    pub usage: PageUsage,
-    /// The statistics.
-    pub stats: Stats,
-    /// Bytes mapped from the OS for chunks.
-    pub chunk_bytes: usize,
-    /// Bytes handed out (small blocks by their class size, large runs by their pages, huge
-    /// blocks by their mappings).
-    pub in_use: usize,
-    /// Bytes of chunks not handed out (free pages and free slab blocks).
-    pub free: usize,
-}
-
-/// The figures now (a walk of the page layer; see [`stats`]).
-pub fn figures() -> Figures {
-    let stats = stats();
-    let usage = PAGES.lock().usage();
-    let chunk_bytes = usage.chunks * CHUNK_SIZE;
-    let in_use = stats.live_bytes;
-    Figures {
-        usage,
-        stats,
-        chunk_bytes,
-        in_use,
-        free: chunk_bytes.saturating_sub(in_use - usage.huge_bytes.min(in_use)),
-    }
+    let (allocated, freed) = crate::check::guard::counts();
+    st.guarded_blocks = BlockCounts { allocated, freed };
+    (st, usage)
 }
 
 fn kib(line: &mut Line, bytes: usize) -> &mut Line {
@@ -195,44 +234,66 @@ fn col(line: &mut Line, v: u64, width: usize) -> &mut Line {
     line.dec(v)
 }
 
-/// Writes the statistics table to stderr (`RAMPART_STATS=1` at exit, `malloc_stats`,
-/// `rampart_stats_print`). Never allocates: each line is composed on the stack.
+/// Writes the statistics table to stderr: what `RAMPART_STATS=1` prints at exit, and
+/// `malloc_stats` and `rampart_stats_print` in C. Each line is a field of [`Stats`], named
+/// as the field is. Never allocates: each line is composed on the stack.
+///
+/// ```
+/// #[global_allocator]
+/// static GLOBAL: rampart::Rampart = rampart::Rampart;
+///
+/// fn main() {
+///     let v = vec![0u8; 1 << 20];
+///     rampart::stats_print(); // "rampart: statistics (pid …)", then a line per field
+///     drop(v);
+/// }
+/// ```
 pub fn print() {
-    let f = figures();
-    let u = &f.usage;
-    let st = &f.stats;
-    let pid = crate::os::pid();
+    print_stats(&stats());
+}
+
+/// A line `  NAME` padded to the values' column.
+fn row(name: &str) -> Line {
     let mut l = Line::new();
-    l.str("rampart: statistics (pid ").dec(pid as u64).str(")");
+    l.str("  ").str(name);
+    for _ in name.len()..24 {
+        l.str(" ");
+    }
+    l
+}
+
+/// `allocated A, freed F, live L`.
+fn counts(l: &mut Line, c: BlockCounts) -> &mut Line {
+    l.str("allocated ")
+        .dec(c.allocated)
+        .str(", freed ")
+        .dec(c.freed)
+        .str(", live ")
+        .dec(c.live())
+}
+
+/// Writes `st` as the statistics table.
+fn print_stats(st: &Stats) {
+    let mut l = Line::new();
+    l.str("rampart: statistics (pid ")
+        .dec(crate::os::pid() as u64)
+        .str(")");
     l.emit();
-    let rows: [(&str, usize, Option<usize>); 11] = [
-        ("  in use                  ", f.in_use, None),
-        (
-            "  pages in use            ",
-            st.in_use_bytes,
-            Some(st.in_use_peak),
-        ),
-        (
-            "  committed               ",
-            st.committed_bytes,
-            Some(st.committed_peak),
-        ),
-        (
-            "  reserved                ",
-            st.reserved_bytes,
-            Some(st.reserved_peak),
-        ),
-        ("  chunks mapped           ", f.chunk_bytes, None),
-        ("  huge blocks mapped      ", u.huge_bytes, None),
-        ("  free in chunks          ", f.free, None),
-        ("  pages of small spans    ", u.slab * PAGE_SIZE, None),
-        ("  pages of large blocks   ", u.large * PAGE_SIZE, None),
-        ("  free pages              ", u.free * PAGE_SIZE, None),
-        ("  returned to the OS      ", st.purged_bytes, None),
+    let sizes: [(&str, usize, Option<usize>); 11] = [
+        ("in use", st.in_use, None),
+        ("pages in use", st.pages_in_use, Some(st.pages_in_use_peak)),
+        ("committed", st.committed, Some(st.committed_peak)),
+        ("reserved", st.reserved, Some(st.reserved_peak)),
+        ("chunks mapped", st.chunks_mapped, None),
+        ("huge blocks mapped", st.huge_blocks_mapped, None),
+        ("free in chunks", st.free_in_chunks, None),
+        ("small span pages", st.small_span_pages, None),
+        ("large block pages", st.large_block_pages, None),
+        ("free pages", st.free_pages, None),
+        ("returned to os", st.returned_to_os, None),
     ];
-    for (name, bytes, peak) in rows {
-        let mut l = Line::new();
-        l.str(name);
+    for (name, bytes, peak) in sizes {
+        let mut l = row(name);
         kib(&mut l, bytes);
         if let Some(peak) = peak {
             l.str(" (peak ");
@@ -241,68 +302,65 @@ pub fn print() {
         }
         l.emit();
     }
-    let mut l = Line::new();
-    l.str("  large blocks            ")
-        .dec(st.large_allocated)
-        .str(" allocated, ")
-        .dec(st.large_freed)
-        .str(" freed; huge blocks ")
-        .dec(st.huge_allocated)
-        .str(" allocated, ")
-        .dec(st.huge_freed)
-        .str(" freed");
-    l.emit();
-    let mut l = Line::new();
-    l.str("  small blocks            ")
-        .dec(st.classes.iter().map(|c| c.allocated).sum())
-        .str(" allocated, ")
-        .dec(st.classes.iter().map(|c| c.freed).sum())
-        .str(" freed, ")
-        .dec(st.remote_frees)
-        .str(" of them by another thread");
-    l.emit();
-    let mut l = Line::new();
-    l.str("  kernel calls            mmap ")
-        .dec(st.os.mmap)
-        .str(", munmap ")
-        .dec(st.os.munmap)
-        .str(", madvise ")
-        .dec(st.os.madvise)
-        .str(", mprotect ")
-        .dec(st.os.mprotect)
-        .str(", mremap ")
-        .dec(st.os.mremap)
-        .str("; guard pages ")
-        .dec(st.guard_pages);
-    l.emit();
-    if st.guarded_allocated != 0 {
-        let mut l = Line::new();
-        l.str("  guarded blocks          allocated ")
-            .dec(st.guarded_allocated)
-            .str(", freed ")
-            .dec(st.guarded_freed);
-        l.emit();
+    let blocks = [
+        ("small blocks", st.small_blocks),
+        ("large blocks", st.large_blocks),
+        ("huge blocks", st.huge_blocks),
+        ("guarded blocks", st.guarded_blocks),
+    ];
+    for (name, c) in blocks {
+        // Guarded blocks only where a guard mode made some.
+        if name != "guarded blocks" || c.allocated != 0 {
+            let mut l = row(name);
+            counts(&mut l, c);
+            l.emit();
+        }
     }
-    let mut l = Line::new();
-    l.str("  thread heaps            ")
-        .dec(st.heaps.created as u64)
+    let mut l = row("remote frees");
+    l.dec(st.remote_frees)
+        .str(" (small blocks freed by a thread other than their heap's)");
+    l.emit();
+    let k = &st.kernel_calls;
+    let mut l = row("kernel calls");
+    l.str("mmap ")
+        .dec(k.mmap)
+        .str(", munmap ")
+        .dec(k.munmap)
+        .str(", madvise ")
+        .dec(k.madvise)
+        .str(", mprotect ")
+        .dec(k.mprotect)
+        .str(", mremap ")
+        .dec(k.mremap);
+    l.emit();
+    let mut l = row("guard pages");
+    l.dec(st.guard_pages);
+    l.emit();
+    let h = &st.thread_heaps;
+    let mut l = row("thread heaps");
+    l.dec(h.created as u64)
         .str(" created, ")
-        .dec(st.heaps.adopted as u64)
+        .dec(h.reused as u64)
         .str(" reused after their thread exited, ")
-        .dec(st.heaps.taken_over as u64)
+        .dec(h.taken_over as u64)
         .str(" taken over by running threads");
     l.emit();
     let mut l = Line::new();
-    l.str("  size class   allocated       freed        live  span pages");
+    l.str("  size class   allocated       freed        live        held  span pages");
     l.emit();
-    for c in st.classes.iter().filter(|c| c.allocated > 0 || c.pages > 0) {
+    for c in st
+        .size_classes
+        .iter()
+        .filter(|c| c.allocated > 0 || c.span_pages > 0)
+    {
         let mut l = Line::new();
         l.str("  ");
         col(&mut l, c.size as u64, 8).str(" B");
         col(&mut l, c.allocated, 12);
         col(&mut l, c.freed, 12);
-        col(&mut l, c.allocated.saturating_sub(c.freed), 12);
-        col(&mut l, c.pages as u64, 12);
+        col(&mut l, c.live(), 12);
+        col(&mut l, c.held, 12);
+        col(&mut l, c.span_pages as u64, 12);
         l.emit();
     }
 }

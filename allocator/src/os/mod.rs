@@ -53,7 +53,7 @@ fn count(which: usize) {
 
 /// Calls into the kernel since the start.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OsCalls {
+pub struct KernelCalls {
     /// `mmap`.
     pub mmap: u64,
     /// `munmap`.
@@ -67,9 +67,9 @@ pub struct OsCalls {
 }
 
 /// The kernel calls made so far, and the guard pages installed.
-pub fn calls() -> (OsCalls, u64) {
+pub fn calls() -> (KernelCalls, u64) {
     let get = |i: usize| CALLS[i].load(Ordering::Relaxed);
-    let os = OsCalls {
+    let os = KernelCalls {
         mmap: get(MMAP),
         munmap: get(MUNMAP),
         madvise: get(MADVISE),
