@@ -10,8 +10,8 @@
 //! | `sample` | `RAMPART_GUARD=sample RAMPART_GUARD_SAMPLE=1` (every eligible block) |
 //! | `all` | `RAMPART_GUARD=all` |
 //!
-//! [`expected`] is the table, written from the contract in design.md ("Guard modes", "Error
-//! reports"): what each mode must make of each error on each size. A fault on the access
+//! [`expected`] is the table, written from the contract in docs/architecture.md ("Guard
+//! modes and error reports"): what each mode must make of each error on each size. A fault on the access
 //! itself (`SIGSEGV`, the report's first line naming kind, read or write, address, offset,
 //! block size and block address, all checked against the address malloc returned); an error
 //! found on free (`SIGABRT`, the kind, and the offset and size where the contract gives
@@ -697,8 +697,8 @@ fn mode_all() {
 }
 
 /// A SIGSEGV handler the program installed before rampart's is where the faults that are not
-/// rampart's go (design.md: "Faults that are not the allocator's go to the handler that was
-/// installed before ours"). Preloaded, rampart's start-up runs before any of the program's
+/// rampart's go (docs/architecture.md: "Faults that are not rampart's go to the handler
+/// that was installed before rampart's"). Preloaded, rampart's start-up runs before any of the program's
 /// code, so the table's own-handler rows only show that rampart does not take the signal
 /// back later; here memerr is linked statically and installs its handler from a constructor
 /// that runs before rampart's start-up, which (in the guard modes) installs its own over it

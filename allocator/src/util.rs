@@ -36,7 +36,7 @@ pub const fn log2_ceil(x: usize) -> u32 {
 /// (Drepper's three-state mutex: 0 free, 1 locked, 2 locked with waiters).
 ///
 /// parking_lot cannot be used on a malloc path: its contended path allocates its parking
-/// table and so recurses into malloc (design.md).
+/// table and so recurses into malloc (docs/architecture.md).
 pub struct FutexLock<T> {
     state: AtomicU32,
     value: UnsafeCell<T>,

@@ -4,7 +4,7 @@
 //! `%fs`), none of them a call. Rust's `thread_local!` is as cheap in an executable, but in
 //! a shared library (librampart.so) it compiles to a `__tls_get_addr` call on every access
 //! (11 more instructions and a clobbered register set, measured with callgrind). Like a
-//! const-initialised `thread_local!` without `Drop` (design.md), a slot never allocates,
+//! const-initialised `thread_local!` without `Drop` (docs/architecture.md), a slot never allocates,
 //! registers nothing and has no destructor. Initial-exec TLS is valid in the executable and
 //! in the libraries loaded at start-up (preload, or linked), which is how rampart runs.
 

@@ -397,7 +397,7 @@ pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
 
 std::thread_local! {
     /// Whether this thread is inside a stack walk of ours (see [`traced_backtrace`]). A const
-    /// initialiser and no `Drop` (design.md): no allocation, no destructor.
+    /// initialiser and no `Drop` (docs/architecture.md): no allocation, no destructor.
     static BUSY: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
 }
 
