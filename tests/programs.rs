@@ -131,13 +131,38 @@ fn command(program: &Path, malloc: Malloc, scratch: &Scratch) -> Command {
     cmd
 }
 
-/// Replaces `cmd`'s environment with the fixed one (no `LD_PRELOAD`, no `RAMPART_*`).
+/// Replaces `cmd`'s environment with the fixed one (no `LD_PRELOAD`, no `RAMPART_*`), and
+/// starts the child with every signal at its default action.
 fn base_env(cmd: &mut Command, scratch: &Scratch) {
     cmd.env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("HOME", scratch.path())
         .env("TMPDIR", scratch.path())
         .env("LC_ALL", "C");
+    default_signals(cmd);
+}
+
+/// Sets every signal's action back to the default in the child, before it execs. A signal
+/// ignored by whoever started the test runner stays ignored across `fork` and `exec` (a
+/// background job of a shell, `nohup`: SIGINT, SIGQUIT, SIGHUP), and programs see it:
+/// CPython's `test_threading` then cannot raise `KeyboardInterrupt` with SIGINT and fails,
+/// on glibc as on rampart. (Handlers are reset by `exec` anyway; std already unblocks the
+/// signal mask and resets SIGPIPE.)
+fn default_signals(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only calls `signal`,
+    // which is async-signal-safe, with SIG_DFL; SIGKILL and SIGSTOP are left out (their
+    // action cannot be changed).
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in 1..libc::SIGRTMIN() {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -658,6 +683,41 @@ fn python3_threads() {
         "python3 threads: 9 threads allocated at the same time but rampart made only {} \
          thread heaps: {stats:?}",
         stats.heaps_created
+    );
+}
+
+/// What [`children_start_with_signals_at_their_default_action`] runs in a test runner that
+/// ignores SIGINT (so as a test of its own it checks nothing): python3, started as every
+/// program here is, prints SIGINT's handler.
+#[test]
+fn sigint_child_reports_its_handler() {
+    let scratch = Scratch::new("sigint-child");
+    let mut cmd = python(Malloc::Glibc, &scratch);
+    cmd.args([
+        "-c",
+        "import signal; print(signal.getsignal(signal.SIGINT))",
+    ]);
+    print!(
+        "handler: {}",
+        run(&mut cmd, &scratch, "python3 getsignal").stdout()
+    );
+}
+
+/// A test runner started with SIGINT ignored (`nohup`, a background job) starts its programs
+/// with SIGINT at its default action: this test binary is re-run under `sh` with
+/// `trap '' INT`, and the python3 it starts must see Python's own SIGINT handler, not
+/// `SIG_IGN`.
+#[test]
+fn children_start_with_signals_at_their_default_action() {
+    let scratch = Scratch::new("sigint");
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("trap '' INT; exec \"$0\" --exact sigint_child_reports_its_handler --nocapture --test-threads=1")
+        .arg(std::env::current_exe().expect("the test binary"));
+    let out = run(&mut cmd, &scratch, "the test binary with SIGINT ignored").stdout();
+    assert!(
+        out.contains("handler: <built-in function default_int_handler>"),
+        "python3 did not get SIGINT's default action:\n{out}"
     );
 }
 
