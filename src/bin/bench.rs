@@ -17,8 +17,14 @@
 //! compiles the C workloads of `benches/c/`, and checks, before timing anything, that each
 //! preloaded allocator really served its workload (`LD_DEBUG=bindings` must show `malloc`
 //! bound to that library: ld.so silently falls back to glibc when a preload fails).
-//! `--quick` runs every workload at a fifth of its size, 3 repetitions (under 5 minutes on
-//! 2 cores); the default is full size, 5 repetitions.
+//! `--quick` runs the C workloads, python3 and sqlite3 at a tenth of their size and redis
+//! and gcc (the slowest) at a thirty-third, 3 repetitions: about 2 minutes on a quiet 2-core
+//! machine, under 5 on a busy one (its figures are indicative: short runs weigh process
+//! start-up more). The default is full size, 5 repetitions (about 20 minutes
+//! on 2 cores). The preload check runs every workload at a fiftieth of its size (it proves
+//! which library served `malloc`, not how fast). Every phase prints its progress with an
+//! estimate of the time left, and the run says before it starts how long it should take
+//! (from the times the last run of the same kind recorded in `target/bench/`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -27,6 +33,7 @@ use std::process::{exit, Command, Stdio};
 use std::time::Instant;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 const PEER_DIR: &str = "/usr/lib/x86_64-linux-gnu";
 const PEERS: [(&str, &str, &str); 3] = [
@@ -72,6 +79,7 @@ struct Options {
 }
 
 fn main() {
+    let run_started = Instant::now();
     let opts = parse_args();
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     std::env::set_current_dir(&repo).expect("cd to the repository");
@@ -80,63 +88,291 @@ fn main() {
     std::fs::create_dir_all(&opts.out).expect("create the output folder");
 
     let allocs = allocators(&repo, opts.guard_modes);
-    let scale = if opts.quick { 0.2 } else { 1.0 };
-    let workloads = workloads(&repo, &work, scale);
+    let sizes = if opts.quick {
+        Sizes::QUICK
+    } else {
+        Sizes::FULL
+    };
+    let workloads = workloads(&repo, &work, &work, sizes);
+    let record = work.join(format!("times-{}.tsv", opts.kind()));
+    let last = read_times(&record);
     println!(
         "bench: {} workloads x {} allocators x {} repetitions{}",
         workloads.len(),
         allocs.len(),
         opts.reps,
         if opts.quick {
-            " (--quick: a fifth of full size)"
+            " (--quick: C workloads, python3 and sqlite3 at 1/10 of full size, redis and gcc at 1/33)"
         } else {
             ""
         }
     );
+    match estimate(&workloads, &allocs, opts.reps, &last) {
+        Some(secs) => println!(
+            "bench: this run should take about {} (from the last {} run's times, {})",
+            minutes(secs),
+            opts.kind(),
+            record.display()
+        ),
+        None => println!(
+            "bench: no earlier {} run recorded here; on a quiet 2-core machine a full run takes \
+             about 20 minutes, a --quick one about 2",
+            opts.kind()
+        ),
+    }
 
-    for w in &workloads {
+    // The preload check, on small versions of the same workloads.
+    let checks = workloads_named(&repo, &work, Sizes::CHECK);
+    let mut progress = Progress::new("preload check", checks.len() * allocs.len());
+    for w in &checks {
         for a in &allocs {
             verify_preload(w, a, &work);
+            progress.tick(&format!(
+                "{:<14} {:<9} malloc bound to its library",
+                w.name, a.name
+            ));
         }
     }
     println!("bench: every allocator was seen serving every workload (LD_DEBUG=bindings)");
 
     let mut samples: BTreeMap<(String, &str), Vec<Sample>> = BTreeMap::new();
-    let total = opts.reps * workloads.len() * allocs.len();
-    let mut done = 0;
-    let started = Instant::now();
+    let mut progress = Progress::new("timed runs", opts.reps * workloads.len() * allocs.len());
+    // What is left is estimated from the last run's times where there are some, else from
+    // the runs so far.
+    let mut expected_left = estimate(&workloads, &allocs, opts.reps, &last);
     for rep in 0..opts.reps {
         for w in &workloads {
             // Interleave: rotate the allocators' order every repetition.
             for k in 0..allocs.len() {
                 let a = &allocs[(k + rep) % allocs.len()];
                 let s = measure(w, a, &work);
-                done += 1;
-                println!(
-                    "[{done:>3}/{total}] {:<14} {:<9} {:>7.2} s wall {:>7.2} s cpu {:>8.0} KiB  ({:.0} s elapsed)",
-                    w.name,
-                    a.name,
-                    s.wall,
-                    s.cpu,
-                    s.rss_kib,
-                    started.elapsed().as_secs_f64()
+                if let Some(left) = expected_left.as_mut() {
+                    *left -= last
+                        .get(&(w.name.clone(), a.name.to_string()))
+                        .copied()
+                        .unwrap_or(s.wall);
+                }
+                progress.tick_with(
+                    &format!(
+                        "{:<14} {:<9} {:>7.2} s wall {:>7.2} s cpu {:>8.0} KiB",
+                        w.name, a.name, s.wall, s.cpu, s.rss_kib
+                    ),
+                    expected_left,
                 );
                 samples.entry((w.name.clone(), a.name)).or_default().push(s);
             }
         }
     }
+    write_times(&record, &samples);
 
     let fast_path = fast_path_figures(&allocs, &work);
-    let table = report(&workloads, &allocs, &samples, &fast_path, &opts);
+    let about = about_the_run(&allocs, &opts);
+    let table = report(&workloads, &allocs, &samples, &fast_path, &opts, &about);
     let md = opts.out.join("results.md");
     std::fs::write(&md, &table).expect("write results.md");
-    chart(&workloads, &allocs, &samples, &opts.out.join("chart.svg"));
+    chart(
+        &workloads,
+        &allocs,
+        &samples,
+        &about,
+        &opts.out.join("chart.svg"),
+    );
     println!("\n{table}");
     println!(
-        "bench: wrote {} and {}",
+        "bench: wrote {} and {} in {}",
         md.display(),
-        opts.out.join("chart.svg").display()
+        opts.out.join("chart.svg").display(),
+        minutes(run_started.elapsed().as_secs_f64())
     );
+}
+
+/// How big each kind of workload runs: `c` scales the C workloads, python3 and sqlite3;
+/// `heavy` scales redis and gcc, whose runs are the longest.
+#[derive(Clone, Copy)]
+struct Sizes {
+    c: f64,
+    heavy: f64,
+}
+
+impl Sizes {
+    const FULL: Sizes = Sizes { c: 1.0, heavy: 1.0 };
+    const QUICK: Sizes = Sizes {
+        c: 0.1,
+        heavy: 0.03,
+    };
+    /// The preload check: enough for each program to call malloc, no more.
+    const CHECK: Sizes = Sizes {
+        c: 0.02,
+        heavy: 0.01,
+    };
+}
+
+/// The workloads at the check sizes, under the same names as the timed ones (their input
+/// files in `target/bench/check`).
+fn workloads_named(repo: &Path, work: &Path, sizes: Sizes) -> Vec<Workload> {
+    let check = work.join("check");
+    std::fs::create_dir_all(&check).expect("create target/bench/check");
+    workloads(repo, work, &check, sizes)
+}
+
+/// A phase's progress: `[done/total]`, the time so far, and an estimate of what is left.
+struct Progress {
+    phase: &'static str,
+    total: usize,
+    done: usize,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(phase: &'static str, total: usize) -> Self {
+        println!("bench: {phase}: {total} runs");
+        Progress {
+            phase,
+            total,
+            done: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// One step done; what is left is extrapolated from the steps so far.
+    fn tick(&mut self, what: &str) {
+        self.tick_with(what, None);
+    }
+
+    /// One step done; `left` is the caller's estimate of the seconds left, if it has one.
+    fn tick_with(&mut self, what: &str, left: Option<f64>) {
+        self.done += 1;
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let left =
+            left.unwrap_or_else(|| elapsed / self.done as f64 * (self.total - self.done) as f64);
+        println!(
+            "[{:>3}/{}] {what}  ({} {:.0} s, about {} left)",
+            self.done,
+            self.total,
+            self.phase,
+            elapsed,
+            minutes(left.max(0.0))
+        );
+    }
+}
+
+/// `90` → "1 min 30 s".
+fn minutes(secs: f64) -> String {
+    let s = secs.round() as u64;
+    if s < 60 {
+        format!("{s} s")
+    } else {
+        format!("{} min {} s", s / 60, s % 60)
+    }
+}
+
+/// Median wall seconds per (workload, allocator) of the last run of the same kind.
+type Times = BTreeMap<(String, String), f64>;
+
+fn read_times(path: &Path) -> Times {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let (w, a, t) = (f.next()?, f.next()?, f.next()?.parse().ok()?);
+            Some(((w.to_string(), a.to_string()), t))
+        })
+        .collect()
+}
+
+fn write_times(path: &Path, samples: &BTreeMap<(String, &'static str), Vec<Sample>>) {
+    let mut t = String::new();
+    for ((w, a), v) in samples {
+        let _ = writeln!(
+            t,
+            "{w}\t{a}\t{:.3}",
+            median(v.iter().map(|s| s.wall).collect())
+        );
+    }
+    let _ = std::fs::write(path, t);
+}
+
+/// Seconds the timed runs should take, from the last run's times; `None` unless every
+/// workload and allocator has one.
+fn estimate(workloads: &[Workload], allocs: &[Alloc], reps: usize, last: &Times) -> Option<f64> {
+    let mut secs = 0.0;
+    for w in workloads {
+        for a in allocs {
+            secs += last.get(&(w.name.clone(), a.name.to_string()))?;
+        }
+    }
+    Some(secs * reps as f64)
+}
+
+/// What the table's and the chart's titles say about the run: date, machine, kind, versions.
+struct About {
+    date: String,
+    machine: String,
+    kind: String,
+    versions: Vec<(String, String)>,
+}
+
+fn about_the_run(allocs: &[Alloc], opts: &Options) -> About {
+    let sh = |cmd: &str| -> String {
+        Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2");
+    let machine = format!(
+        "{} cores{}, Linux {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if cpu.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", cpu.trim())
+        },
+        sh("uname -r")
+    );
+    let mut versions = Vec::new();
+    // The guard modes' variants are rampart with options: one version line for all of them.
+    for a in allocs.iter().filter(|a| !a.name.starts_with("rampart-")) {
+        let v = match a.name {
+            "glibc" => sh("getconf GNU_LIBC_VERSION | cut -d' ' -f2"),
+            "rampart" => {
+                let commit = sh("git rev-parse --short HEAD");
+                let dirty = if sh("git status --porcelain --untracked-files=no").is_empty() {
+                    ""
+                } else {
+                    "+changes"
+                };
+                format!("{} ({commit}{dirty})", env!("CARGO_PKG_VERSION"))
+            }
+            n => {
+                let pkg = PEERS.iter().find(|p| p.0 == n).map_or("", |p| p.2);
+                sh(&format!(
+                    "dpkg-query -W -f='${{Version}}' {pkg} 2>/dev/null"
+                ))
+            }
+        };
+        versions.push((a.name.to_string(), v));
+    }
+    About {
+        date: sh("date -u +%Y-%m-%d"),
+        machine,
+        kind: if opts.quick {
+            format!("--quick, {} runs each", opts.reps)
+        } else {
+            format!("full size, {} runs each", opts.reps)
+        },
+        versions,
+    }
+}
+
+impl Options {
+    /// The kind of run, for the record of its times: quick or full, peers or guard modes.
+    fn kind(&self) -> String {
+        let size = if self.quick { "quick" } else { "full" };
+        let set = ["peers", "guard-modes", "guard-all"][self.guard_modes as usize];
+        format!("{size}-{set}")
+    }
 }
 
 fn parse_args() -> Options {
@@ -269,8 +505,10 @@ fn allocators(repo: &Path, guard_modes: u8) -> Vec<Alloc> {
     allocs
 }
 
-/// The C workloads of benches/c/ (compiled here) and the real programs.
-fn workloads(repo: &Path, work: &Path, scale: f64) -> Vec<Workload> {
+/// The C workloads of benches/c/ (compiled into `work` where the binary is older than its
+/// source) and the real programs, with their input files in `data`.
+fn workloads(repo: &Path, work: &Path, data: &Path, sizes: Sizes) -> Vec<Workload> {
+    let scale = sizes.c;
     let mut out = Vec::new();
     let c_programs = [
         (
@@ -298,13 +536,16 @@ fn workloads(repo: &Path, work: &Path, scale: f64) -> Vec<Workload> {
             continue;
         }
         let exe = work.join(name);
-        let ok = Command::new("gcc")
-            .args(["-O2", "-pthread", "-o"])
-            .arg(&exe)
-            .arg(&src)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let fresh = matches!((modified(&exe), modified(&src)), (Some(e), Some(s)) if e >= s);
+        let ok = fresh
+            || Command::new("gcc")
+                .args(["-O2", "-pthread", "-o"])
+                .arg(&exe)
+                .arg(&src)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
         assert!(ok, "gcc failed on {}", src.display());
         out.push(Workload {
             name: name.into(),
@@ -328,7 +569,7 @@ fn workloads(repo: &Path, work: &Path, scale: f64) -> Vec<Workload> {
     });
     // sqlite3: bulk insert and queries.
     let rows = (100_000.0 * scale) as u64;
-    let sql = work.join("bench.sql");
+    let sql = data.join("bench.sql");
     let mut s = String::from(
         "BEGIN;\nCREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, v REAL, grp INT);\n",
     );
@@ -360,7 +601,7 @@ fn workloads(repo: &Path, work: &Path, scale: f64) -> Vec<Workload> {
     // redis-server under redis-benchmark: the server, the client and redis-cli all run on the
     // allocator under test (the whole script is preloaded); the server's port is fixed per
     // run of the runner, on loopback.
-    let requests = (100_000.0 * scale) as u64;
+    let requests = (100_000.0 * sizes.heavy) as u64;
     let port = 20_000 + (std::process::id() % 20_000);
     let script = format!(
         "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null & \
@@ -380,8 +621,8 @@ fn workloads(repo: &Path, work: &Path, scale: f64) -> Vec<Workload> {
         println!("bench: redis left out (install redis-server and redis-tools)");
     }
     // gcc: a large generated C file.
-    let funcs = (3000.0 * scale) as u64;
-    let c = work.join("big.c");
+    let funcs = (3000.0 * sizes.heavy) as u64;
+    let c = data.join("big.c");
     let mut s = String::new();
     for i in 0..funcs {
         let _ = writeln!(
@@ -537,6 +778,7 @@ fn fast_path_figures(allocs: &[Alloc], work: &Path) -> Vec<(String, Option<f64>)
         .status()
         .is_ok();
     let mut out = Vec::new();
+    let mut progress = Progress::new("fast path (callgrind)", allocs.len());
     for a in allocs {
         if !ok || !have_valgrind {
             out.push((a.name.to_string(), None));
@@ -562,11 +804,11 @@ fn fast_path_figures(allocs: &[Alloc], work: &Path) -> Vec<(String, Option<f64>)
             (Some(a1), Some(a2)) => Some((a2 - a1) / 1_000_000.0),
             _ => None,
         };
-        println!(
-            "bench: fast path {:<9} {}",
+        progress.tick(&format!(
+            "fast path {:<9} {}",
             a.name,
             per_pair.map_or("n/a".into(), |v| format!("{v:.1} instructions per pair"))
-        );
+        ));
         out.push((a.name.to_string(), per_pair));
     }
     out
@@ -604,20 +846,38 @@ fn report(
     samples: &BTreeMap<(String, &'static str), Vec<Sample>>,
     fast_path: &[(String, Option<f64>)],
     opts: &Options,
+    about: &About,
 ) -> String {
     let med = medians(samples);
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "Medians of {} interleaved runs{}; time and RSS also as ratios to glibc (×g) and to the best peer of mimalloc, jemalloc, tcmalloc (×p).\n",
-        opts.reps,
-        if opts.quick { " at a fifth of full size (--quick)" } else { "" }
+        "{}, {}: `cargo run --release --bin bench --{}{}`\n",
+        about.date,
+        about.machine,
+        if opts.quick { " --quick" } else { "" },
+        match opts.guard_modes {
+            1 => " --guard-modes",
+            2 => " --guard-all",
+            _ => "",
+        }
     );
+    let versions: Vec<String> = about
+        .versions
+        .iter()
+        .map(|(n, v)| format!("{n} {v}"))
+        .collect();
+    let _ = writeln!(t, "Versions: {}.\n", versions.join(", "));
     let _ = writeln!(
         t,
-        "| workload | allocator | wall s | ×g | ×p | cpu s | peak RSS MiB | ×g | ×p |"
+        "Medians of {} interleaved runs{}; time and RSS also as ratios to glibc (×g) and to the best peer of mimalloc, jemalloc, tcmalloc (×p).\n",
+        opts.reps,
+        if opts.quick {
+            " at reduced sizes (--quick: C workloads, python3 and sqlite3 at 1/10, redis and gcc at 1/33)"
+        } else {
+            ""
+        }
     );
-    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
     // With --guard-modes, ×p compares with rampart with its checks off instead.
     let guard_modes = allocs.iter().any(|a| a.name.starts_with("rampart-"));
     if guard_modes {
@@ -626,6 +886,11 @@ fn report(
             "(--guard-modes: ×p is the ratio to `rampart` with its checks off.)\n"
         );
     }
+    let _ = writeln!(
+        t,
+        "| workload | allocator | wall s | ×g | ×p | cpu s | peak RSS MiB | ×g | ×p |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
     let mut time_ratios: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut rss_ratios: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut time_vs_p: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
@@ -695,11 +960,15 @@ fn report(
     t
 }
 
-/// Two panels of grouped bars: wall time and peak RSS relative to glibc, per workload.
+/// Two panels of grouped bars: wall time and peak RSS relative to glibc, per workload, on a
+/// logarithmic axis (labelled ticks from the smallest ratio to the largest), so that no bar
+/// is clipped; bars start at 1 (glibc), and a bar beyond ×1.5 or below ×0.67 carries its
+/// value. The title says the date, the machine, the kind of run and the versions.
 fn chart(
     workloads: &[Workload],
     allocs: &[Alloc],
     samples: &BTreeMap<(String, &'static str), Vec<Sample>>,
+    about: &About,
     path: &Path,
 ) {
     let med = medians(samples);
@@ -709,13 +978,42 @@ fn chart(
         RGBColor(255, 127, 14),
         RGBColor(44, 160, 44),
         RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
     ];
-    let root = SVGBackend::new(path, (1100, 760)).into_drawing_area();
+    let root = SVGBackend::new(path, (1200, 860)).into_drawing_area();
     root.fill(&WHITE).expect("draw");
-    let panels = root.split_evenly((2, 1));
+    let versions: Vec<String> = about
+        .versions
+        .iter()
+        .map(|(n, v)| format!("{n} {v}"))
+        .collect();
+    let (head, body) = root.split_vertically(52);
+    head.draw_text(
+        &format!(
+            "rampart against its peers · {} · {} · {}",
+            about.date, about.kind, about.machine
+        ),
+        &("sans-serif", 16).into_font().color(&BLACK),
+        (12, 8),
+    )
+    .expect("title");
+    head.draw_text(
+        &versions.join(" · "),
+        &("sans-serif", 13).into_font().color(&BLACK),
+        (12, 30),
+    )
+    .expect("versions");
+    let panels = body.split_evenly((2, 1));
     for (panel, (title, pick)) in panels.iter().zip([
-        ("wall time relative to glibc (lower is better)", 0usize),
-        ("peak RSS relative to glibc (lower is better)", 2usize),
+        (
+            "wall time relative to glibc = 1× (log scale; lower is better)",
+            0usize,
+        ),
+        (
+            "peak RSS relative to glibc = 1× (log scale; lower is better)",
+            2usize,
+        ),
     ]) {
         let ratio = |w: &Workload, a: &Alloc| {
             let v = med[&(w.name.clone(), a.name)];
@@ -723,22 +1021,41 @@ fn chart(
             let (x, y) = if pick == 0 { (v.0, g.0) } else { (v.2, g.2) };
             x / y
         };
-        let top = workloads
+        let all: Vec<f64> = workloads
             .iter()
             .flat_map(|w| allocs.iter().map(move |a| (w, a)))
             .map(|(w, a)| ratio(w, a))
+            .collect();
+        // Powers of two around every ratio, with room above the largest for its label.
+        let top = all
+            .iter()
+            .copied()
             .fold(1.0f64, f64::max)
-            .min(4.0)
-            * 1.1;
+            .log2()
+            .ceil()
+            .max(1.0)
+            + 0.4;
+        let bottom = all
+            .iter()
+            .copied()
+            .fold(1.0f64, f64::min)
+            .log2()
+            .floor()
+            .min(-1.0);
+        let (lo, hi) = (2f64.powf(bottom), 2f64.powf(top));
         let mut c = ChartBuilder::on(panel)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(30)
-            .y_label_area_size(44)
-            .build_cartesian_2d(0f64..workloads.len() as f64, 0f64..top)
+            .caption(title, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(26)
+            .y_label_area_size(52)
+            .build_cartesian_2d(0f64..workloads.len() as f64, (lo..hi).log_scale())
             .expect("chart");
+        let ticks: Vec<f64> = (bottom as i32..=top.floor() as i32)
+            .map(|e| 2f64.powi(e))
+            .collect();
         c.configure_mesh()
             .disable_x_mesh()
+            .disable_y_mesh()
             .x_labels(workloads.len() * 2 + 1)
             .x_label_formatter(&|x| {
                 let i = x.floor() as usize;
@@ -748,27 +1065,65 @@ fn chart(
                     String::new()
                 }
             })
+            .y_label_formatter(&|_| String::new())
             .y_desc("× glibc")
             .draw()
             .expect("mesh");
-        let width = 0.8 / allocs.len() as f64;
-        for (k, a) in allocs.iter().enumerate() {
-            let color = colors[k % colors.len()];
+        // The axis's ticks: the powers of two, labelled.
+        for &t in &ticks {
+            c.draw_series(LineSeries::new(
+                [(0.0, t), (workloads.len() as f64, t)],
+                BLACK.mix(if t == 1.0 { 0.9 } else { 0.15 }).stroke_width(1),
+            ))
+            .expect("tick line");
+            c.draw_series(std::iter::once(Text::new(
+                if t >= 1.0 {
+                    format!("{t:.0}×")
+                } else {
+                    format!("{t}×")
+                },
+                (-0.02 * workloads.len() as f64, t),
+                TextStyle::from(("sans-serif", 12).into_font())
+                    .pos(Pos::new(HPos::Right, VPos::Center)),
+            )))
+            .expect("tick label");
+        }
+        // glibc is the 1× line; the others are bars.
+        let bars: Vec<&Alloc> = allocs.iter().filter(|a| a.name != "glibc").collect();
+        let width = 0.8 / bars.len() as f64;
+        for (k, a) in bars.into_iter().enumerate() {
+            let color = colors[(k + 1) % colors.len()];
             c.draw_series(workloads.iter().enumerate().map(|(i, w)| {
                 let x0 = i as f64 + 0.1 + k as f64 * width;
-                let v = ratio(w, a).min(top);
-                Rectangle::new([(x0, 0.0), (x0 + width * 0.9, v)], color.filled())
+                let v = ratio(w, a);
+                Rectangle::new([(x0, 1.0), (x0 + width * 0.9, v)], color.filled())
             }))
             .expect("bars")
             .label(a.name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+            // The values of the bars far from glibc.
+            c.draw_series(workloads.iter().enumerate().filter_map(|(i, w)| {
+                let v = ratio(w, a);
+                if (0.67..=1.5).contains(&v) {
+                    return None;
+                }
+                let x = i as f64 + 0.1 + (k as f64 + 0.45) * width;
+                let (y, vpos) = if v > 1.0 {
+                    (v * 1.04, VPos::Bottom)
+                } else {
+                    (v / 1.04, VPos::Top)
+                };
+                Some(Text::new(
+                    format!("{v:.1}"),
+                    (x, y),
+                    TextStyle::from(("sans-serif", 10).into_font())
+                        .pos(Pos::new(HPos::Center, vpos)),
+                ))
+            }))
+            .expect("values");
         }
-        c.draw_series(LineSeries::new(
-            [(0.0, 1.0), (workloads.len() as f64, 1.0)],
-            BLACK.stroke_width(1),
-        ))
-        .expect("line");
         c.configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
             .border_style(BLACK)
             .background_style(WHITE.mix(0.8))
             .draw()
