@@ -3,9 +3,16 @@
  * errors").
  *
  *   gcc -g -O1 -rdynamic examples/c/buggy.c -o /tmp/buggy
- *   /tmp/buggy overflow                                   # glibc: runs "fine"
  *   target/release/rampart --guard all /tmp/buggy overflow
  *   target/release/rampart --guard all /tmp/buggy use-after-free
+ *
+ * Without a guard mode the bugs show late, far from their cause, or not at all. On glibc
+ * 2.36 the overflow writes over the heap's top chunk header, and the next malloc (printf's
+ * buffer) aborts with "malloc(): corrupted top size"; the use after free reads a next link
+ * that glibc has mangled (safe-linking) and dies of SIGSEGV in free_list, without a report.
+ * In rampart's default mode the overflow lands in the next block and the program prints
+ * its lines and exits 0; the use after free follows the freed block's free-list link into
+ * free(), which rampart reports as a double-free (SIGABRT), without saying where.
  *
  * -rdynamic puts the program's functions in its dynamic symbol table, where the report's
  * symbolizer (dladdr) finds them; without it, frames show as module+offset for addr2line.
