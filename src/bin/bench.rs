@@ -20,7 +20,7 @@
 //! `--quick` runs the C workloads, python3 and sqlite3 at a tenth of their size and redis
 //! and gcc (the slowest) at a thirty-third, 3 repetitions: about 2 minutes on a quiet 2-core
 //! machine, under 5 on a busy one (its figures are indicative: short runs weigh process
-//! start-up more). The default is full size, 5 repetitions (about 20 minutes
+//! start-up more). The default is full size, 5 repetitions (about 30 minutes
 //! on 2 cores). The preload check runs every workload at a fiftieth of its size (it proves
 //! which library served `malloc`, not how fast). Every phase prints its progress with an
 //! estimate of the time left, and the run says before it starts how long it should take
@@ -76,11 +76,17 @@ struct Options {
     guard_modes: u8,
     reps: usize,
     out: PathBuf,
+    /// `--replot DIR`: redraw DIR/chart.svg from DIR/results.md, running nothing.
+    replot: Option<PathBuf>,
 }
 
 fn main() {
     let run_started = Instant::now();
     let opts = parse_args();
+    if let Some(dir) = &opts.replot {
+        replot(dir);
+        return;
+    }
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     std::env::set_current_dir(&repo).expect("cd to the repository");
     let work = repo.join("target/bench");
@@ -116,7 +122,7 @@ fn main() {
         ),
         None => println!(
             "bench: no earlier {} run recorded here; on a quiet 2-core machine a full run takes \
-             about 20 minutes, a --quick one about 2",
+             about 30 minutes, a --quick one about 2",
             opts.kind()
         ),
     }
@@ -381,6 +387,7 @@ fn parse_args() -> Options {
         guard_modes: 0,
         reps: 0,
         out: PathBuf::from("bench-results"),
+        replot: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -395,6 +402,7 @@ fn parse_args() -> Options {
                     .unwrap_or_else(|| usage())
             }
             "--out" => opts.out = PathBuf::from(args.next().unwrap_or_else(|| usage())),
+            "--replot" => opts.replot = Some(PathBuf::from(args.next().unwrap_or_else(|| usage()))),
             _ => usage(),
         }
     }
@@ -406,7 +414,7 @@ fn parse_args() -> Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo run --release --bin bench -- [--quick] [--reps N] [--out DIR] [--guard-modes|--guard-all]"
+        "usage: cargo run --release --bin bench -- [--quick] [--reps N] [--out DIR] [--guard-modes|--guard-all]\n       cargo run --release --bin bench -- --replot DIR   (redraws DIR/chart.svg from DIR/results.md)"
     );
     exit(2);
 }
@@ -780,7 +788,21 @@ fn fast_path_figures(allocs: &[Alloc], work: &Path) -> Vec<(String, Option<f64>)
     let mut out = Vec::new();
     let mut progress = Progress::new("fast path (callgrind)", allocs.len());
     for a in allocs {
-        if !ok || !have_valgrind {
+        // Under valgrind, RAMPART_GUARD=all's 2 M guarded blocks would take hours.
+        let guard_all = a
+            .env
+            .iter()
+            .any(|&(k, v)| k == "RAMPART_GUARD" && v == "all");
+        if !ok || !have_valgrind || guard_all {
+            progress.tick(&format!(
+                "fast path {:<9} n/a{}",
+                a.name,
+                if guard_all {
+                    " (a debugging mode: not counted)"
+                } else {
+                    ""
+                }
+            ));
             out.push((a.name.to_string(), None));
             continue;
         }
@@ -960,6 +982,108 @@ fn report(
     t
 }
 
+/// Redraws `dir/chart.svg` from the medians and the header of `dir/results.md` (so a chart
+/// can be drawn again, after a change to the chart's code, without repeating the runs).
+fn replot(dir: &Path) {
+    let text = std::fs::read_to_string(dir.join("results.md")).unwrap_or_else(|e| {
+        eprintln!("bench: read {}: {e}", dir.join("results.md").display());
+        exit(1);
+    });
+    let leak = |s: &str| -> &'static str { Box::leak(s.to_string().into_boxed_str()) };
+    let mut workloads: Vec<Workload> = Vec::new();
+    let mut allocs: Vec<Alloc> = Vec::new();
+    let mut samples: BTreeMap<(String, &'static str), Vec<Sample>> = BTreeMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split('|').map(str::trim).collect();
+        // | workload | allocator | wall s | ×g | ×p | cpu s | peak RSS MiB | ×g | ×p |
+        let (Some(wall), Some(cpu), Some(rss)) = (
+            f.get(3).and_then(|v| v.parse::<f64>().ok()),
+            f.get(6).and_then(|v| v.parse::<f64>().ok()),
+            f.get(7).and_then(|v| v.parse::<f64>().ok()),
+        ) else {
+            continue;
+        };
+        if f.len() != 11 {
+            continue;
+        }
+        let (w, a) = (f[1], f[2]);
+        if !workloads.iter().any(|x| x.name == w) {
+            workloads.push(Workload {
+                name: w.to_string(),
+                what: String::new(),
+                argv: Vec::new(),
+                env: Vec::new(),
+            });
+        }
+        let name = match allocs.iter().find(|x| x.name == a) {
+            Some(x) => x.name,
+            None => {
+                let name = leak(a);
+                allocs.push(Alloc {
+                    name,
+                    preload: None,
+                    env: Vec::new(),
+                });
+                name
+            }
+        };
+        samples
+            .entry((w.to_string(), name))
+            .or_default()
+            .push(Sample {
+                wall,
+                cpu,
+                rss_kib: rss * 1024.0,
+            });
+    }
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or_default();
+    let (date, machine) = first
+        .split_once(": `")
+        .map(|(head, _)| head)
+        .and_then(|h| h.split_once(", "))
+        .unwrap_or(("?", "?"));
+    let versions = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Versions: "))
+        .unwrap_or_default()
+        .trim_end_matches('.')
+        .split(", ")
+        .filter_map(|v| v.split_once(' '))
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    let runs = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Medians of "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or("?");
+    let about = About {
+        date: date.to_string(),
+        machine: machine.to_string(),
+        kind: if first.contains("--quick") {
+            format!("--quick, {runs} runs each")
+        } else {
+            format!("full size, {runs} runs each")
+        },
+        versions,
+    };
+    if workloads.is_empty() || !allocs.iter().any(|a| a.name == "glibc") {
+        eprintln!(
+            "bench: no table of medians with a glibc row in {}",
+            dir.display()
+        );
+        exit(1);
+    }
+    chart(
+        &workloads,
+        &allocs,
+        &samples,
+        &about,
+        &dir.join("chart.svg"),
+    );
+    println!("bench: redrew {}", dir.join("chart.svg").display());
+}
+
 /// Two panels of grouped bars: wall time and peak RSS relative to glibc, per workload, on a
 /// logarithmic axis (labelled ticks from the smallest ratio to the largest), so that no bar
 /// is clipped; bars start at 1 (glibc), and a bar beyond ×1.5 or below ×0.67 carries its
@@ -1035,11 +1159,8 @@ fn chart(
             .ceil()
             .max(1.0)
             + 0.4;
-        let bottom = all
-            .iter()
-            .copied()
-            .fold(1.0f64, f64::min)
-            .log2()
+        // Room below the smallest for its label, as above the largest.
+        let bottom = (all.iter().copied().fold(1.0f64, f64::min).log2() - 0.4)
             .floor()
             .min(-1.0);
         let (lo, hi) = (2f64.powf(bottom), 2f64.powf(top));
