@@ -272,7 +272,7 @@ impl Out {
 /// Page counts of the mapped chunks by state, from one walk.
 #[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Totals {
-    /// Chunks mapped (the spare included).
+    /// Chunks mapped (the kept ones included).
     pub chunks: usize,
     /// Pages of slab spans.
     pub slab: usize,
@@ -567,16 +567,16 @@ fn chunk<S: PageSource>(out: &mut Out, pages: &Pages<S>, c: &ChunkView, x: usize
         .str(")\" data-base=\"")
         .hex(c.base)
         .str("\"");
-    if c.spare {
-        out.str(" data-spare=\"1\"");
+    if c.kept {
+        out.str(" data-kept=\"1\"");
     }
     out.str(">\n");
     out.text(0, LABEL_H - 4)
         .str("<tspan font-weight=\"bold\">")
         .hex(c.base)
         .str("</tspan>");
-    if c.spare {
-        out.str("<tspan dx=\"8\">(spare, wholly free)</tspan>");
+    if c.kept {
+        out.str("<tspan dx=\"8\">(kept mapped, wholly free)</tspan>");
     } else {
         out.str("<tspan dx=\"8\" font-size=\"10\">slab ")
             .pct_int(t.slab, PAGES_PER_CHUNK)

@@ -25,7 +25,9 @@
 //!   over its runs and `out_pages` that over its blocks out for purging (`State::Purging`);
 //! - a free block of order `k` starts at a page index that is a multiple of `2^k` and is in
 //!   exactly one free list, the one of order `k`; two free buddies never both exist (merged);
-//! - every page of a live run has `head == ` the run's first page.
+//! - every page of a live run has `head == ` the run's first page;
+//! - `kept` == the number of chunks marked `kept`, at most [`KEPT_CHUNKS`], each of them
+//!   one listed free block of the top order.
 
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
@@ -399,6 +401,8 @@ pub struct Chunk {
     /// Whether the chunk is in the purge queue: some of its free pages may hold data and have
     /// not been aged by a visit since.
     queued: bool,
+    /// Whether the chunk is wholly free and kept mapped (one of [`Pages::kept`]).
+    kept: bool,
 }
 
 impl Chunk {
@@ -500,14 +504,16 @@ pub struct Pages<S: PageSource> {
     pub map: &'static PageMap,
     /// Free blocks of each order, over all chunks.
     free: [SpanList; ORDERS],
-    /// One wholly free chunk kept mapped, so a workload that frees and reallocates a chunk's
-    /// worth of memory in a loop does not mmap/munmap each time.
-    spare: *mut Chunk,
+    /// Wholly free chunks kept mapped (at most [`KEPT_CHUNKS`]), so that a workload whose heap
+    /// shrinks and grows again does not unmap chunks and map them anew, paying a page fault
+    /// per page each time. Their pages go back to the OS like any free pages (the purge
+    /// queue), so they cost address space and metadata, not RSS; `trim` unmaps them.
+    pub kept: usize,
     /// Recycled huge descriptors.
     spare_huge: *mut Huge,
     /// Live chunks, linked through `next_chunk` / `prev_chunk`.
     all: *mut Chunk,
-    /// Chunks currently mapped (spare included).
+    /// Chunks currently mapped (kept ones included).
     pub chunks: usize,
     /// Bytes currently mapped for huge blocks.
     pub huge_bytes: usize,
@@ -561,6 +567,9 @@ unsafe impl<S: PageSource + Send> Send for Pages<S> {}
 
 /// How many freed huge mappings are kept for reuse, and how many bytes at most.
 const HUGE_CACHE_SLOTS: usize = 4;
+/// How many wholly free chunks stay mapped: 32 MiB of address space, and at most their
+/// metadata's touched pages of RSS.
+pub const KEPT_CHUNKS: usize = 8;
 /// The most `madvise` calls (page ranges) one purge step makes.
 const PURGE_CALLS: usize = 32;
 const HUGE_CACHE_MAX_BYTES: usize = 256 << 20;
@@ -575,7 +584,7 @@ impl<S: PageSource> Pages<S> {
             source,
             map,
             free: [const { SpanList::new() }; ORDERS],
-            spare: ptr::null_mut(),
+            kept: 0,
             spare_huge: ptr::null_mut(),
             all: ptr::null_mut(),
             chunks: 0,
@@ -716,7 +725,14 @@ impl<S: PageSource> Pages<S> {
         unsafe { self.free[order as usize].remove(&raw mut (*chunk).spans[idx]) };
         // SAFETY: `chunk` holds a free block, so it is a live chunk's metadata, ours under
         // the page lock.
-        unsafe { (*chunk).free_pages -= 1 << order };
+        let c = unsafe { &mut *chunk };
+        c.free_pages -= 1 << order;
+        // A kept chunk stops being one when any of it is taken (for a run, a purge, or to be
+        // unmapped).
+        if c.kept {
+            c.kept = false;
+            self.kept -= 1;
+        }
     }
 
     /// Frees the block `[idx, idx + 2^order)`, merging it with free buddies.
@@ -783,27 +799,31 @@ impl<S: PageSource> Pages<S> {
         }
     }
 
-    /// A wholly free chunk: keep it as the spare, or give it back to the source.
+    /// A wholly free chunk: keep it mapped while fewer than [`KEPT_CHUNKS`] are, else give
+    /// it back to the source.
     ///
     /// # Safety
     /// `chunk` is one free block of order `CHUNK_ORDER`, in the free list.
     unsafe fn release_chunk(&mut self, chunk: *mut Chunk) {
-        if self.spare.is_null() {
-            self.spare = chunk;
+        // SAFETY: `chunk` is a live chunk's metadata (release_chunk's contract).
+        let c = unsafe { &mut *chunk };
+        if c.kept {
             return;
         }
-        if self.spare == chunk {
+        if self.kept < KEPT_CHUNKS {
+            c.kept = true;
+            self.kept += 1;
             return;
         }
         // SAFETY: `chunk` is one listed free block of order CHUNK_ORDER (release_chunk's
-        // contract) and not the spare (tested just above): unmap_chunk's contract.
+        // contract): unmap_chunk's contract.
         unsafe { self.unmap_chunk(chunk) };
     }
 
     /// Takes a wholly free chunk out of the lists and gives it back to the source.
     ///
     /// # Safety
-    /// `chunk` is one free block of order `CHUNK_ORDER`, in the free list, and not the spare.
+    /// `chunk` is one free block of order `CHUNK_ORDER`, in the free list.
     unsafe fn unmap_chunk(&mut self, chunk: *mut Chunk) {
         // SAFETY: `chunk` is a live chunk's metadata (a listed free block, unmap_chunk's
         // contract); this shared borrow ends before the queue and the lists change it.
@@ -870,9 +890,6 @@ impl<S: PageSource> Pages<S> {
         let s = self.free[order as usize].head();
         // SAFETY: s is the head of a non-empty free list, so a live free block.
         let (chunk, idx) = unsafe { self.locate(s) };
-        if chunk == self.spare {
-            self.spare = ptr::null_mut();
-        }
         // SAFETY: page `idx` of `chunk` starts the free block `s`, the head of the list of
         // `order`.
         unsafe { self.take_free(chunk, idx, order) };
@@ -1065,19 +1082,23 @@ impl<S: PageSource> Pages<S> {
     }
 
     /// Returns every free page that may hold data to the OS (`MADV_DONTNEED`), and unmaps
-    /// the spare chunk. Decommitted pages read as zero, so they count as clean again for
+    /// the kept chunks. Decommitted pages read as zero, so they count as clean again for
     /// zeroed allocations. Returns the bytes given back. Blocks that a purge on another
     /// thread has out at the time are left to it (it is returning their pages already).
     pub fn trim(&mut self) -> usize {
         let mut released = 0;
-        // SAFETY: the spare is live. Its block may be out for purging (the lock dropped
-        // meanwhile): then it is not in the lists and stays; it is returned to the OS anyway.
-        if !self.spare.is_null() && unsafe { (*self.spare).free_pages } == PAGES_PER_CHUNK {
-            let spare = self.spare;
-            self.spare = ptr::null_mut();
-            // SAFETY: the spare is one listed free block of the top order, no longer the spare.
-            unsafe { self.unmap_chunk(spare) };
-            released += CHUNK_SIZE;
+        // Kept chunks are wholly free and listed (a chunk whose block a purge has out is not
+        // kept: taking the block out ended that).
+        let mut chunk = self.all;
+        while !chunk.is_null() && self.kept > 0 {
+            // SAFETY: listed chunks are live; `next` is read before `chunk` may be unmapped.
+            let (next, kept) = unsafe { ((*chunk).next_chunk, (*chunk).kept) };
+            if kept {
+                // SAFETY: a kept chunk is one listed free block of the top order.
+                unsafe { self.unmap_chunk(chunk) };
+                released += CHUNK_SIZE;
+            }
+            chunk = next;
         }
         // SAFETY: listed chunks are live; decommitting touches free blocks' pages and bits only.
         unsafe {
@@ -1167,16 +1188,29 @@ impl<S: PageSource> Pages<S> {
     /// [`invariant`]). Walks every chunk: for tests, and in debug builds at `trim`.
     pub fn validate(&self) {
         let mut c = self.all;
-        let mut n = 0;
+        let (mut n, mut kept) = (0, 0);
         while !c.is_null() {
             // SAFETY: `c` is in the list of live chunks (from `self.all` through
             // `next_chunk`), so live: validate_chunk's contract.
             unsafe { self.validate_chunk(c) };
             n += 1;
-            // SAFETY: `c` is a live chunk of that list; its link names the next one or null.
-            c = unsafe { (*c).next_chunk };
+            // SAFETY: `c` is a live chunk of that list.
+            let chunk = unsafe { &*c };
+            if chunk.kept {
+                kept += 1;
+                invariant!(
+                    chunk.free_pages == PAGES_PER_CHUNK && chunk.spans[0].state == State::Free,
+                    "a kept chunk is not wholly free",
+                    chunk.base
+                );
+            }
+            c = chunk.next_chunk;
         }
         invariant!(n == self.chunks, "chunk list and count disagree");
+        invariant!(
+            kept == self.kept && kept <= KEPT_CHUNKS,
+            "kept chunks and their count disagree"
+        );
         self.validate_purge_queue();
         let u = self.usage();
         invariant!(

@@ -100,7 +100,11 @@ fn split_and_merge_back_to_one_chunk() {
     }
     p.validate();
     assert_eq!(p.free[CHUNK_ORDER as usize].head(), chunk.cast::<Span>());
-    assert_eq!(p.chunks, 1, "the last free chunk stays as the spare");
+    assert_eq!(
+        (p.chunks, p.kept),
+        (1, 1),
+        "the last free chunk stays mapped"
+    );
 }
 
 #[test]
@@ -146,29 +150,54 @@ fn runs_do_not_overlap_and_reuse_is_dirty() {
         unsafe { p.free_run(s) };
     }
     p.validate();
-    assert_eq!(p.chunks, 1);
+    assert!(
+        p.chunks >= 1 && p.chunks == p.kept,
+        "every chunk is wholly free, and kept"
+    );
     let again = p.alloc_run(1, 0, State::Large).unwrap();
     // SAFETY: `again` is a run this test allocated on the line above and has not freed.
     assert_eq!(unsafe { again.as_ref().flags } & FLAG_CLEAN, 0);
 }
 
 #[test]
-fn whole_free_chunks_go_back_but_one_spare() {
-    let mut p = Pages::new(FakeSource::new(8), fake_map());
-    let runs: Vec<_> = (0..4)
+fn wholly_free_chunks_stay_mapped_up_to_the_bound_and_are_reused() {
+    let n = KEPT_CHUNKS + 3;
+    let mut p = Pages::new(FakeSource::new(n), fake_map());
+    let runs: Vec<_> = (0..n)
         .map(|_| p.alloc_run(PAGES_PER_CHUNK, 0, State::Large).unwrap())
         .collect();
-    assert_eq!(p.source.live_chunks.get(), 4);
+    assert_eq!(p.source.live_chunks.get(), n);
     for s in runs {
-        // SAFETY: `s` is one of the four runs allocated above; each is freed once here.
+        // SAFETY: `s` is one of the runs allocated above; each is freed once here.
         unsafe { p.free_run(s) };
     }
-    assert_eq!(p.source.live_chunks.get(), 1);
-    assert_eq!(p.chunks, 1);
+    p.validate();
+    assert_eq!(
+        p.source.live_chunks.get(),
+        KEPT_CHUNKS,
+        "the bound, no more"
+    );
+    assert_eq!((p.chunks, p.kept), (KEPT_CHUNKS, KEPT_CHUNKS));
+    // A new run comes from a kept chunk: nothing is mapped.
+    let again = p.alloc_run(PAGES_PER_CHUNK, 0, State::Large).unwrap();
+    assert_eq!(p.source.live_chunks.get(), KEPT_CHUNKS);
+    assert_eq!(
+        p.kept,
+        KEPT_CHUNKS - 1,
+        "the chunk in use is no longer kept"
+    );
+    p.validate();
+    // A trim unmaps the kept ones and leaves the chunk in use.
+    p.trim();
+    assert_eq!((p.source.live_chunks.get(), p.kept), (1, 0));
+    // SAFETY: `again` was allocated above and not freed since.
+    unsafe { p.free_run(again) };
+    assert_eq!((p.chunks, p.kept), (1, 1));
+    p.validate();
 }
 
 #[test]
-fn trim_decommits_free_pages_and_drops_the_spare() {
+fn trim_decommits_free_pages_and_unmaps_the_kept_chunks() {
     let mut p = Pages::new(FakeSource::new(4), fake_map());
     let keep = p.alloc_run(1, 0, State::Large).unwrap();
     let runs: Vec<_> = (0..3)
@@ -188,11 +217,15 @@ fn trim_decommits_free_pages_and_drops_the_spare() {
         // SAFETY: `s` is one of the three whole-chunk runs allocated above, freed once here.
         unsafe { p.free_run(s) };
     }
-    assert_eq!(p.source.live_chunks.get(), 2, "one chunk in use, one spare");
+    assert_eq!(
+        p.source.live_chunks.get(),
+        4,
+        "one chunk in use, three kept"
+    );
     let released = p.trim();
-    assert_eq!(p.source.live_chunks.get(), 1, "the spare is gone");
+    assert_eq!(p.source.live_chunks.get(), 1, "the kept chunks are gone");
     assert!(
-        released >= CHUNK_SIZE + 8 * PAGE_SIZE,
+        released >= 3 * CHUNK_SIZE + 8 * PAGE_SIZE,
         "released {released}"
     );
     // SAFETY: the freed run's pages are free and decommitted (read as zero).
@@ -380,13 +413,13 @@ fn blocks_out_for_purging_are_not_handed_out_and_come_back_merged() {
 }
 
 #[test]
-fn trim_leaves_a_spare_that_is_out_for_purging() {
+fn trim_leaves_a_kept_chunk_that_is_out_for_purging() {
     let delay = crate::config::purge_delay_ms().max(1);
     let mut p = Pages::new(FakeSource::new(2), fake_map());
     let keep = p.alloc_run(1, 0, State::Large).unwrap();
     let whole = p.alloc_run(PAGES_PER_CHUNK, 0, State::Large).unwrap();
     // SAFETY: `whole` was allocated just above (a whole chunk at its addr) and not freed;
-    // freed once here: its chunk becomes the spare, dirty and queued.
+    // freed once here: its chunk is kept, dirty and queued.
     unsafe {
         ptr::write_bytes(whole.as_ref().addr as *mut u8, 1, CHUNK_SIZE);
         p.free_run(whole);
@@ -399,19 +432,20 @@ fn trim_leaves_a_spare_that_is_out_for_purging() {
             p.purge_end(&w);
             continue;
         }
-        // The spare's one block is out: a trim meanwhile must leave that chunk alone.
+        // The kept chunk's one block is out: a trim meanwhile must leave that chunk alone.
         assert_eq!(w.ranges[0].1, CHUNK_SIZE);
         p.trim();
-        assert_eq!(p.chunks, 2, "the spare stays while its block is out");
+        assert_eq!(p.chunks, 2, "the chunk stays while its block is out");
         p.validate();
         // SAFETY: the work came from purge_begin and runs once.
         unsafe { w.run(&p.source) };
         p.purge_end(&w);
     }
     p.validate();
-    assert_eq!(p.dirty_pages, 1, "the spare's pages were returned");
+    assert_eq!(p.dirty_pages, 1, "the kept chunk's pages were returned");
+    assert_eq!(p.kept, 1, "kept again once its block came back");
     p.trim();
-    assert_eq!(p.chunks, 1, "a later trim unmaps the spare");
+    assert_eq!(p.chunks, 1, "a later trim unmaps it");
     // SAFETY: `keep` was allocated at the start of this test and not freed since.
     unsafe { p.free_run(keep) };
     p.validate();

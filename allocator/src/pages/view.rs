@@ -1,6 +1,5 @@
 //! Read-only views of the page layer, for walks that count or draw the heap.
 
-use core::ptr;
 use core::sync::atomic::Ordering;
 
 use super::map::{L2_BITS, L2_LEN, ZERO_L2_PTR};
@@ -33,8 +32,8 @@ pub struct RunView {
 pub struct ChunkView {
     /// The chunk's first byte (its [`GUARD_SIZE`] guard follows its last page).
     pub base: usize,
-    /// Whether this is the one wholly free chunk kept mapped as a spare.
-    pub spare: bool,
+    /// Whether this is a wholly free chunk kept mapped ([`Pages::kept`]).
+    pub kept: bool,
     /// Per page, whether it may hold data (was handed out and not returned to the OS since).
     pub dirty: [u64; PAGES_PER_CHUNK / 64],
 }
@@ -50,7 +49,7 @@ impl ChunkView {
 /// Read-only accessors for walks that draw or count the heap (the heap map): nothing here
 /// changes the page layer or allocates; callers hold the lock, as for every other call.
 impl<S: PageSource> Pages<S> {
-    /// The live chunks (the spare included), in the order of the chunk list (newest first).
+    /// The live chunks (the kept ones included), in the order of the chunk list (newest first).
     pub fn chunk_views(&self) -> impl Iterator<Item = ChunkView> + '_ {
         let mut c = self.all;
         core::iter::from_fn(move || {
@@ -62,7 +61,7 @@ impl<S: PageSource> Pages<S> {
             c = chunk.next_chunk;
             Some(ChunkView {
                 base: chunk.base,
-                spare: ptr::eq(chunk, self.spare),
+                kept: chunk.kept,
                 dirty: chunk.dirty,
             })
         })
