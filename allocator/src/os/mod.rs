@@ -94,6 +94,26 @@ pub fn map(len: usize) -> Option<NonNull<u8>> {
     p.ok().and_then(|p| NonNull::new(p.cast()))
 }
 
+/// Maps `len` bytes of zeroed read-write memory at exactly `addr`, failing rather than
+/// replacing anything there (`MAP_FIXED_NOREPLACE`): for tests that need a mapping where
+/// another one was.
+#[cfg(test)]
+pub fn map_fixed_for_test(addr: usize, len: usize) -> Option<NonNull<u8>> {
+    count(MMAP);
+    // SAFETY: FIXED_NOREPLACE never replaces an existing mapping.
+    let p = unsafe {
+        mm::mmap_anonymous(
+            addr as *mut core::ffi::c_void,
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::PRIVATE | MapFlags::FIXED_NOREPLACE,
+        )
+    };
+    p.ok()
+        .filter(|&p| p as usize == addr)
+        .and_then(|p| NonNull::new(p.cast()))
+}
+
 /// Maps `len` bytes of zeroed read-write memory whose start is aligned to `align` (a power of
 /// two, at least a page), by mapping `len + align` and trimming both ends.
 pub fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {

@@ -531,10 +531,8 @@ pub struct Pages<S: PageSource> {
     /// Entries of `purge_out` in use.
     purge_out_len: usize,
     /// Of the purge that is out, the cached huge mappings it took to unmap (they are in its
-    /// [`PurgeWork`]; a count here, so that a `fork` child knows to unmap its copies).
+    /// [`PurgeWork`]; a count here: while it is not 0 a purge is out).
     purge_huge_out: usize,
-    /// Those mappings (base, usable bytes).
-    purge_huge: [(usize, usize); HUGE_CACHE_SLOTS],
     /// Runs and free blocks looked at by purge steps (statistics, and the test of the bound).
     pub purge_visits: u64,
     /// Bytes returned to the OS by purging and trimming (statistics).
@@ -595,7 +593,6 @@ impl<S: PageSource> Pages<S> {
             purge_out: [(ptr::null_mut(), 0, 0); PURGE_CALLS],
             purge_out_len: 0,
             purge_huge_out: 0,
-            purge_huge: [(0, 0); HUGE_CACHE_SLOTS],
             purge_visits: 0,
             purged_bytes: 0,
             dirty_pages: 0,

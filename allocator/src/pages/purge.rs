@@ -97,7 +97,6 @@ impl<S: PageSource> Pages<S> {
         let cutoff = self.now_ms.saturating_sub(crate::config::purge_delay_ms());
         w.nhuge = self.take_cached_huge(cutoff, &mut w.huge);
         self.purge_huge_out = w.nhuge;
-        self.purge_huge = w.huge;
         let c = self.purge_head;
         // SAFETY: `c` is the queue's head, and queued chunks are live.
         if !c.is_null() && unsafe { (*c).queued_ms } <= cutoff {
@@ -232,15 +231,15 @@ impl<S: PageSource> Pages<S> {
     }
 
     /// In a `fork` child: the thread that had a purge out does not exist there, so its blocks
-    /// go back to the lists as they are (their pages keep their data and are purged later),
-    /// and the child unmaps its copies of the huge mappings it had taken.
+    /// go back to the lists as they are (their pages keep their data and are purged later).
+    ///
+    /// The cached huge mappings it had taken out are forgotten, not unmapped: the purging
+    /// thread may have unmapped them before the fork, and the kernel may then have given
+    /// their addresses to a mapping made since (a new chunk of ours, a thread's stack), which
+    /// unmapping would destroy. If they were still mapped, the child keeps that address space
+    /// unused (at most the cache's bound; its pages shared copy-on-write with the parent).
     pub fn purge_abandon(&mut self) {
-        for i in 0..core::mem::take(&mut self.purge_huge_out) {
-            let (base, len) = self.purge_huge[i];
-            self.purged_bytes += len;
-            // SAFETY: taken out of the cache by the purge, unused; this process's copy.
-            unsafe { self.source.huge_release(base, len) };
-        }
+        self.purge_huge_out = 0;
         for i in 0..self.purge_out_len {
             let chunk = self.purge_out[i].0;
             // SAFETY: the out blocks' chunks are live.
@@ -273,7 +272,7 @@ pub struct PurgeWork {
     pub(super) nranges: usize,
     /// Cached huge mappings (base, usable bytes) to unmap.
     huge: [(usize, usize); HUGE_CACHE_SLOTS],
-    nhuge: usize,
+    pub(super) nhuge: usize,
     /// Bit `i`: `ranges[i]` was decommitted.
     done: u64,
 }

@@ -670,6 +670,40 @@ fn huge_blocks_on_the_real_os() {
     assert_eq!(p.huge_cached_bytes, 0, "a trim unmaps the cache");
 }
 
+/// A fork child must not unmap the huge mappings a purge in the parent had taken out: the
+/// purging thread may have unmapped them already, with the page lock dropped, and the kernel
+/// may have given their addresses to a mapping made since (a new chunk of ours, a thread's
+/// stack), which the child would destroy. (This happened: a child's 3 MiB block faulted on
+/// its first write, its chunk unmapped, in `tests/c_threads.rs` under load.)
+#[test]
+fn a_fork_child_leaves_alone_the_huge_mappings_a_purge_had_out() {
+    let delay = crate::config::purge_delay_ms().max(1);
+    let mut p = Pages::new(OsSource, fake_map());
+    let (h, _) = p.huge_alloc(2 * CHUNK_SIZE, 1).unwrap();
+    // SAFETY: `h` is the live huge block just allocated; freed once, into the cache.
+    let (base, len) = unsafe { (h.as_ref().base, h.as_ref().len) };
+    // SAFETY: as above.
+    unsafe { p.huge_free(h) };
+    assert!(p.huge_cached_bytes > 0);
+    std::thread::sleep(std::time::Duration::from_millis(2 * delay + 1));
+    let mut w = p.purge_begin();
+    assert_eq!(w.nhuge, 1, "the cached mapping is out for unmapping");
+    // The purging thread unmaps it, with the lock dropped...
+    // SAFETY: the work came from purge_begin and runs once.
+    unsafe { w.run(&p.source) };
+    // ...and before it takes the lock again, a new mapping gets the same addresses.
+    let reused = crate::os::map_fixed_for_test(base, len).expect("map the same range again");
+    // SAFETY: `reused` is the mapping just made, `len` bytes, ours.
+    unsafe { ptr::write_bytes(reused.as_ptr(), 0x11, len) };
+    // Now the fork: the child abandons the purge.
+    p.purge_abandon();
+    // SAFETY: the new mapping must still be there: a read of its last byte (a fault if
+    // purge_abandon unmapped it).
+    assert_eq!(unsafe { *reused.as_ptr().add(len - 1) }, 0x11);
+    // SAFETY: the mapping made above, unused now.
+    assert!(unsafe { crate::os::unmap(reused.as_ptr(), len) });
+}
+
 #[test]
 fn a_purge_takes_out_no_more_blocks_than_it_has_room_for() {
     // One live page in every 8 and the 7 after it free: chains of free blocks of 1, 2 and 4
