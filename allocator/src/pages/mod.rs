@@ -533,7 +533,8 @@ pub struct Pages<S: PageSource> {
     /// Of the purge that is out, the cached huge mappings it took to unmap (they are in its
     /// [`PurgeWork`]; a count here: while it is not 0 a purge is out).
     purge_huge_out: usize,
-    /// Runs and free blocks looked at by purge steps (statistics, and the test of the bound).
+    /// Runs and free blocks looked at by purge steps and trims (statistics, and the tests of
+    /// their bounds).
     pub purge_visits: u64,
     /// Bytes returned to the OS by purging and trimming (statistics).
     pub purged_bytes: usize,
@@ -1097,15 +1098,35 @@ impl<S: PageSource> Pages<S> {
             }
             chunk = next;
         }
-        // SAFETY: listed chunks are live; decommitting touches free blocks' pages and bits only.
-        unsafe {
-            walk_runs(self.all, |c, p, n| {
-                if (*c).spans[p].state == State::Free {
-                    released += self.decommit_block(c, p, n);
-                }
-                true
-            })
-        };
+        // Only queued chunks have free pages that may hold data (validate checks it), so a
+        // trim walks those, not the whole heap: programs that call malloc_trim often
+        // (stress-ng's allocator stressors do) would otherwise pay for every chunk each time.
+        let mut chunk = self.purge_head;
+        while !chunk.is_null() {
+            // SAFETY: queued chunks are live; `next` is read before `chunk` may leave the
+            // queue.
+            let next = unsafe { (*chunk).purge_next };
+            let mut left = false;
+            // SAFETY: `chunk` is live; decommitting touches free blocks' pages and bits only,
+            // changing neither the chunk list nor any run's extent.
+            unsafe {
+                walk_chunk(chunk, |c, p, n| {
+                    self.purge_visits += 1;
+                    if (*c).spans[p].state == State::Free {
+                        released += self.decommit_block(c, p, n);
+                        left |= (*c).any_dirty(p, n);
+                    }
+                    true
+                })
+            };
+            // A chunk whose free pages all went back leaves the queue (one the OS refused a
+            // range of stays, for the purge to try again).
+            if !left {
+                // SAFETY: `chunk` is live and queued.
+                unsafe { self.dequeue(chunk) };
+            }
+            chunk = next;
+        }
         let mut huge = [(0, 0); HUGE_CACHE_SLOTS];
         let n = self.take_cached_huge(u64::MAX, &mut huge);
         for &(base, len) in &huge[..n] {
@@ -1297,6 +1318,25 @@ impl<S: PageSource> Pages<S> {
             c = chunk.next_chunk;
         }
         invariant!(queued == len, "queued chunks and the queue disagree");
+        // Every free page that may hold data is in a queued chunk (what trim relies on).
+        let mut c = self.all;
+        while !c.is_null() {
+            // SAFETY: listed chunks are live; the walk only reads.
+            unsafe {
+                if !(*c).queued {
+                    walk_chunk(c, |c, p, n| {
+                        let s = &(*c).spans[p];
+                        invariant!(
+                            s.state != State::Free || !(*c).any_dirty(p, n),
+                            "free pages that may hold data in an unqueued chunk",
+                            s.addr
+                        );
+                        true
+                    });
+                }
+                c = (*c).next_chunk;
+            }
+        }
         for &(chunk, idx, order) in &self.purge_out[..self.purge_out_len] {
             // SAFETY: the out blocks' chunks are live.
             let s = unsafe { &(*chunk).spans[idx as usize] };
