@@ -28,6 +28,7 @@
 //! - every page of a live run has `head == ` the run's first page;
 //! - `kept` == the number of chunks marked `kept`, at most [`KEPT_CHUNKS`], each of them
 //!   one listed free block of the top order.
+//! - a free page that may hold data (dirty) lies in a queued chunk: a trim walks the queue.
 
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
@@ -1318,25 +1319,6 @@ impl<S: PageSource> Pages<S> {
             c = chunk.next_chunk;
         }
         invariant!(queued == len, "queued chunks and the queue disagree");
-        // Every free page that may hold data is in a queued chunk (what trim relies on).
-        let mut c = self.all;
-        while !c.is_null() {
-            // SAFETY: listed chunks are live; the walk only reads.
-            unsafe {
-                if !(*c).queued {
-                    walk_chunk(c, |c, p, n| {
-                        let s = &(*c).spans[p];
-                        invariant!(
-                            s.state != State::Free || !(*c).any_dirty(p, n),
-                            "free pages that may hold data in an unqueued chunk",
-                            s.addr
-                        );
-                        true
-                    });
-                }
-                c = (*c).next_chunk;
-            }
-        }
         for &(chunk, idx, order) in &self.purge_out[..self.purge_out_len] {
             // SAFETY: the out blocks' chunks are live.
             let s = unsafe { &(*chunk).spans[idx as usize] };
@@ -1365,6 +1347,13 @@ impl<S: PageSource> Pages<S> {
             invariant!(n >= 1, "empty run", s.addr);
             if s.state == State::Free {
                 free += n;
+                // Every free page that may hold data is in a queued chunk (what trim relies
+                // on).
+                invariant!(
+                    c.queued || !c.any_dirty(p, n),
+                    "free pages that may hold data in an unqueued chunk",
+                    s.addr
+                );
             } else if s.state == State::Purging {
                 out += n;
             } else {
