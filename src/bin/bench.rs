@@ -18,7 +18,7 @@
 //! preloaded allocator really served its workload (`LD_DEBUG=bindings` must show `malloc`
 //! bound to that library: ld.so silently falls back to glibc when a preload fails).
 //! `--quick` runs the C workloads, python3 and sqlite3 at a tenth of their size and redis
-//! and gcc (the slowest) at a thirty-third, 3 repetitions: about 2 minutes on a quiet 2-core
+//! and gcc (the slowest) at a thirty-third, stress-ng's stressors at half, 3 repetitions: about 2 minutes on a quiet 2-core
 //! machine, under 5 on a busy one (its figures are indicative: short runs weigh process
 //! start-up more). The default is full size, 5 repetitions (about 30 minutes
 //! on 2 cores). The preload check runs every workload at a fiftieth of its size (it proves
@@ -108,21 +108,21 @@ fn main() {
         allocs.len(),
         opts.reps,
         if opts.quick {
-            " (--quick: C workloads, python3 and sqlite3 at 1/10 of full size, redis and gcc at 1/33)"
+            " (--quick: C workloads, python3 and sqlite3 at 1/10 of full size, redis and gcc at 1/33, stress-ng at 1/2)"
         } else {
             ""
         }
     );
     match estimate(&workloads, &allocs, opts.reps, &last) {
         Some(secs) => println!(
-            "bench: this run should take about {} (from the last {} run's times, {})",
+            "bench: its timed runs should take about {} (from the last {} run's times, {}); the preload check and the callgrind phase add about half a minute",
             minutes(secs),
             opts.kind(),
             record.display()
         ),
         None => println!(
-            "bench: no earlier {} run recorded here; on a quiet 2-core machine a full run takes \
-             about 30 minutes, a --quick one about 2",
+            "bench: no earlier {} run of all these workloads recorded here; on a quiet 2-core \
+             machine a full run takes about 30 minutes, a --quick one about 2",
             opts.kind()
         ),
     }
@@ -193,23 +193,31 @@ fn main() {
 }
 
 /// How big each kind of workload runs: `c` scales the C workloads, python3 and sqlite3;
-/// `heavy` scales redis and gcc, whose runs are the longest.
+/// `heavy` scales redis and gcc, whose runs are the longest; `stress` scales stress-ng's
+/// stressors, whose full runs are short (about a second) and would be all noise at a tenth.
 #[derive(Clone, Copy)]
 struct Sizes {
     c: f64,
     heavy: f64,
+    stress: f64,
 }
 
 impl Sizes {
-    const FULL: Sizes = Sizes { c: 1.0, heavy: 1.0 };
+    const FULL: Sizes = Sizes {
+        c: 1.0,
+        heavy: 1.0,
+        stress: 1.0,
+    };
     const QUICK: Sizes = Sizes {
         c: 0.1,
         heavy: 0.03,
+        stress: 0.5,
     };
     /// The preload check: enough for each program to call malloc, no more.
     const CHECK: Sizes = Sizes {
         c: 0.02,
         heavy: 0.01,
+        stress: 0.02,
     };
 }
 
@@ -436,6 +444,7 @@ fn allocators(repo: &Path, guard_modes: u8) -> Vec<Alloc> {
         ("/usr/bin/gcc", "gcc"),
         ("/usr/bin/redis-server", "redis-server"),
         ("/usr/bin/redis-benchmark", "redis-tools"),
+        ("/usr/bin/stress-ng", "stress-ng"),
     ] {
         if !Path::new(tool).exists() {
             missing.push(pkg);
@@ -627,6 +636,44 @@ fn workloads(repo: &Path, work: &Path, data: &Path, sizes: Sizes) -> Vec<Workloa
         });
     } else {
         println!("bench: redis left out (install redis-server and redis-tools)");
+    }
+    // stress-ng's allocator stressors, each run to a fixed number of bogo operations
+    // (--malloc-ops, per worker) so that its wall time measures it: the throughput ratio is
+    // the inverse of the time ratio (the report lists both).
+    if Path::new("/usr/bin/stress-ng").exists() {
+        for (name, what, args, ops) in [
+            (
+                "stress-malloc",
+                "stress-ng --malloc 2",
+                &["--malloc", "2"][..],
+                100_000.0,
+            ),
+            (
+                "stress-pthreads",
+                "stress-ng --malloc 1 --malloc-pthreads 4",
+                &["--malloc", "1", "--malloc-pthreads", "4"][..],
+                50_000.0,
+            ),
+            (
+                "stress-thresh",
+                "stress-ng --malloc 2 --malloc-thresh 1024",
+                &["--malloc", "2", "--malloc-thresh", "1024"][..],
+                100_000.0,
+            ),
+        ] {
+            let ops = ((ops * sizes.stress) as u64).max(1000);
+            let mut argv = vec!["/usr/bin/stress-ng".to_string(), "-q".to_string()];
+            argv.extend(args.iter().map(|a| a.to_string()));
+            argv.extend(["--malloc-ops".to_string(), ops.to_string()]);
+            out.push(Workload {
+                name: name.into(),
+                what: format!("{what} --malloc-ops {ops} (random sizes up to 64 KiB)"),
+                argv,
+                env: vec![],
+            });
+        }
+    } else {
+        println!("bench: stress-ng left out (install stress-ng)");
     }
     // gcc: a large generated C file.
     let funcs = (3000.0 * sizes.heavy) as u64;
@@ -895,7 +942,7 @@ fn report(
         "Medians of {} interleaved runs{}; time and RSS also as ratios to glibc (×g) and to the best peer of mimalloc, jemalloc, tcmalloc (×p).\n",
         opts.reps,
         if opts.quick {
-            " at reduced sizes (--quick: C workloads, python3 and sqlite3 at 1/10, redis and gcc at 1/33)"
+            " at reduced sizes (--quick: C workloads, python3 and sqlite3 at 1/10, redis and gcc at 1/33, stress-ng at 1/2)"
         } else {
             ""
         }
@@ -974,6 +1021,28 @@ fn report(
             geomean(&rss_vs_p[a.name]),
             fp.map_or("n/a".into(), |v| format!("{v:.0}"))
         );
+    }
+    // stress-ng's rows as throughput (bogo operations per second) relative to glibc's.
+    let stress: Vec<&Workload> = workloads
+        .iter()
+        .filter(|w| w.name.starts_with("stress-"))
+        .collect();
+    if !stress.is_empty() {
+        let _ = writeln!(
+            t,
+            "\nstress-ng's allocator stressors as throughput relative to glibc (higher is better; a fixed number of bogo operations, so the inverse of the time ratio):\n"
+        );
+        let names: Vec<&str> = allocs.iter().map(|a| a.name).collect();
+        let _ = writeln!(t, "| stressor | {} |", names.join(" | "));
+        let _ = writeln!(t, "|---{}|", "|---".repeat(names.len()));
+        for w in stress {
+            let g = med[&(w.name.clone(), "glibc")].0;
+            let cells: Vec<String> = allocs
+                .iter()
+                .map(|a| format!("{:.2}", g / med[&(w.name.clone(), a.name)].0))
+                .collect();
+            let _ = writeln!(t, "| `{}` | {} |", w.name, cells.join(" | "));
+        }
     }
     let _ = writeln!(t, "\nWorkloads:\n");
     for w in workloads {
