@@ -326,6 +326,24 @@ struct About {
     versions: Vec<(String, String)>,
 }
 
+impl About {
+    /// "--quick, N runs each" or "full size, N runs each".
+    fn kind(quick: bool, runs: impl std::fmt::Display) -> String {
+        let size = if quick { "--quick" } else { "full size" };
+        format!("{size}, {runs} runs each")
+    }
+
+    /// "name version" of every allocator, joined by `sep`.
+    fn versions_line(&self, sep: &str) -> String {
+        let v: Vec<String> = self
+            .versions
+            .iter()
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect();
+        v.join(sep)
+    }
+}
+
 fn about_the_run(allocs: &[Alloc], opts: &Options) -> About {
     let sh = |cmd: &str| -> String {
         Command::new("sh")
@@ -371,11 +389,7 @@ fn about_the_run(allocs: &[Alloc], opts: &Options) -> About {
     About {
         date: sh("date -u +%Y-%m-%d"),
         machine,
-        kind: if opts.quick {
-            format!("--quick, {} runs each", opts.reps)
-        } else {
-            format!("full size, {} runs each", opts.reps)
-        },
+        kind: About::kind(opts.quick, opts.reps),
         versions,
     }
 }
@@ -931,12 +945,7 @@ fn report(
             _ => "",
         }
     );
-    let versions: Vec<String> = about
-        .versions
-        .iter()
-        .map(|(n, v)| format!("{n} {v}"))
-        .collect();
-    let _ = writeln!(t, "Versions: {}.\n", versions.join(", "));
+    let _ = writeln!(t, "Versions: {}.\n", about.versions_line(", "));
     let _ = writeln!(
         t,
         "Medians of {} interleaved runs{}; time and RSS also as ratios to glibc (×g) and to the best peer of mimalloc, jemalloc, tcmalloc (×p).\n",
@@ -1065,16 +1074,12 @@ fn replot(dir: &Path) {
     for line in text.lines() {
         let f: Vec<&str> = line.split('|').map(str::trim).collect();
         // | workload | allocator | wall s | ×g | ×p | cpu s | peak RSS MiB | ×g | ×p |
-        let (Some(wall), Some(cpu), Some(rss)) = (
-            f.get(3).and_then(|v| v.parse::<f64>().ok()),
-            f.get(6).and_then(|v| v.parse::<f64>().ok()),
-            f.get(7).and_then(|v| v.parse::<f64>().ok()),
-        ) else {
-            continue;
-        };
         if f.len() != 11 {
             continue;
         }
+        let (Ok(wall), Ok(cpu), Ok(rss)) = (f[3].parse(), f[6].parse(), f[7].parse::<f64>()) else {
+            continue;
+        };
         let (w, a) = (f[1], f[2]);
         if !workloads.iter().any(|x| x.name == w) {
             workloads.push(Workload {
@@ -1129,11 +1134,7 @@ fn replot(dir: &Path) {
     let about = About {
         date: date.to_string(),
         machine: machine.to_string(),
-        kind: if first.contains("--quick") {
-            format!("--quick, {runs} runs each")
-        } else {
-            format!("full size, {runs} runs each")
-        },
+        kind: About::kind(first.contains("--quick"), runs),
         versions,
     };
     if workloads.is_empty() || !allocs.iter().any(|a| a.name == "glibc") {
@@ -1176,11 +1177,6 @@ fn chart(
     ];
     let root = SVGBackend::new(path, (1200, 860)).into_drawing_area();
     root.fill(&WHITE).expect("draw");
-    let versions: Vec<String> = about
-        .versions
-        .iter()
-        .map(|(n, v)| format!("{n} {v}"))
-        .collect();
     let (head, body) = root.split_vertically(52);
     head.draw_text(
         &format!(
@@ -1192,7 +1188,7 @@ fn chart(
     )
     .expect("title");
     head.draw_text(
-        &versions.join(" · "),
+        &about.versions_line(" · "),
         &("sans-serif", 13).into_font().color(&BLACK),
         (12, 30),
     )
