@@ -51,12 +51,20 @@ pub fn alloc_zeroed(size: usize, align: usize) -> Option<NonNull<u8>> {
 
 /// Everything but the fast path's pop: the other small sizes, aligned small blocks, large
 /// ones, zeroed blocks of any kind (`zero`), a thread's first allocation, and the
-/// allocations the thread's countdown picks for the guard modes and redzones. `align` is a
-/// power of two; `None` when memory is exhausted or the request impossible.
+/// allocations the thread's countdown picks for the guard modes, redzones and the heap
+/// profile. `align` is a power of two; `None` when memory is exhausted or the request
+/// impossible.
+///
+/// Its frame marks where the allocator's code ends on a profiled allocation's stack: the
+/// profile keeps the frames of its callers (see `os::backtrace_above`).
 #[inline(never)]
 pub fn alloc_slow(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
-    if heap::sample_tick() {
-        if let Some(p) = alloc_checked(size, align, zero) {
+    let w = crate::heapprof::weight_of_size(size);
+    let due = heap::sample_tick(w);
+    if due != 0 {
+        let marker = 0u8;
+        let marker = core::hint::black_box(&marker) as *const u8 as usize;
+        if let Some(p) = alloc_checked(size, align, zero, due, w, marker) {
             return Some(p);
         }
     }
@@ -84,12 +92,28 @@ pub fn alloc_slow(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> 
     large::alloc(size, align, zero)
 }
 
-/// An allocation picked for checking: guarded (in `all` mode, or when sampled), else with a
-/// redzone (if on; requests too large for one are served as page runs). `None` hands the
-/// request back to the normal path.
+/// An allocation the countdown picked (`due`: `heap::SAMPLE_*`): profiled, else guarded (in
+/// `all` mode, or when sampled), else with a redzone (if on; requests too large for one are
+/// served as page runs). `w` is its countdown weight, `marker` an address in
+/// [`alloc_slow`]'s frame. `None` hands the request back to the normal path.
 #[cold]
-fn alloc_checked(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
+fn alloc_checked(
+    size: usize,
+    align: usize,
+    zero: bool,
+    due: u8,
+    w: usize,
+    marker: usize,
+) -> Option<NonNull<u8>> {
     if size > MAX_SIZE || !align.is_power_of_two() {
+        return None;
+    }
+    if due & heap::SAMPLE_PROFILE != 0 {
+        if let Some(p) = alloc_profiled(size, align, zero, w, marker) {
+            return Some(p);
+        }
+    }
+    if due & heap::SAMPLE_GUARD == 0 {
         return None;
     }
     if crate::check::guard::active() && crate::check::guard::sample_now() {
@@ -110,6 +134,34 @@ fn alloc_checked(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
             Some(b)
         })
         .or_else(|| large::alloc(size.max(SMALL_MAX + 1), align, zero))
+}
+
+/// A profiled allocation: a page run (or huge block) of its own, whose descriptor names its
+/// sample, so that its free is recognised without a table (see `profile`). `None` (the
+/// normal path then serves it, unsampled) inside another sample of this thread's, or when
+/// memory is exhausted.
+#[cold]
+#[inline(never)]
+fn alloc_profiled(
+    size: usize,
+    align: usize,
+    zero: bool,
+    w: usize,
+    marker: usize,
+) -> Option<NonNull<u8>> {
+    if !crate::heapprof::enter() {
+        return None;
+    }
+    let mut frames = [0usize; crate::heapprof::FRAMES];
+    let n = crate::heapprof::capture(&mut frames, marker);
+    let p = large::alloc(size, align.max(MIN_ALIGN), zero);
+    if let Some(p) = p {
+        let id = crate::heapprof::record_alloc(size, w, &frames[..n]);
+        // SAFETY: a live large block just allocated, ours.
+        unsafe { large::set_sample(p, id) };
+    }
+    crate::heapprof::leave();
+    p
 }
 
 /// Frees a block.
@@ -193,11 +245,16 @@ pub unsafe fn realloc(
         Block::Guarded => crate::check::guard::size_of_live(p.as_ptr() as usize, "realloc"),
         Block::Large(s) => {
             // SAFETY: the lookup found `p` at the start of the live large run `s`.
-            let cap = large::run_capacity(unsafe { s.as_ref() });
-            // SAFETY: `s` is the live large run of `p`, which the caller owns (realloc's
-            // contract): resize_run's contract.
-            if new_size > SMALL_MAX && unsafe { large::resize_run(s, new_size) } {
-                return Some(p);
+            let run = unsafe { s.as_ref() };
+            let cap = large::run_capacity(run);
+            // A profiled block always moves (the new block is sampled, or not, afresh);
+            // other runs grow or shrink in place where they can.
+            if large::run_sample(run) == 0 && new_size > SMALL_MAX {
+                // SAFETY: `s` is the live large run of `p`, which the caller owns (realloc's
+                // contract): resize_run's contract.
+                if unsafe { large::resize_run(s, new_size) } {
+                    return Some(p);
+                }
             }
             cap
         }
@@ -211,7 +268,11 @@ pub unsafe fn realloc(
             if resized {
                 // SAFETY: `h` still describes the caller's live block after the resize (which
                 // may have moved it: its base is the new start).
-                return NonNull::new(unsafe { h.as_ref().base } as *mut u8);
+                let h = unsafe { h.as_ref() };
+                if h.sample != 0 {
+                    crate::heapprof::record_resize(h.sample, new_size);
+                }
+                return NonNull::new(h.base as *mut u8);
             }
             len
         }

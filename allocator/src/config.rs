@@ -90,14 +90,124 @@ pub fn guard_mprotect() -> bool {
 /// The longest `RAMPART_HEAPMAP` path kept, its terminating NUL included (Linux's
 /// `PATH_MAX`).
 pub const HEAPMAP_PATH_MAX: usize = 4096;
+/// A path option, NUL-terminated, stored once by [`init`] in a fixed buffer (reading the
+/// environment must not allocate); empty when unset.
+struct PathOption {
+    bytes: [AtomicU8; HEAPMAP_PATH_MAX],
+    /// Bytes before the NUL; stored after the bytes (release), so a reader that sees a
+    /// length sees the path.
+    len: AtomicUsize,
+}
+
+impl PathOption {
+    const fn new() -> Self {
+        Self {
+            bytes: [const { AtomicU8::new(0) }; HEAPMAP_PATH_MAX],
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    /// The path, copied into `out` (NUL-terminated), or `None` when unset.
+    fn get<'a>(&self, out: &'a mut [u8; HEAPMAP_PATH_MAX]) -> Option<&'a CStr> {
+        let len = self.len.load(Ordering::Acquire);
+        if len == 0 || len >= HEAPMAP_PATH_MAX {
+            return None;
+        }
+        for (o, b) in out.iter_mut().zip(&self.bytes[..len]) {
+            *o = b.load(Ordering::Relaxed);
+        }
+        out[len] = 0;
+        CStr::from_bytes_with_nul(&out[..=len]).ok()
+    }
+
+    /// Stores `path` (empty: unset). `false` when it is too long to keep (or holds a NUL).
+    fn set(&self, path: &[u8]) -> bool {
+        if path.len() >= HEAPMAP_PATH_MAX || path.contains(&0) {
+            return false;
+        }
+        self.len.store(0, Ordering::Release);
+        for (slot, &b) in self.bytes.iter().zip(path) {
+            slot.store(b, Ordering::Relaxed);
+        }
+        self.bytes[path.len()].store(0, Ordering::Relaxed);
+        self.len.store(path.len(), Ordering::Release);
+        true
+    }
+}
+
 /// `RAMPART_HEAPMAP`: where the heap map (an SVG picture of every chunk, see `heapmap`) is
-/// written at exit; NUL-terminated, stored once by [`init`] in a fixed buffer (reading the
-/// environment must not allocate). Costs nothing until exit; the walk then holds the page
-/// lock while the file is written.
-static HEAPMAP_PATH: [AtomicU8; HEAPMAP_PATH_MAX] = [const { AtomicU8::new(0) }; HEAPMAP_PATH_MAX];
-/// Bytes of [`HEAPMAP_PATH`] before its NUL; 0 when no map is wanted. Stored after the bytes
-/// (release), so a reader that sees a length sees the path.
-static HEAPMAP_LEN: AtomicUsize = AtomicUsize::new(0);
+/// written at exit. Costs nothing until exit; the walk then holds the page lock while the
+/// file is written.
+static HEAPMAP_PATH: PathOption = PathOption::new();
+
+/// `RAMPART_PROFILE`: `off` (0), `heap` (1: a sampled heap profile written at exit) or
+/// `leaks` (2: the same, plus a report at exit of the sampled blocks never freed). Answers
+/// "what holds my memory?" and "who leaked it?"; costs a sampled block every
+/// `RAMPART_PROFILE_RATE` bytes on average (a stack walk and a page of its own), nothing on
+/// the fast path (its countdown then counts bytes instead of allocations).
+static PROFILE: AtomicU8 = AtomicU8::new(0);
+/// `RAMPART_PROFILE_RATE`: mean bytes allocated between two profile samples (1: every
+/// allocation, an exact profile).
+static PROFILE_RATE: AtomicU64 = AtomicU64::new(DEFAULT_PROFILE_RATE);
+/// `RAMPART_PROFILE_OUT`: where the profile is written at exit (`%p` becomes the process
+/// id); [`DEFAULT_PROFILE_OUT`] when unset.
+static PROFILE_OUT: PathOption = PathOption::new();
+/// `RAMPART_PROFILE_SIGNAL`: a signal number on which the profile is written (to the
+/// `RAMPART_PROFILE_OUT` path with `.1`, `.2`, ... appended); 0: none.
+static PROFILE_SIGNAL: AtomicU8 = AtomicU8::new(0);
+/// `RAMPART_PROFILE_LEAK_EXITCODE`: with `leaks`, the exit status of a process that leaked
+/// (like LeakSanitizer's `exitcode`); 0: the program's own status.
+static PROFILE_LEAK_EXITCODE: AtomicU8 = AtomicU8::new(0);
+
+/// The default of `RAMPART_PROFILE_RATE` (512 KiB, as tcmalloc's and jemalloc's).
+pub const DEFAULT_PROFILE_RATE: u64 = 512 << 10;
+/// The default of `RAMPART_PROFILE_OUT`: in the current directory.
+pub const DEFAULT_PROFILE_OUT: &str = "rampart-%p.prof";
+
+/// What `RAMPART_PROFILE` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProfileMode {
+    /// No profiling.
+    Off,
+    /// A sampled heap profile, written at exit.
+    Heap,
+    /// The profile, and a leak report at exit.
+    Leaks,
+}
+
+/// `RAMPART_PROFILE`.
+pub fn profile_mode() -> ProfileMode {
+    match PROFILE.load(Ordering::Relaxed) {
+        0 => ProfileMode::Off,
+        1 => ProfileMode::Heap,
+        _ => ProfileMode::Leaks,
+    }
+}
+
+/// `RAMPART_PROFILE_RATE`.
+pub fn profile_rate() -> u64 {
+    PROFILE_RATE.load(Ordering::Relaxed)
+}
+
+/// The `RAMPART_PROFILE_OUT` path (or its default), copied into `out`.
+pub fn profile_out(out: &mut [u8; HEAPMAP_PATH_MAX]) -> &CStr {
+    if PROFILE_OUT.get(out).is_none() {
+        let d = DEFAULT_PROFILE_OUT.as_bytes();
+        out[..d.len()].copy_from_slice(d);
+        out[d.len()] = 0;
+    }
+    CStr::from_bytes_until_nul(&out[..]).unwrap_or(c"rampart.prof")
+}
+
+/// `RAMPART_PROFILE_SIGNAL` (0: none).
+pub fn profile_signal() -> i32 {
+    i32::from(PROFILE_SIGNAL.load(Ordering::Relaxed))
+}
+
+/// `RAMPART_PROFILE_LEAK_EXITCODE` (0: off).
+pub fn profile_leak_exitcode() -> i32 {
+    i32::from(PROFILE_LEAK_EXITCODE.load(Ordering::Relaxed))
+}
 
 /// The default purge delay (see the README's Performance section for the measurement).
 pub const DEFAULT_PURGE_DELAY_MS: u64 = 10;
@@ -130,29 +240,7 @@ pub fn verbose() -> bool {
 /// The `RAMPART_HEAPMAP` path, copied into `out` (NUL-terminated), or `None` when no heap
 /// map is wanted at exit.
 pub fn heapmap_path(out: &mut [u8; HEAPMAP_PATH_MAX]) -> Option<&CStr> {
-    let len = HEAPMAP_LEN.load(Ordering::Acquire);
-    if len == 0 || len >= HEAPMAP_PATH_MAX {
-        return None;
-    }
-    for (o, b) in out.iter_mut().zip(&HEAPMAP_PATH[..len]) {
-        *o = b.load(Ordering::Relaxed);
-    }
-    out[len] = 0;
-    CStr::from_bytes_with_nul(&out[..=len]).ok()
-}
-
-/// Stores the `RAMPART_HEAPMAP` path (empty: no map). `false` when it is too long to keep.
-fn set_heapmap_path(path: &[u8]) -> bool {
-    if path.len() >= HEAPMAP_PATH_MAX || path.contains(&0) {
-        return false;
-    }
-    HEAPMAP_LEN.store(0, Ordering::Release);
-    for (slot, &b) in HEAPMAP_PATH.iter().zip(path) {
-        slot.store(b, Ordering::Relaxed);
-    }
-    HEAPMAP_PATH[path.len()].store(0, Ordering::Relaxed);
-    HEAPMAP_LEN.store(path.len(), Ordering::Release);
-    true
+    HEAPMAP_PATH.get(out)
 }
 
 /// Reads the options from the environment block, once; later calls do nothing. Safe to call
@@ -192,6 +280,16 @@ pub fn init() -> bool {
         };
         if guard_mprotect() {
             line.str(" RAMPART_GUARD_MPROTECT=1");
+        }
+        if profile_mode() != ProfileMode::Off {
+            line.str(" RAMPART_PROFILE=")
+                .str(if profile_mode() == ProfileMode::Heap {
+                    "heap"
+                } else {
+                    "leaks"
+                })
+                .str(" RAMPART_PROFILE_RATE=")
+                .dec(profile_rate());
         }
         line.str(" RAMPART_VERBOSE=1");
         let mut path = [0u8; HEAPMAP_PATH_MAX];
@@ -236,10 +334,38 @@ fn apply(entry: &[u8]) {
             ),
         },
         b"RAMPART_HEAPMAP" => {
-            if !set_heapmap_path(value) {
+            if !HEAPMAP_PATH.set(value) {
                 warn(name, "path too long (4095 bytes at most); ignored");
             }
         }
+        b"RAMPART_PROFILE_OUT" => {
+            if !PROFILE_OUT.set(value) {
+                warn(name, "path too long (4095 bytes at most); ignored");
+            }
+        }
+        b"RAMPART_PROFILE" => match value {
+            b"off" | b"0" => PROFILE.store(0, Ordering::Relaxed),
+            b"heap" | b"1" => PROFILE.store(1, Ordering::Relaxed),
+            b"leaks" => PROFILE.store(2, Ordering::Relaxed),
+            _ => warn(name, "bad value (expected off, heap or leaks); ignored"),
+        },
+        b"RAMPART_PROFILE_RATE" => match parse_u64(value) {
+            Some(n) if (1..=1 << 40).contains(&n) => PROFILE_RATE.store(n, Ordering::Relaxed),
+            _ => warn(name, "bad value (expected bytes, 1 to 2^40); ignored"),
+        },
+        b"RAMPART_PROFILE_SIGNAL" => match parse_u64(value) {
+            Some(n) if (1..=64).contains(&n) && ![9, 11, 19].contains(&n) => {
+                PROFILE_SIGNAL.store(n as u8, Ordering::Relaxed)
+            }
+            _ => warn(
+                name,
+                "bad value (expected a signal number, 1 to 64, not SIGKILL, SIGSEGV or SIGSTOP); ignored",
+            ),
+        },
+        b"RAMPART_PROFILE_LEAK_EXITCODE" => match parse_u64(value) {
+            Some(n) if n <= 255 => PROFILE_LEAK_EXITCODE.store(n as u8, Ordering::Relaxed),
+            _ => warn(name, "bad value (expected an exit status, 0 to 255); ignored"),
+        },
         b"RAMPART_GUARD" => match value {
             b"off" | b"0" => GUARD.store(0, Ordering::Relaxed),
             b"sample" => GUARD.store(1, Ordering::Relaxed),

@@ -42,6 +42,7 @@ mod check;
 mod config;
 mod global_alloc;
 mod heap;
+mod heapprof;
 mod large;
 mod observe;
 mod os;
@@ -87,6 +88,43 @@ pub mod heapmap {
     }
 }
 
+/// The heap profile (`RAMPART_PROFILE=heap|leaks`): which stacks hold the memory, sampled
+/// by bytes (one sample per `RAMPART_PROFILE_RATE` bytes allocated, on average).
+pub mod profile {
+    pub use crate::heapprof::{Amount, Totals};
+
+    /// Writes the heap profile of this process to `path` (created or truncated), in the raw
+    /// format that the launcher's `rampart profile FILE` reads and renders (a table of the
+    /// top stacks, folded stacks, an SVG flamegraph, a pprof file). Returns the profile's
+    /// totals. Fails with `ENOTSUP` when profiling is off: `RAMPART_PROFILE` is read at the
+    /// first allocation.
+    ///
+    /// ```no_run
+    /// #[global_allocator]
+    /// static GLOBAL: rampart::Rampart = rampart::Rampart;
+    ///
+    /// fn main() {
+    ///     // Run with RAMPART_PROFILE=heap in the environment.
+    ///     let cache: Vec<Vec<u8>> = (0..1000).map(|_| vec![0u8; 4096]).collect();
+    ///     let totals = rampart::profile::write("heap.prof").expect("profiling is on");
+    ///     println!("about {} bytes live in {} blocks", totals.live.bytes, totals.live.objects);
+    ///     drop(cache);
+    /// }
+    /// ```
+    pub fn write(path: impl AsRef<std::path::Path>) -> std::io::Result<Totals> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(path.as_ref().as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        crate::internals::write_profile(&path).map_err(std::io::Error::from_raw_os_error)
+    }
+
+    /// The profile's totals now: estimated bytes and blocks live, at the peak and allocated
+    /// so far, and the samples taken (all zero when profiling is off).
+    pub fn totals() -> Totals {
+        crate::heapprof::totals()
+    }
+}
+
 /// Gives free memory back to the OS now (what `malloc_trim` does in C): every free page that
 /// may be resident is returned, and wholly free chunks are unmapped. Returns the bytes given
 /// back. Costs a walk of the heap; the allocator also returns free pages by itself, a purge
@@ -121,6 +159,15 @@ pub mod internals {
     pub use crate::os::{pid, set_errno, PAGE_SIZE};
     pub use crate::pages::{PageUsage, CHUNK_SIZE, PAGES_PER_CHUNK};
     pub use crate::util::{checked_align_up, fatal, Line};
+
+    /// Writes the heap profile to `path` (see `rampart::profile::write`); the errno of what
+    /// failed (`ENOTSUP` when profiling is off).
+    pub fn write_profile(path: &core::ffi::CStr) -> Result<crate::heapprof::Totals, i32> {
+        if !crate::heapprof::on() {
+            return Err(libc::ENOTSUP);
+        }
+        crate::observe::profile::write_file(path, crate::observe::profile::Reason::Request)
+    }
 
     /// The page layer's walk now (under its lock).
     pub fn page_usage() -> PageUsage {

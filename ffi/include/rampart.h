@@ -83,6 +83,15 @@ void rampart_stats_print(void);
  * error of open(2) or write(2)). */
 int rampart_heapmap_write(const char *path);
 
+/* Writes the heap profile to path (created or truncated, mode 0644) in rampart's raw format,
+ * which "rampart profile FILE" turns into a table (--top), folded stacks (--folded), an SVG
+ * flamegraph (--svg) and a pprof file (--pprof). The profile holds, per allocation stack,
+ * the estimated bytes and blocks live now, at the peak, and allocated so far. Needs
+ * RAMPART_PROFILE=heap or leaks in the environment at start-up (sampling is chosen then).
+ * Allocates nothing. Returns 0 on success; -1 with errno set on failure (EINVAL for a NULL
+ * path, ENOTSUP when profiling is off, else the error of open(2) or write(2)). */
+int rampart_profile_write(const char *path);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -62,6 +62,30 @@ pub unsafe extern "C" fn rampart_heapmap_write(path: *const c_char) -> c_int {
     }
 }
 
+/// `rampart_profile_write`: writes the heap profile (`RAMPART_PROFILE`) to `path`, created
+/// or truncated, in the raw format `rampart profile FILE` reads. 0 on success; -1 with
+/// `errno` set on failure: `EINVAL` for a null path, `ENOTSUP` when profiling is off
+/// (`RAMPART_PROFILE` unset), else what `open(2)` or `write(2)` said. Allocates nothing.
+///
+/// # Safety
+/// `path` is null or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn rampart_profile_write(path: *const c_char) -> c_int {
+    if path.is_null() {
+        rampart::internals::set_errno(libc::EINVAL);
+        return -1;
+    }
+    // SAFETY: the caller passes a NUL-terminated string.
+    let path = unsafe { core::ffi::CStr::from_ptr(path) };
+    match rampart::internals::write_profile(path) {
+        Ok(_) => 0,
+        Err(errno) => {
+            rampart::internals::set_errno(errno);
+            -1
+        }
+    }
+}
+
 /// glibc's `struct mallinfo2`.
 #[repr(C)]
 #[derive(Default)]

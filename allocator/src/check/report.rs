@@ -139,6 +139,30 @@ pub fn print_stack(what: &[&str], tid: u32, frames: &[usize]) {
     print_frames(frames);
 }
 
+/// Appends what the loader knows of the code address `pc`: ` in symbol+0xoff (module+0xoff)`.
+pub fn describe_pc(line: &mut Line, pc: usize) {
+    describe(line, os::symbolize(pc));
+}
+
+/// Appends a symbol from `os::symbolize` (see [`describe_pc`]).
+fn describe(line: &mut Line, sym: Option<os::Symbol>) {
+    if let Some((name, off, module, moff)) = sym {
+        if let Some(name) = name {
+            line.str(" in ")
+                .str(core::str::from_utf8(name.to_bytes()).unwrap_or("?"))
+                .str("+")
+                .hex(off as u64);
+        }
+        if let Some(module) = module {
+            line.str(" (")
+                .str(core::str::from_utf8(module.to_bytes()).unwrap_or("?"))
+                .str("+")
+                .hex(moff as u64)
+                .str(")");
+        }
+    }
+}
+
 /// Prints return addresses, symbolized where the loader knows them, leaving out the frames
 /// of librampart itself (when it is a shared library of its own).
 fn print_frames(frames: &[usize]) {
@@ -155,21 +179,7 @@ fn print_frames(frames: &[usize]) {
             .dec(shown)
             .str(" ")
             .hex(pc as u64);
-        if let Some((name, off, module, moff)) = sym {
-            if let Some(name) = name {
-                line.str(" in ")
-                    .str(core::str::from_utf8(name.to_bytes()).unwrap_or("?"))
-                    .str("+")
-                    .hex(off as u64);
-            }
-            if let Some(module) = module {
-                line.str(" (")
-                    .str(core::str::from_utf8(module.to_bytes()).unwrap_or("?"))
-                    .str("+")
-                    .hex(moff as u64)
-                    .str(")");
-            }
-        }
+        describe(&mut line, sym);
         line.emit();
         shown += 1;
     }

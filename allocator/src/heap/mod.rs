@@ -37,6 +37,7 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::check::report::{self, ErrorKind};
+use crate::heapprof as profile;
 use crate::large;
 use crate::os;
 use crate::pages::{Owner, Span, SpanList, State, MAP, PAGES};
@@ -101,11 +102,16 @@ impl ThreadCounters {
 /// - every span of `full[c]` is owned by this heap and carries [`FULL_MARK`] (`used < 0`).
 #[repr(C)]
 pub struct Heap {
-    /// Allocations until the next one leaves the fast path to be guarded (or given a
-    /// redzone); `usize::MAX` when nothing is sampled (see `guard::next_interval`).
+    /// The sampling countdown: what is left until the next allocation that leaves the fast
+    /// path to be guarded, given a redzone or profiled, in the units of `weight`; at least
+    /// `isize::MAX` when nothing is sampled. The fast path subtracts each allocation's
+    /// weight and leaves instead when that would reach zero.
     sample_left: usize,
     /// The span each class allocates from ([`EMPTY_SPAN`] when none).
     current: [*mut Span; NUM_CLASSES],
+    /// What an allocation of each class takes off the countdown: 1 (it counts allocations),
+    /// or while profiling the class's size (it counts bytes; see `profile::weight`).
+    weight: [usize; NUM_CLASSES],
     /// This heap's block counts (written by its thread only).
     counters: ThreadCounters,
     /// Spans with free blocks, other than the current one.
@@ -123,14 +129,20 @@ pub struct Heap {
     /// made), else 0: the bit its spans' owner words carry (see [`owner_word`]). Fixed for
     /// the heap's life, so a span's mark always matches how its blocks were allocated.
     redzone: usize,
+    /// What `sample_left` was last set to, and the distances from then to the next guard and
+    /// profile samples (see [`sample_tick`]).
+    sample_set: isize,
+    guard_left: isize,
+    profile_left: isize,
 }
 
 impl Heap {
     /// A heap with no spans and zero counts.
     const fn new() -> Heap {
         Heap {
-            sample_left: usize::MAX,
+            sample_left: isize::MAX as usize,
             current: [EMPTY_SPAN_PTR; NUM_CLASSES],
+            weight: [1; NUM_CLASSES],
             counters: ThreadCounters::ZERO,
             partial: [const { SpanList::new() }; NUM_CLASSES],
             full: [const { SpanList::new() }; NUM_CLASSES],
@@ -138,6 +150,9 @@ impl Heap {
             next_abandoned: ptr::null_mut(),
             next_all: ptr::null_mut(),
             redzone: 0,
+            sample_set: isize::MAX,
+            guard_left: isize::MAX,
+            profile_left: isize::MAX,
         }
     }
 }
@@ -239,21 +254,24 @@ unsafe impl SpanSource for PageLayer {
 
 /// The fast path of an allocation: pops a block of `class` from the current span's free
 /// list, or returns null when that needs the slow path (an empty list), or when this
-/// allocation is due to be sampled (the countdown reached zero; the caller's slow path then
-/// calls [`sample_tick`]). The sampling costs one decrement. Lets a C entry point keep its
-/// slow path a tail call.
+/// allocation is due to be sampled (the countdown would reach zero; the caller's slow path
+/// then calls [`sample_tick`]). The sampling costs one subtraction. Lets a C entry point
+/// keep its slow path a tail call.
 ///
 /// # Safety
 /// `class < NUM_CLASSES` (it indexes the heap's arrays unchecked).
 #[inline(always)]
 pub unsafe fn alloc_fast(class: usize) -> *mut u8 {
     let heap = current_heap();
-    // SAFETY: `heap` is this thread's heap or the sentinel; `current` always holds a valid span.
+    // SAFETY: `heap` is this thread's heap or the sentinel; `current` always holds a valid
+    // span; `class < NUM_CLASSES` (the caller's contract) indexes the arrays.
     unsafe {
         let s = *(*heap).current.get_unchecked(class);
         let b = (*s).free;
-        let left = (*heap).sample_left.wrapping_sub(1);
-        if b.is_null() || left == 0 {
+        let (left, out) = (*heap)
+            .sample_left
+            .overflowing_sub(*(*heap).weight.get_unchecked(class));
+        if b.is_null() || out || left == 0 {
             // The sentinel heaps are never written: their lists are always empty.
             return ptr::null_mut();
         }
@@ -278,9 +296,17 @@ unsafe fn pop_counted(heap: *mut Heap, s: *mut Span, class: usize) -> *mut u8 {
     b
 }
 
-/// Counts an allocation that did not come through [`alloc_fast`]'s pop, and says
-/// whether it is the one to sample (guard, or give a redzone). Resets the countdown then.
-pub fn sample_tick() -> bool {
+/// [`sample_tick`]'s answer: this allocation is to be guarded (or given a redzone).
+pub const SAMPLE_GUARD: u8 = 1;
+/// [`sample_tick`]'s answer: this allocation is to be profiled.
+pub const SAMPLE_PROFILE: u8 = 2;
+
+/// Counts an allocation of countdown weight `w` (see `profile::weight_of_size`) that did not
+/// come through [`alloc_fast`]'s pop, and says which samples it is due for
+/// ([`SAMPLE_GUARD`], [`SAMPLE_PROFILE`], both or none). The heap keeps one countdown for
+/// both (the fast path's), set to the nearer of the two; when it runs out, what ran since is
+/// taken off both, and each that is due draws its next interval.
+pub fn sample_tick(w: usize) -> u8 {
     let heap = current_heap();
     let heap = if heap == EMPTY_HEAP_PTR {
         // The thread's first allocation: set its heap up now (options, fork handlers, exit
@@ -288,23 +314,75 @@ pub fn sample_tick() -> bool {
         // guarded and never reaches the heap's slow path.
         let h = thread_init();
         if h.is_null() {
-            return false;
+            return 0;
         }
         h
     } else if heap == EXITING_HEAP_PTR {
-        // A thread past its clean-up: no countdown of its own any more.
-        return crate::check::guard::next_interval() == 1;
+        // A thread past its clean-up: no countdown of its own any more; sample when every
+        // allocation is.
+        let guard = crate::check::guard::next_interval() == 1;
+        let profile = profile::next_interval() == 1;
+        return if guard { SAMPLE_GUARD } else { 0 } | if profile { SAMPLE_PROFILE } else { 0 };
     } else {
         heap
     };
     // SAFETY: the calling thread's own heap.
     let h = unsafe { &mut *heap };
-    if h.sample_left <= 1 {
-        h.sample_left = crate::check::guard::next_interval();
-        return true;
+    if h.sample_left > w {
+        h.sample_left -= w;
+        return 0;
     }
-    h.sample_left -= 1;
-    false
+    // What ran since the countdown was set, this allocation included.
+    let ran = (h.sample_set as usize)
+        .wrapping_sub(h.sample_left)
+        .wrapping_add(w)
+        .min(isize::MAX as usize) as isize;
+    let mut due = 0;
+    h.guard_left = h.guard_left.saturating_sub(ran);
+    if h.guard_left <= 0 {
+        due |= SAMPLE_GUARD;
+        h.guard_left = guard_interval();
+    }
+    h.profile_left = h.profile_left.saturating_sub(ran);
+    if h.profile_left <= 0 {
+        due |= SAMPLE_PROFILE;
+        h.profile_left = profile::next_interval();
+    }
+    set_countdown(h);
+    due
+}
+
+/// The next guard interval in the countdown's units: allocations, or while profiling bytes
+/// (`profile::GUARD_BYTES_PER_ALLOCATION` per allocation), except when every allocation is
+/// diverted.
+fn guard_interval() -> isize {
+    let n = crate::check::guard::next_interval();
+    if n == 1 {
+        return 1;
+    }
+    let n = n.min(isize::MAX as usize / 2) as isize;
+    if profile::on() {
+        n.saturating_mul(profile::GUARD_BYTES_PER_ALLOCATION as isize)
+    } else {
+        n
+    }
+}
+
+/// Sets the fast path's countdown to the nearer of the guard and profile samples.
+fn set_countdown(h: &mut Heap) {
+    h.sample_set = h.guard_left.min(h.profile_left).max(1);
+    h.sample_left = h.sample_set as usize;
+}
+
+/// Starts a heap's countdowns and weights (a heap handed to a thread).
+pub(super) fn start_countdowns(h: &mut Heap) {
+    for (c, w) in h.weight.iter_mut().enumerate() {
+        // SAFETY: `c < NUM_CLASSES`.
+        *w = unsafe { profile::weight(c) };
+    }
+    h.guard_left = guard_interval();
+    h.profile_left = profile::next_interval();
+    set_countdown(h);
 }
 
 /// Allocates a block of `class` (without counting it towards sampling), or returns null when
@@ -568,16 +646,25 @@ unsafe fn free_slow(p: *mut u8, claimed: usize) {
         }
         Block::Large(s) => {
             // SAFETY: the lookup found `p` to be the start of the live large run `s`.
-            if claimed > large::run_capacity(unsafe { s.as_ref() }) {
+            let run = unsafe { s.as_ref() };
+            if claimed > large::run_capacity(run) {
                 size_mismatch(p);
+            }
+            let sample = large::run_sample(run);
+            if sample != 0 {
+                profile::record_free(sample);
             }
             // SAFETY: as above; the caller gives the block up.
             unsafe { large::free_run(s) };
         }
         Block::Huge(h) => {
             // SAFETY: the lookup found `p` to be the start of the live huge block `h`.
-            if claimed > unsafe { h.as_ref().len } {
+            let (len, sample) = unsafe { (h.as_ref().len, h.as_ref().sample) };
+            if claimed > len {
                 size_mismatch(p);
+            }
+            if sample != 0 {
+                profile::record_free(sample);
             }
             // SAFETY: as above; the caller gives the block up.
             unsafe { large::free_huge(h) };

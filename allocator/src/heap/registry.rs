@@ -70,7 +70,7 @@ pub(super) fn thread_init() -> *mut Heap {
 
     set_current_heap(heap);
     // SAFETY: the calling thread's heap, just acquired.
-    unsafe { (*heap).sample_left = crate::check::guard::next_interval() };
+    super::start_countdowns(unsafe { &mut *heap });
     if !FORK_HANDLERS.swap(true, Ordering::AcqRel) {
         // After HEAP is set and with no lock held: pthread_atfork may call malloc, which then
         // takes the fast path.
@@ -163,6 +163,7 @@ static FORK_HANDLERS: AtomicBool = AtomicBool::new(false);
 /// Before `fork`: take every global lock, so the child does not inherit one held by a thread
 /// that does not exist there (lock order: registry, then pages, as everywhere).
 extern "C" fn fork_prepare() {
+    crate::heapprof::fork_prepare();
     crate::check::guard::fork_prepare();
     core::mem::forget(REGISTRY.lock());
     core::mem::forget(PAGES.lock());
@@ -176,6 +177,7 @@ extern "C" fn fork_parent() {
         REGISTRY.force_unlock();
     }
     crate::check::guard::fork_parent();
+    crate::heapprof::fork_parent();
 }
 
 /// After `fork`, in the child (one thread): the locks are free again. The other threads'
@@ -189,6 +191,7 @@ extern "C" fn fork_child() {
     }
     PAGES.lock().purge_abandon();
     crate::check::guard::fork_child();
+    crate::heapprof::fork_child();
 }
 
 /// The `pthread` key destructor: the thread is exiting.

@@ -26,6 +26,7 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
         // SAFETY: a fresh run we own.
         let span = unsafe { &mut *s.as_ptr() };
         span.owner.store(0, core::sync::atomic::Ordering::Relaxed);
+        span.divisor = 0;
         let p = span.addr as *mut u8;
         if zero && span.flags & FLAG_CLEAN == 0 {
             // SAFETY: the run is ours and `size` bytes long at least.
@@ -33,14 +34,37 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
         }
         return NonNull::new(p);
     }
-    let (h, fresh) = PAGES.lock().huge_alloc(bytes, align)?;
-    // SAFETY: a live huge descriptor.
+    let (mut h, fresh) = PAGES.lock().huge_alloc(bytes, align)?;
+    // SAFETY: a live huge descriptor, ours until the block is freed.
+    unsafe { h.as_mut().sample = 0 };
+    // SAFETY: as above.
     let p = unsafe { h.as_ref().base } as *mut u8;
     if zero && !fresh {
         // SAFETY: a reused mapping of at least `size` bytes, ours now.
         unsafe { ptr::write_bytes(p, 0, size) };
     }
     NonNull::new(p)
+}
+
+/// Marks the large block `p` (just returned by [`alloc`]) as the heap profile's sample `id`
+/// (see `profile`): a large run keeps it in its descriptor's `divisor` (a slab's field,
+/// unused by runs), a huge block in its own.
+///
+/// # Safety
+/// `p` is a live block from [`alloc`], owned by the caller.
+pub unsafe fn set_sample(p: NonNull<u8>, id: u32) {
+    if let Some(mut s) = pages::MAP.span_of(p.as_ptr() as usize) {
+        // SAFETY: the run of a live large block of the caller's: its descriptor is ours.
+        unsafe { s.as_mut().divisor = u64::from(id) };
+    } else if let pages::Owner::Huge(h) = pages::MAP.lookup(p.as_ptr() as usize) {
+        // SAFETY: the live huge block of the caller's: its descriptor is ours.
+        unsafe { (*h).sample = id };
+    }
+}
+
+/// The heap profile's sample of a large run (0: none).
+pub fn run_sample(s: &Span) -> u32 {
+    s.divisor as u32
 }
 
 /// Frees a large run.

@@ -1,9 +1,10 @@
-//! Observation: statistics and the heap map. Reads the layers below through their own
+//! Observation: statistics, the heap map and the heap profile's files. Reads the layers below through their own
 //! counters and views; nothing below calls it.
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
 pub mod heapmap;
+pub mod profile;
 pub mod stats;
 
 /// The exit-time work, the same under `LD_PRELOAD`, a static link and `#[global_allocator]`:
@@ -26,6 +27,7 @@ pub fn at_exit() {
         stats::print();
     }
     heapmap::write_configured();
+    profile::at_exit();
 }
 
 /// Whether rampart is the process's malloc (set by the C library when it is loaded).

@@ -709,6 +709,7 @@ extern "C" {
         arg: *mut c_void,
     ) -> i32;
     fn _Unwind_GetIP(ctx: *mut UnwindContext) -> usize;
+    fn _Unwind_GetCFA(ctx: *mut UnwindContext) -> usize;
 }
 
 /// Where a backtrace is written: the frames, how many were kept, and how many to skip.
@@ -750,6 +751,118 @@ pub fn backtrace(frames: &mut [usize], skip: usize) -> usize {
     // SAFETY: the callback only writes into `t`, which outlives the walk.
     unsafe { _Unwind_Backtrace(trace_one, (&raw mut t).cast()) };
     t.len
+}
+
+/// Writes the return addresses of the frames *outside* the function whose stack frame holds
+/// `marker` (the address of one of its locals): the frames of its callers, innermost first.
+/// The frames inside it (the walk itself and everything between) and its own are dropped by
+/// their canonical frame address, so the result does not depend on what the compiler
+/// inlined. Returns how many were written.
+pub fn backtrace_above(frames: &mut [usize], marker: usize) -> usize {
+    let mut t = TraceAbove {
+        frames,
+        len: 0,
+        marker,
+        seen_own: false,
+    };
+    // SAFETY: the callback only writes into `t`, which outlives the walk.
+    unsafe { _Unwind_Backtrace(trace_above_one, (&raw mut t).cast()) };
+    t.len
+}
+
+/// Where [`backtrace_above`] writes.
+struct TraceAbove<'a> {
+    frames: &'a mut [usize],
+    len: usize,
+    marker: usize,
+    /// Whether the frame holding the marker was passed.
+    seen_own: bool,
+}
+
+extern "C" fn trace_above_one(ctx: *mut UnwindContext, arg: *mut c_void) -> i32 {
+    // SAFETY: `arg` is the `TraceAbove` passed by `backtrace_above`, alive for the walk.
+    let t = unsafe { &mut *(arg as *mut TraceAbove<'_>) };
+    // SAFETY: the unwinder hands us a live context.
+    let (ip, cfa) = unsafe { (_Unwind_GetIP(ctx), _Unwind_GetCFA(ctx)) };
+    if ip == 0 {
+        return 5; // _URC_END_OF_STACK
+    }
+    // A callee's frame ends (its CFA) at or below its caller's locals; the first frame whose
+    // CFA lies above the marker is the marker's own function.
+    if cfa <= t.marker {
+        return 0;
+    }
+    if !t.seen_own {
+        t.seen_own = true;
+        return 0;
+    }
+    if t.len == t.frames.len() {
+        return 5;
+    }
+    t.frames[t.len] = ip;
+    t.len += 1;
+    0
+}
+
+/// Opens `path` for reading (close-on-exec). `Err(errno)` on failure.
+pub fn open_read(path: &CStr) -> Result<Fd, i32> {
+    // SAFETY: `path` is NUL-terminated; open(2) neither allocates nor keeps the pointer.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        Err(errno())
+    } else {
+        Ok(fd)
+    }
+}
+
+/// Reads up to `buf.len()` bytes from `fd`, retrying `EINTR`: the count (0 at the end), or
+/// `Err(errno)`.
+pub fn read(fd: Fd, buf: &mut [u8]) -> Result<usize, i32> {
+    loop {
+        // SAFETY: the buffer is valid for writes of its length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        if errno() != libc::EINTR {
+            return Err(errno());
+        }
+    }
+}
+
+/// The target of the symbolic link `path` (e.g. `/proc/self/exe`), written into `buf`: its
+/// length, or `None` (also when it does not fit).
+pub fn read_link(path: &CStr, buf: &mut [u8]) -> Option<usize> {
+    // SAFETY: `path` is NUL-terminated and `buf` valid for writes of its length.
+    let n = unsafe { libc::readlink(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (n > 0 && (n as usize) < buf.len()).then_some(n as usize)
+}
+
+/// Flushes every C stdio stream (`fflush(NULL)`), before [`exit_now`] skips libc's own flush.
+pub fn flush_stdio() {
+    // SAFETY: fflush(NULL) flushes all open output streams; it has no other precondition.
+    unsafe { libc::fflush(ptr::null_mut()) };
+}
+
+/// Ends the process at once with `status`, running no more exit handlers (`_exit`).
+pub fn exit_now(status: i32) -> ! {
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(status) }
+}
+
+/// Installs `handler` for the signal `sig` (with `SA_RESTART`, so that the program's system
+/// calls are not interrupted), replacing the program's action for it. Returns whether the
+/// kernel took it.
+pub fn install_signal_handler(sig: i32, handler: extern "C" fn(i32)) -> bool {
+    // SAFETY: an all-zero sigaction is valid to fill in.
+    let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
+    sa.sa_sigaction = handler as usize;
+    sa.sa_flags = libc::SA_RESTART;
+    // SAFETY: `sa.sa_mask` is ours to fill; sigaction copies `sa` and keeps no pointer.
+    unsafe {
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(sig, &sa, ptr::null_mut()) == 0
+    }
 }
 
 /// A code address's symbol and module: `(symbol, offset from it, module path, offset from the

@@ -21,6 +21,9 @@ pub struct Huge {
     pub base: usize,
     /// Usable bytes of the mapping (a multiple of the page size; the guard page follows).
     pub len: usize,
+    /// The block's heap-profile sample (`profile`), 0 when it is not sampled: the owner's
+    /// field (`large` sets it for every block it hands out).
+    pub sample: u32,
     /// Next descriptor in the recycling list.
     next_spare: *mut Huge,
 }

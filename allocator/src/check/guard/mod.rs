@@ -225,6 +225,7 @@ pub fn init_options() {
     if !config::init() {
         return;
     }
+    crate::heapprof::init();
     if config::redzone() != 0 {
         DIVERT_ALL.store(true, Ordering::Relaxed);
     }
