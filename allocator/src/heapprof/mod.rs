@@ -99,6 +99,10 @@ pub fn init() {
     for (c, w) in WEIGHTS.iter().enumerate() {
         w.store(class_size(c), Ordering::Relaxed);
     }
+    if let Some((lo, hi)) = os::shared_object_range(init as *const () as usize) {
+        OWN_CODE[0].store(lo, Ordering::Relaxed);
+        OWN_CODE[1].store(hi, Ordering::Relaxed);
+    }
     ON.store(true, Ordering::Release);
 }
 
@@ -346,10 +350,30 @@ pub fn leave() {
     BUSY.set(false);
 }
 
+/// Where the allocator's own code lies when it is a shared library (`librampart.so`):
+/// frames there at the inner end of a stack (`calloc`, `realloc`, `operator new` calling
+/// into the core) are the allocator's, not the program's. 0, 0 when it is linked into the
+/// program (a Rust program's global allocator), where the marker alone bounds the stack.
+static OWN_CODE: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+
 /// Takes the calling stack for a sample: the frames outside the allocator's entry function,
-/// whose frame holds `marker` (see `os::backtrace_above`).
+/// whose frame holds `marker` (see `os::backtrace_above`), less the allocator's own frames
+/// at the inner end (see [`OWN_CODE`]). Returns the count; the frames are at the start.
 pub fn capture(frames: &mut [usize; FRAMES], marker: usize) -> usize {
-    os::backtrace_above(frames, marker)
+    let n = os::backtrace_above(frames, marker);
+    let (lo, hi) = (
+        OWN_CODE[0].load(Ordering::Relaxed),
+        OWN_CODE[1].load(Ordering::Relaxed),
+    );
+    let inner = frames[..n]
+        .iter()
+        .take_while(|&&pc| pc >= lo && pc < hi)
+        .count();
+    if inner == n {
+        return n;
+    }
+    frames.copy_within(inner..n, 0);
+    n - inner
 }
 
 /// Records a sampled allocation of `size` bytes with countdown weight `w`, made by `frames`.

@@ -756,14 +756,18 @@ pub fn backtrace(frames: &mut [usize], skip: usize) -> usize {
 /// Writes the return addresses of the frames *outside* the function whose stack frame holds
 /// `marker` (the address of one of its locals): the frames of its callers, innermost first.
 /// The frames inside it (the walk itself and everything between) and its own are dropped by
-/// their canonical frame address, so the result does not depend on what the compiler
-/// inlined. Returns how many were written.
+/// their stack addresses, so the result does not depend on what the compiler inlined.
+/// Returns how many were written.
+///
+/// During libgcc's walk, `_Unwind_GetCFA` of the context whose IP lies in a function F
+/// gives F's stack pointer at its call (the canonical frame address of the frame below F).
+/// The frames whose stack pointer is at or below the marker are the marker's own function
+/// and its callees; the first above it is its caller.
 pub fn backtrace_above(frames: &mut [usize], marker: usize) -> usize {
     let mut t = TraceAbove {
         frames,
         len: 0,
         marker,
-        seen_own: false,
     };
     // SAFETY: the callback only writes into `t`, which outlives the walk.
     unsafe { _Unwind_Backtrace(trace_above_one, (&raw mut t).cast()) };
@@ -775,25 +779,17 @@ struct TraceAbove<'a> {
     frames: &'a mut [usize],
     len: usize,
     marker: usize,
-    /// Whether the frame holding the marker was passed.
-    seen_own: bool,
 }
 
 extern "C" fn trace_above_one(ctx: *mut UnwindContext, arg: *mut c_void) -> i32 {
     // SAFETY: `arg` is the `TraceAbove` passed by `backtrace_above`, alive for the walk.
     let t = unsafe { &mut *(arg as *mut TraceAbove<'_>) };
     // SAFETY: the unwinder hands us a live context.
-    let (ip, cfa) = unsafe { (_Unwind_GetIP(ctx), _Unwind_GetCFA(ctx)) };
+    let (ip, sp) = unsafe { (_Unwind_GetIP(ctx), _Unwind_GetCFA(ctx)) };
     if ip == 0 {
         return 5; // _URC_END_OF_STACK
     }
-    // A callee's frame ends (its CFA) at or below its caller's locals; the first frame whose
-    // CFA lies above the marker is the marker's own function.
-    if cfa <= t.marker {
-        return 0;
-    }
-    if !t.seen_own {
-        t.seen_own = true;
+    if sp <= t.marker {
         return 0;
     }
     if t.len == t.frames.len() {
@@ -802,6 +798,39 @@ extern "C" fn trace_above_one(ctx: *mut UnwindContext, arg: *mut c_void) -> i32 
     t.frames[t.len] = ip;
     t.len += 1;
     0
+}
+
+/// The address range of the loaded shared library (`.so`) holding the code address `pc`:
+/// from its base to the end of its last `PT_LOAD` segment, read from its program headers in
+/// memory. `None` when `pc` is in the main program (or unknown to the loader).
+pub fn shared_object_range(pc: usize) -> Option<(usize, usize)> {
+    // SAFETY: an all-zero Dl_info is valid to fill in.
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: dladdr only reads the loader's tables and writes `info`.
+    if unsafe { libc::dladdr(pc as *const c_void, &mut info) } == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: a NUL-terminated name of a loaded object (dladdr's answer).
+    let name = unsafe { CStr::from_ptr(info.dli_fname) }.to_bytes();
+    if !name.ends_with(b".so") && !name.windows(4).any(|w| w == b".so.") {
+        return None;
+    }
+    let base = info.dli_fbase as usize;
+    // SAFETY: a loaded object's ELF header and program headers stay mapped at its base
+    // (the loader maps the first page, which holds them, for every object).
+    let (phoff, phnum) = unsafe {
+        let ehdr = &*(base as *const libc::Elf64_Ehdr);
+        (ehdr.e_phoff as usize, ehdr.e_phnum as usize)
+    };
+    let mut end = 0;
+    for i in 0..phnum {
+        // SAFETY: `i < e_phnum` program headers follow at `e_phoff` (see above).
+        let ph = unsafe { &*((base + phoff) as *const libc::Elf64_Phdr).add(i) };
+        if ph.p_type == libc::PT_LOAD {
+            end = end.max((ph.p_vaddr + ph.p_memsz) as usize);
+        }
+    }
+    (end > 0).then_some((base, base + end))
 }
 
 /// Opens `path` for reading (close-on-exec). `Err(errno)` on failure.
