@@ -8,7 +8,8 @@
 //! ```
 //!
 //! `--guard-modes` measures what rampart's checks cost instead: glibc, rampart, and rampart
-//! with `RAMPART_GUARD=sample` (the default 1 in 1000) and `RAMPART_REDZONE=16`.
+//! with `RAMPART_GUARD=sample` (the default 1 in 1000), `RAMPART_REDZONE=16` and the heap
+//! profile at its default rate (`RAMPART_PROFILE=heap`, written to /dev/null at exit).
 //! `--guard-all`: glibc, rampart and rampart with `RAMPART_GUARD=all` (a debugging mode one
 //! to two orders of magnitude slower on allocation-heavy workloads: use `--quick --reps 1`).
 //!
@@ -500,6 +501,13 @@ fn allocators(repo: &Path, guard_modes: u8) -> Vec<Alloc> {
                 ("rampart", vec![]),
                 ("rampart-sample", vec![("RAMPART_GUARD", "sample")]),
                 ("rampart-redzone", vec![("RAMPART_REDZONE", "16")]),
+                (
+                    "rampart-profile",
+                    vec![
+                        ("RAMPART_PROFILE", "heap"),
+                        ("RAMPART_PROFILE_OUT", "/dev/null"),
+                    ],
+                ),
             ]
         } else {
             vec![
