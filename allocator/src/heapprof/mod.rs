@@ -40,9 +40,12 @@ use crate::util::FutexLock;
 
 /// Return addresses kept per stack.
 pub const FRAMES: usize = 32;
-/// Distinct stacks kept; samples of further stacks are dropped (and counted).
-const MAX_STACKS: usize = 1 << 16;
-/// Slots of the stack hash table (a power of two, twice [`MAX_STACKS`]).
+/// Distinct stacks kept; samples of further stacks are dropped (and counted). The tables
+/// are mapped at full size but touched only as they fill, except the hash table, whose
+/// probes touch pages at random: it is kept small (128 KiB).
+const MAX_STACKS: usize = 1 << 14;
+/// Slots of the stack hash table (a power of two, twice [`MAX_STACKS`]: never more than
+/// half full, so a probe always ends at an empty slot).
 const HASH_SLOTS: usize = MAX_STACKS * 2;
 /// Live sampled blocks kept at once.
 const MAX_SAMPLES: usize = 1 << 22;
@@ -98,6 +101,12 @@ pub fn init() {
     }
     for (c, w) in WEIGHTS.iter().enumerate() {
         w.store(class_size(c), Ordering::Relaxed);
+    }
+    // Each process draws its own intervals (two runs give independent estimates, and a
+    // program cannot fall into step with them); the fixed seed serves when the kernel has no
+    // randomness to give.
+    if let Some(r) = os::random_u64() {
+        SEED.store(r, Ordering::Relaxed);
     }
     if let Some((lo, hi)) = os::shared_object_range(init as *const () as usize) {
         OWN_CODE[0].store(lo, Ordering::Relaxed);

@@ -833,6 +833,16 @@ pub fn shared_object_range(pc: usize) -> Option<(usize, usize)> {
     (end > 0).then_some((base, base + end))
 }
 
+/// Eight random bytes from the kernel (`getrandom`, not blocking), or `None` when it has
+/// none to give yet.
+pub fn random_u64() -> Option<u64> {
+    let mut b = [0u8; 8];
+    match rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::NONBLOCK) {
+        Ok(8) => Some(u64::from_ne_bytes(b)),
+        _ => None,
+    }
+}
+
 /// Opens `path` for reading (close-on-exec). `Err(errno)` on failure.
 pub fn open_read(path: &CStr) -> Result<Fd, i32> {
     // SAFETY: `path` is NUL-terminated; open(2) neither allocates nor keeps the pointer.
