@@ -159,3 +159,44 @@ fn bad_guard_values_warn_once_and_keep_the_default() {
         assert_warned_once(&out, name, "bad value");
     }
 }
+
+#[test]
+fn profile_and_purger_options_take_effect_and_bad_values_warn() {
+    let dir = std::env::temp_dir().join(format!("rampart-options-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out_path = dir.join("p-%p.prof");
+    let out = run_with(&[
+        ("RAMPART_PROFILE", "leaks"),
+        ("RAMPART_PROFILE_RATE", "4096"),
+        ("RAMPART_PROFILE_OUT", out_path.to_str().unwrap()),
+        ("RAMPART_PURGE_THREAD", "0"),
+    ]);
+    let line = options_line(&out);
+    for want in [
+        "RAMPART_PROFILE=leaks",
+        "RAMPART_PROFILE_RATE=4096",
+        "RAMPART_PURGE_THREAD=0",
+    ] {
+        assert!(line.contains(want), "{want} missing: {line}");
+    }
+    assert!(!out.stderr.contains("warning"), "{}", out.describe());
+    // The profile went where RAMPART_PROFILE_OUT said.
+    let written: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert_eq!(written.len(), 1, "{}", out.describe());
+    std::fs::remove_dir_all(&dir).unwrap();
+    let out = run_with(&[
+        ("RAMPART_PROFILE", "everything"),
+        ("RAMPART_PROFILE_RATE", "0"),
+        ("RAMPART_PROFILE_SIGNAL", "9"),
+        ("RAMPART_PROFILE_LEAK_EXITCODE", "300"),
+    ]);
+    for name in [
+        "RAMPART_PROFILE",
+        "RAMPART_PROFILE_RATE",
+        "RAMPART_PROFILE_SIGNAL",
+        "RAMPART_PROFILE_LEAK_EXITCODE",
+    ] {
+        assert_warned_once(&out, name, "bad value");
+    }
+    assert!(!options_line(&out).contains("RAMPART_PROFILE="));
+}

@@ -22,6 +22,11 @@ static HUGEPAGE: AtomicBool = AtomicBool::new(false);
 /// the OS (`MADV_DONTNEED`). Guards against a process keeping the memory it freed; costs a
 /// `madvise` per purged block and a page fault per page when the memory is used again.
 static PURGE_DELAY_MS: AtomicU64 = AtomicU64::new(DEFAULT_PURGE_DELAY_MS);
+/// `RAMPART_PURGE_THREAD=0`: no background purger (`pages::purger`). The purger returns the
+/// memory a program freed even when it then makes no allocator call (an idle process); it
+/// costs a helper thread, which makes the process multi-threaded (`unshare(CLONE_NEWUSER)`
+/// refuses such processes), and a wake-up per purge delay while memory waits.
+static PURGE_THREAD: AtomicBool = AtomicBool::new(true);
 
 /// `RAMPART_GUARD`: `off` (0), `sample` (1) or `all` (2); see `guard` for what each guards
 /// against and costs.
@@ -232,6 +237,11 @@ pub fn purge_delay_ms() -> u64 {
     PURGE_DELAY_MS.load(Ordering::Relaxed)
 }
 
+/// Whether the background purger may run.
+pub fn purge_thread() -> bool {
+    PURGE_THREAD.load(Ordering::Relaxed)
+}
+
 /// Whether start-up reports are wanted.
 pub fn verbose() -> bool {
     VERBOSE.load(Ordering::Relaxed)
@@ -261,6 +271,8 @@ pub fn init() -> bool {
             .dec(stats_at_exit() as u64)
             .str(" RAMPART_PURGE_DELAY_MS=")
             .dec(purge_delay_ms())
+            .str(" RAMPART_PURGE_THREAD=")
+            .dec(purge_thread() as u64)
             .str(" RAMPART_HUGEPAGE=")
             .dec(hugepage() as u64)
             .str(" RAMPART_GUARD=")
@@ -314,11 +326,16 @@ fn apply(entry: &[u8]) {
         _ => None,
     };
     match name {
-        b"RAMPART_STATS" | b"RAMPART_VERBOSE" | b"RAMPART_HUGEPAGE" | b"RAMPART_GUARD_MPROTECT" => {
+        b"RAMPART_STATS"
+        | b"RAMPART_VERBOSE"
+        | b"RAMPART_HUGEPAGE"
+        | b"RAMPART_GUARD_MPROTECT"
+        | b"RAMPART_PURGE_THREAD" => {
             let target = match name {
                 b"RAMPART_STATS" => &STATS,
                 b"RAMPART_VERBOSE" => &VERBOSE,
                 b"RAMPART_HUGEPAGE" => &HUGEPAGE,
+                b"RAMPART_PURGE_THREAD" => &PURGE_THREAD,
                 _ => &GUARD_MPROTECT,
             };
             match flag {

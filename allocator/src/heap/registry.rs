@@ -190,6 +190,7 @@ extern "C" fn fork_child() {
         REGISTRY.reset_after_fork();
     }
     PAGES.lock().purge_abandon();
+    crate::pages::purger::after_fork_child();
     crate::check::guard::fork_child();
     crate::heapprof::fork_child();
 }

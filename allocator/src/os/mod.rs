@@ -279,6 +279,21 @@ pub fn futex_wait(word: &AtomicU32, expected: u32) {
         rustix::thread::futex::wait(word, rustix::thread::futex::Flags::PRIVATE, expected, None);
 }
 
+/// Blocks while `*word == expected`, for at most `ms` milliseconds (or until woken).
+/// Spurious returns are allowed.
+pub fn futex_wait_ms(word: &AtomicU32, expected: u32, ms: u64) {
+    let t = rustix::thread::futex::Timespec {
+        tv_sec: (ms / 1000) as i64,
+        tv_nsec: ((ms % 1000) * 1_000_000) as i64,
+    };
+    let _ = rustix::thread::futex::wait(
+        word,
+        rustix::thread::futex::Flags::PRIVATE,
+        expected,
+        Some(&t),
+    );
+}
+
 /// Wakes one waiter on `word`.
 pub fn futex_wake_one(word: &AtomicU32) {
     let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::PRIVATE, 1);
@@ -841,6 +856,94 @@ pub fn random_u64() -> Option<u64> {
         Ok(8) => Some(u64::from_ne_bytes(b)),
         _ => None,
     }
+}
+
+/// Bytes of stack of a helper thread from [`spawn_helper_thread`].
+const HELPER_STACK: usize = 256 << 10;
+/// Bytes of the stand-in thread-local area of a helper thread (see [`spawn_helper_thread`]).
+const HELPER_TLS: usize = 128 << 10;
+
+/// Starts a helper thread of the allocator's own (the background purger) running `entry(arg)`,
+/// made with a raw `clone` instead of `pthread_create`, so that it can be started anywhere,
+/// a lock of glibc's held or not: `pthread_create` allocates (the thread's TLS) and takes
+/// glibc's stack-cache lock, which `free` can be called under. Returns whether it started.
+///
+/// The thread is not a pthread: it has its own stack and a zeroed stand-in thread-local
+/// area (whose thread pointer points at itself, as the ABI wants), every signal blocked (so
+/// no handler of the program ever runs on it), and it must call nothing that uses glibc's
+/// thread state (`errno`, locks of libc) or Rust's thread-locals: only system calls through
+/// rustix and the allocator's own atomics and futex locks. It ends with the process (at
+/// `exit`, and when the last pthread exits, glibc ends the process: a helper never keeps
+/// one alive), and does not exist in a `fork` child.
+///
+/// # Safety
+/// `entry` keeps the rules above and never returns.
+pub unsafe fn spawn_helper_thread(entry: extern "C" fn(usize) -> !, arg: usize) -> bool {
+    let Some(stack) = map(HELPER_STACK + HELPER_TLS) else {
+        return false;
+    };
+    let base = stack.as_ptr() as usize;
+    // The thread pointer at the top of the TLS area (TLS blocks lie below it, the thread
+    // control block above: both in our zeroed pages); its first and third words point at
+    // itself (the TCB's self pointers).
+    let tp = base + HELPER_STACK + HELPER_TLS / 2;
+    // SAFETY: `tp` and the two words after it lie in the mapping just made, ours.
+    unsafe {
+        *(tp as *mut usize) = tp;
+        *((tp + 16) as *mut usize) = tp;
+    }
+    let stack_top = (base + HELPER_STACK) & !15;
+    // Block every signal around the clone: the thread inherits the mask.
+    // SAFETY: an all-zero sigset is valid to fill; the calls only read and write the locals.
+    let mut all: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: `all` and `old` are valid sigsets of ours.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
+    let flags = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM
+        | libc::CLONE_SETTLS) as usize;
+    let ret: isize;
+    // SAFETY: clone(2) with a fresh stack and TLS area of ours; the child runs on that stack
+    // and goes straight to `entry` (which never returns: `ud2` after it is never reached);
+    // the parent goes on with its registers intact (syscall clobbers rcx and r11 only).
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r13",
+            "call r12",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone as isize => ret,
+            in("rdi") flags,
+            in("rsi") stack_top,
+            in("rdx") 0usize,
+            in("r10") 0usize,
+            in("r8") tp,
+            in("r12") entry as usize,
+            in("r13") arg,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
+    if ret < 0 {
+        // SAFETY: the mapping is ours and no thread uses it.
+        unsafe { unmap(stack.as_ptr(), HELPER_STACK + HELPER_TLS) };
+        return false;
+    }
+    true
 }
 
 /// Opens `path` for reading (close-on-exec). `Err(errno)` on failure.

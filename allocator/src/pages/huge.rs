@@ -138,6 +138,7 @@ impl<S: PageSource> Pages<S> {
                 self.now_ms = self.source.now_ms();
                 self.huge_cache[i] = (base, len, self.now_ms);
                 self.huge_cached_bytes += len;
+                self.source.purge_pending();
             }
             // SAFETY: the block is no longer used or mapped to an owner.
             _ => unsafe { self.source.huge_unmap(base, len) },

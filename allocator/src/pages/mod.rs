@@ -99,6 +99,9 @@ pub unsafe trait PageSource {
         // (huge_release's contract): the caller's to give up.
         unsafe { os::unmap(base as *mut u8, len + GUARD_SIZE) };
     }
+    /// Something now waits to be purged (a chunk was queued, a huge mapping cached); called
+    /// under the page lock. The process's source starts or wakes the background purger.
+    fn purge_pending(&self) {}
 }
 
 /// The real page source: chunks are mmap'd with a guard page after them.
@@ -132,6 +135,10 @@ unsafe impl PageSource for OsSource {
     unsafe fn meta_free(&self, p: NonNull<u8>, len: usize) {
         // SAFETY: the caller gives back a mapping of ours.
         unsafe { os::unmap(p.as_ptr(), len) };
+    }
+
+    fn purge_pending(&self) {
+        purger::pending();
     }
 
     unsafe fn decommit(&self, addr: NonNull<u8>, len: usize) -> bool {
@@ -1431,6 +1438,7 @@ unsafe fn walk_chunk(
 mod huge;
 mod map;
 mod purge;
+pub mod purger;
 mod view;
 
 pub use huge::Huge;

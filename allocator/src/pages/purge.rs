@@ -31,6 +31,7 @@ impl<S: PageSource> Pages<S> {
             unsafe { (*self.purge_tail).purge_next = chunk };
         }
         self.purge_tail = chunk;
+        self.source.purge_pending();
     }
 
     /// Takes a chunk out of the purge queue.
@@ -72,6 +73,24 @@ impl<S: PageSource> Pages<S> {
         // SAFETY: queued chunks are live.
         (!self.purge_head.is_null() && unsafe { (*self.purge_head).queued_ms } <= cutoff)
             || self.huge_cache.iter().any(|e| e.1 != 0 && e.2 <= cutoff)
+    }
+
+    /// When the next purge step is due (the monotonic clock in milliseconds), as of the last
+    /// clock reading (`now_ms`): the oldest queued chunk's or cached huge mapping's time plus
+    /// the purge delay, or now while another purge is out; `None` when nothing waits.
+    pub fn next_purge_ms(&self) -> Option<u64> {
+        if self.purge_out_len + self.purge_huge_out != 0 {
+            return Some(self.now_ms + crate::config::purge_delay_ms().max(1));
+        }
+        let delay = crate::config::purge_delay_ms();
+        // SAFETY: queued chunks are live.
+        let chunk = (!self.purge_head.is_null()).then(|| unsafe { (*self.purge_head).queued_ms });
+        let huge = self.huge_cache.iter().filter(|e| e.1 != 0).map(|e| e.2).min();
+        match (chunk, huge) {
+            (Some(a), Some(b)) => Some(a.min(b) + delay),
+            (Some(t), None) | (None, Some(t)) => Some(t + delay),
+            (None, None) => None,
+        }
     }
 
     /// Starts one purge step, if one is due ([`Pages::purge_due`]): takes out the cached huge
@@ -325,9 +344,11 @@ pub fn with<R>(f: impl FnOnce(&mut Pages<OsSource>) -> R) -> R {
     r
 }
 
+/// Runs one purge step with the page lock dropped around its system calls (the lock is
+/// taken again to end it).
 #[cold]
 #[inline(never)]
-fn purge_unlocked(mut pages: crate::util::FutexGuard<'_, Pages<OsSource>>) {
+pub(super) fn purge_unlocked(mut pages: crate::util::FutexGuard<'_, Pages<OsSource>>) {
     let mut w = pages.purge_begin();
     drop(pages);
     if !w.is_empty() {
