@@ -79,7 +79,9 @@ fn value(stdout: &str, name: &str) -> Option<u64> {
 fn idle_run(env: &[(&str, &str)], window_ms: u32) -> String {
     let prog = gcc("idle_rss", &["tests/c/idle_rss.c", "-O2"]);
     let mut cmd = preloaded(&prog);
-    cmd.env("RAMPART_STATS", "1").envs(env.iter().copied()).arg(window_ms.to_string());
+    cmd.env("RAMPART_STATS", "1")
+        .envs(env.iter().copied())
+        .arg(window_ms.to_string());
     let out = run(cmd, WATCHDOG);
     out.assert_success();
     assert!(

@@ -85,7 +85,12 @@ impl<S: PageSource> Pages<S> {
         let delay = crate::config::purge_delay_ms();
         // SAFETY: queued chunks are live.
         let chunk = (!self.purge_head.is_null()).then(|| unsafe { (*self.purge_head).queued_ms });
-        let huge = self.huge_cache.iter().filter(|e| e.1 != 0).map(|e| e.2).min();
+        let huge = self
+            .huge_cache
+            .iter()
+            .filter(|e| e.1 != 0)
+            .map(|e| e.2)
+            .min();
         match (chunk, huge) {
             (Some(a), Some(b)) => Some(a.min(b) + delay),
             (Some(t), None) | (None, Some(t)) => Some(t + delay),

@@ -62,11 +62,6 @@ fn start() {
     STATE.store(if started { RUNNING } else { OFF }, Ordering::Relaxed);
 }
 
-/// Whether the purger thread runs (for the statistics and tests).
-pub fn running() -> bool {
-    STATE.load(Ordering::Relaxed) == RUNNING
-}
-
 /// After `fork`, in the child: the purger thread is not there; the next pending purge starts
 /// one.
 pub fn after_fork_child() {
