@@ -329,6 +329,24 @@ fn profiles_are_written_on_request_and_on_a_signal() {
     assert!(raw.sum("live").0 >= 4_000_000, "the cache is live");
 }
 
+/// A freed sampled block's run is kept for the next sample (its pages stay committed), so
+/// a second free of it must still be caught: the lookup sees it as freed memory.
+#[test]
+fn a_double_free_of_a_sampled_block_is_reported() {
+    let prog = sites();
+    let dir = out_dir("double");
+    let mut cmd = profiled(&prog, &dir, "heap", 1);
+    c_support::no_core_dumps(&mut cmd);
+    cmd.arg("double");
+    let out = run(cmd, WATCHDOG);
+    assert_eq!(out.signal(), Some(c_support::SIGABRT), "{}", out.describe());
+    assert!(
+        out.stderr.contains("rampart: invalid-free") && out.stderr.contains("double free?"),
+        "{}",
+        out.describe()
+    );
+}
+
 #[test]
 fn writing_a_profile_fails_cleanly_when_profiling_is_off() {
     let prog = sites();

@@ -154,7 +154,8 @@ fn alloc_profiled(
     }
     let mut frames = [0usize; crate::heapprof::FRAMES];
     let n = crate::heapprof::capture(&mut frames, marker);
-    let p = large::alloc(size, align.max(MIN_ALIGN), zero);
+    let p =
+        cached_run(size, align, zero).or_else(|| large::alloc(size, align.max(MIN_ALIGN), zero));
     if let Some(p) = p {
         let id = crate::heapprof::record_alloc(size, w, &frames[..n]);
         // SAFETY: a live large block just allocated, ours.
@@ -162,6 +163,27 @@ fn alloc_profiled(
     }
     crate::heapprof::leave();
     p
+}
+
+/// A run the heap profile kept from an earlier sample (see `heapprof::cache_run`) of the
+/// page count `size` needs, as a live block, zeroed if `zero`; `None` when there is none or
+/// the alignment asks for more than a page.
+fn cached_run(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
+    if align > crate::os::PAGE_SIZE {
+        return None;
+    }
+    let npages =
+        crate::util::checked_align_up(size.max(1), crate::os::PAGE_SIZE)? / crate::os::PAGE_SIZE;
+    let s = NonNull::new(crate::heapprof::take_run(npages)? as *mut crate::pages::Span)?;
+    // SAFETY: a run the cache held (freed by the program, used by nobody), ours now.
+    unsafe { large::set_cached(s, false) };
+    // SAFETY: as above: a live descriptor of a run of `npages` pages.
+    let p = unsafe { s.as_ref().addr } as *mut u8;
+    if zero {
+        // SAFETY: the run holds at least `size` bytes, ours.
+        unsafe { ptr::write_bytes(p, 0, size) };
+    }
+    NonNull::new(p)
 }
 
 /// Frees a block.
@@ -195,6 +217,15 @@ pub unsafe fn free_sized(p: NonNull<u8>, size: usize) {
 /// back.
 pub fn trim() -> usize {
     heap::release_held_blocks();
+    crate::heapprof::drain_runs(|s| {
+        if let Some(s) = NonNull::new(s as *mut crate::pages::Span) {
+            // SAFETY: a run the profile's cache held: freed by the program, used by nobody.
+            unsafe {
+                large::set_cached(s, false);
+                large::free_run(s);
+            }
+        }
+    });
     crate::pages::PAGES.lock().trim()
 }
 
@@ -247,14 +278,14 @@ pub unsafe fn realloc(
             // SAFETY: the lookup found `p` at the start of the live large run `s`.
             let run = unsafe { s.as_ref() };
             let cap = large::run_capacity(run);
-            // A profiled block always moves (the new block is sampled, or not, afresh);
-            // other runs grow or shrink in place where they can.
-            if large::run_sample(run) == 0 && new_size > SMALL_MAX {
-                // SAFETY: `s` is the live large run of `p`, which the caller owns (realloc's
-                // contract): resize_run's contract.
-                if unsafe { large::resize_run(s, new_size) } {
-                    return Some(p);
+            let sample = large::run_sample(run);
+            // SAFETY: `s` is the live large run of `p`, which the caller owns (realloc's
+            // contract): resize_run's contract.
+            if new_size > SMALL_MAX && unsafe { large::resize_run(s, new_size) } {
+                if sample != 0 {
+                    crate::heapprof::record_resize(sample, new_size);
                 }
+                return Some(p);
             }
             cap
         }

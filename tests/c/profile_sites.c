@@ -7,6 +7,8 @@
  *                            bytes; keep_large: 2048 x 64 KiB) and 1 M short-lived blocks
  *   profile_sites fork       leaks 1000 bytes in the parent (before the fork) and 2000 in
  *                            the child (after it, from child_leak)
+ *   profile_sites double     frees a (sampled, in exact mode) block twice: the run the
+ *                            profile keeps for reuse must still be seen as freed
  *   profile_sites write PATH keeps a cache, writes the profile to PATH on request, and
  *                            raises SIGUSR2 (for RAMPART_PROFILE_SIGNAL=12)
  *
@@ -107,6 +109,12 @@ int main(int argc, char **argv) {
         return 2;
     if (!strcmp(argv[1], "leaks")) {
         leaks();
+        return 0;
+    }
+    if (!strcmp(argv[1], "double")) {
+        char *p = malloc(100);
+        free(p);
+        free(p);
         return 0;
     }
     if (!strcmp(argv[1], "noleaks")) {

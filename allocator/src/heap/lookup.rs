@@ -73,6 +73,10 @@ pub fn lookup(p: *mut u8) -> Block {
         let span = unsafe { nn.as_ref() };
         return match span.state.get() {
             State::Slab if slab::is_block_start(span, p as usize) => Block::Small(nn),
+            // A run the heap profile keeps for reuse was freed by the program.
+            State::Large if span.addr == p as usize && large::is_cached(span) => {
+                Block::Invalid(Invalid::FreePages)
+            }
             State::Large if span.addr == p as usize => Block::Large(nn),
             State::Free | State::Purging => Block::Invalid(Invalid::FreePages),
             _ => Block::Invalid(Invalid::Interior),

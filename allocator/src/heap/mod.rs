@@ -653,6 +653,15 @@ unsafe fn free_slow(p: *mut u8, claimed: usize) {
             let sample = large::run_sample(run);
             if sample != 0 {
                 profile::record_free(sample);
+                // A sampled run of a few pages is kept for the next sample, its pages
+                // committed: a fresh run would cost a page fault and a purge per sample.
+                // SAFETY: the program gave the run up (free's contract): ours to keep.
+                unsafe { large::set_cached(s, true) };
+                if profile::cache_run(s.as_ptr() as usize, run.npages as usize) {
+                    return;
+                }
+                // SAFETY: as above.
+                unsafe { large::set_cached(s, false) };
             }
             // SAFETY: as above; the caller gives the block up.
             unsafe { large::free_run(s) };

@@ -67,6 +67,26 @@ pub fn run_sample(s: &Span) -> u32 {
     s.divisor as u32
 }
 
+/// The `divisor` of a run the heap profile keeps for its next sample (see
+/// `heapprof::cache_run`): freed by the program, still a large run to the page layer, and
+/// classified as freed memory by every lookup.
+const CACHED: u64 = u64::MAX;
+
+/// Whether a large run is one the heap profile keeps (freed; see [`CACHED`]).
+pub fn is_cached(s: &Span) -> bool {
+    s.divisor == CACHED
+}
+
+/// Marks a large run as kept by the heap profile (`cached`), or as a live block again.
+///
+/// # Safety
+/// `s` is a large run that nobody else uses: freed by the program (to keep it), or just
+/// taken from the profile's cache (to hand it out).
+pub unsafe fn set_cached(mut s: NonNull<Span>, cached: bool) {
+    // SAFETY: the caller's run, used by nobody else.
+    unsafe { s.as_mut().divisor = if cached { CACHED } else { 0 } };
+}
+
 /// Frees a large run.
 ///
 /// # Safety

@@ -38,11 +38,9 @@ static PARKED: AtomicU32 = AtomicU32::new(0);
 /// time, wakes it if it is parked.
 pub(super) fn pending() {
     match STATE.load(Ordering::Relaxed) {
-        RUNNING => {
-            if PARKED.load(Ordering::Relaxed) == 1 {
-                PARKED.store(0, Ordering::Relaxed);
-                os::futex_wake_one(&PARKED);
-            }
+        RUNNING if PARKED.load(Ordering::Relaxed) == 1 => {
+            PARKED.store(0, Ordering::Relaxed);
+            os::futex_wake_one(&PARKED);
         }
         IDLE => start(),
         _ => {}
