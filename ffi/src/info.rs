@@ -47,14 +47,26 @@ pub fn read_options() {
 /// `path` is null or a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn rampart_heapmap_write(path: *const c_char) -> c_int {
+    // SAFETY: the caller passes null or a NUL-terminated string (this function's contract).
+    unsafe { write_to_path(path, |p| rampart::internals::write_heapmap(p).map(|_| ())) }
+}
+
+/// The C convention of the `rampart_*_write(path)` calls: `EINVAL` for a null path, else
+/// `write(path)`; 0 on success, -1 with `errno` set to what failed.
+///
+/// # Safety
+/// `path` is null or a NUL-terminated string.
+unsafe fn write_to_path(
+    path: *const c_char,
+    write: impl FnOnce(&core::ffi::CStr) -> Result<(), c_int>,
+) -> c_int {
     if path.is_null() {
         rampart::internals::set_errno(libc::EINVAL);
         return -1;
     }
     // SAFETY: the caller passes a NUL-terminated string.
-    let path = unsafe { core::ffi::CStr::from_ptr(path) };
-    match rampart::internals::write_heapmap(path) {
-        Ok(_) => 0,
+    match write(unsafe { core::ffi::CStr::from_ptr(path) }) {
+        Ok(()) => 0,
         Err(errno) => {
             rampart::internals::set_errno(errno);
             -1
@@ -71,19 +83,8 @@ pub unsafe extern "C" fn rampart_heapmap_write(path: *const c_char) -> c_int {
 /// `path` is null or a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn rampart_profile_write(path: *const c_char) -> c_int {
-    if path.is_null() {
-        rampart::internals::set_errno(libc::EINVAL);
-        return -1;
-    }
-    // SAFETY: the caller passes a NUL-terminated string.
-    let path = unsafe { core::ffi::CStr::from_ptr(path) };
-    match rampart::internals::write_profile(path) {
-        Ok(_) => 0,
-        Err(errno) => {
-            rampart::internals::set_errno(errno);
-            -1
-        }
-    }
+    // SAFETY: the caller passes null or a NUL-terminated string (this function's contract).
+    unsafe { write_to_path(path, |p| rampart::internals::write_profile(p).map(|_| ())) }
 }
 
 /// glibc's `struct mallinfo2`.

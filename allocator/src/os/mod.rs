@@ -727,20 +727,25 @@ extern "C" {
     fn _Unwind_GetCFA(ctx: *mut UnwindContext) -> usize;
 }
 
-/// Where a backtrace is written: the frames, how many were kept, and how many to skip.
+/// Where a backtrace is written: the frames, how many were kept, how many to skip, and the
+/// stack address at or below which frames are dropped (see [`backtrace_above`]; 0: none).
 struct Trace<'a> {
     frames: &'a mut [usize],
     len: usize,
     skip: usize,
+    marker: usize,
 }
 
 extern "C" fn trace_one(ctx: *mut UnwindContext, arg: *mut c_void) -> i32 {
-    // SAFETY: `arg` is the `Trace` passed by `backtrace` below, alive for the walk.
+    // SAFETY: `arg` is the `Trace` passed by `walk` below, alive for the walk.
     let t = unsafe { &mut *(arg as *mut Trace<'_>) };
     // SAFETY: the unwinder hands us a live context.
-    let ip = unsafe { _Unwind_GetIP(ctx) };
+    let (ip, sp) = unsafe { (_Unwind_GetIP(ctx), _Unwind_GetCFA(ctx)) };
     if ip == 0 {
         return 5; // _URC_END_OF_STACK
+    }
+    if sp <= t.marker {
+        return 0;
     }
     if t.skip > 0 {
         t.skip -= 1;
@@ -754,18 +759,23 @@ extern "C" fn trace_one(ctx: *mut UnwindContext, arg: *mut c_void) -> i32 {
     0 // _URC_NO_REASON
 }
 
+/// One walk of libgcc's unwinder into `t`; returns the frames written.
+fn walk(mut t: Trace<'_>) -> usize {
+    // SAFETY: the callback only writes into `t`, which outlives the walk.
+    unsafe { _Unwind_Backtrace(trace_one, (&raw mut t).cast()) };
+    t.len
+}
+
 /// Writes the return addresses of the calling stack into `frames` (after skipping `skip`
 /// frames of the caller's own), through libgcc's unwinder, which reads `.eh_frame` and does
 /// not allocate. Returns how many were written.
 pub fn backtrace(frames: &mut [usize], skip: usize) -> usize {
-    let mut t = Trace {
+    walk(Trace {
         frames,
         len: 0,
         skip,
-    };
-    // SAFETY: the callback only writes into `t`, which outlives the walk.
-    unsafe { _Unwind_Backtrace(trace_one, (&raw mut t).cast()) };
-    t.len
+        marker: 0,
+    })
 }
 
 /// Writes the return addresses of the frames *outside* the function whose stack frame holds
@@ -779,40 +789,12 @@ pub fn backtrace(frames: &mut [usize], skip: usize) -> usize {
 /// The frames whose stack pointer is at or below the marker are the marker's own function
 /// and its callees; the first above it is its caller.
 pub fn backtrace_above(frames: &mut [usize], marker: usize) -> usize {
-    let mut t = TraceAbove {
+    walk(Trace {
         frames,
         len: 0,
+        skip: 0,
         marker,
-    };
-    // SAFETY: the callback only writes into `t`, which outlives the walk.
-    unsafe { _Unwind_Backtrace(trace_above_one, (&raw mut t).cast()) };
-    t.len
-}
-
-/// Where [`backtrace_above`] writes.
-struct TraceAbove<'a> {
-    frames: &'a mut [usize],
-    len: usize,
-    marker: usize,
-}
-
-extern "C" fn trace_above_one(ctx: *mut UnwindContext, arg: *mut c_void) -> i32 {
-    // SAFETY: `arg` is the `TraceAbove` passed by `backtrace_above`, alive for the walk.
-    let t = unsafe { &mut *(arg as *mut TraceAbove<'_>) };
-    // SAFETY: the unwinder hands us a live context.
-    let (ip, sp) = unsafe { (_Unwind_GetIP(ctx), _Unwind_GetCFA(ctx)) };
-    if ip == 0 {
-        return 5; // _URC_END_OF_STACK
-    }
-    if sp <= t.marker {
-        return 0;
-    }
-    if t.len == t.frames.len() {
-        return 5;
-    }
-    t.frames[t.len] = ip;
-    t.len += 1;
-    0
+    })
 }
 
 /// The address range of the loaded shared library (`.so`) holding the code address `pc`:
