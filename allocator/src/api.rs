@@ -165,7 +165,7 @@ fn alloc_profiled(
     p
 }
 
-/// A run the heap profile kept from an earlier sample (see `heapprof::cache_run`) of the
+/// A run the heap profile kept from an earlier sample (see `heapprof::record_free_and_keep`) of the
 /// page count `size` needs, as a live block, zeroed if `zero`; `None` when there is none or
 /// the alignment asks for more than a page.
 fn cached_run(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {

@@ -32,6 +32,16 @@ pub const fn log2_ceil(x: usize) -> u32 {
     }
 }
 
+/// The next number of a splitmix64 generator over the shared counter `state` (Steele,
+/// Lea and Flood): one relaxed add and a few multiplies, lock-free, good enough for
+/// sampling intervals (not for secrets).
+pub fn splitmix64(state: &core::sync::atomic::AtomicU64) -> u64 {
+    let mut z = state.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// A mutual-exclusion lock that never allocates: a spin phase, then `futex` sleeps
 /// (Drepper's three-state mutex: 0 free, 1 locked, 2 locked with waiters).
 ///

@@ -377,8 +377,7 @@ fn set_countdown(h: &mut Heap) {
 /// Starts a heap's countdowns and weights (a heap handed to a thread).
 pub(super) fn start_countdowns(h: &mut Heap) {
     for (c, w) in h.weight.iter_mut().enumerate() {
-        // SAFETY: `c < NUM_CLASSES`.
-        *w = unsafe { profile::weight(c) };
+        *w = profile::weight(c);
     }
     h.guard_left = guard_interval();
     h.profile_left = profile::next_interval();
@@ -650,14 +649,13 @@ unsafe fn free_slow(p: *mut u8, claimed: usize) {
             if claimed > large::run_capacity(run) {
                 size_mismatch(p);
             }
-            let sample = large::run_sample(run);
+            let (sample, npages) = (large::run_sample(run), run.npages as usize);
             if sample != 0 {
-                profile::record_free(sample);
                 // A sampled run of a few pages is kept for the next sample, its pages
                 // committed: a fresh run would cost a page fault and a purge per sample.
                 // SAFETY: the program gave the run up (free's contract): ours to keep.
                 unsafe { large::set_cached(s, true) };
-                if profile::cache_run(s.as_ptr() as usize, run.npages as usize) {
+                if profile::record_free_and_keep(sample, s.as_ptr() as usize, npages) {
                     return;
                 }
                 // SAFETY: as above.

@@ -35,7 +35,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::config::{self, ProfileMode};
 use crate::os;
-use crate::size_class::{class_of, class_size, NUM_CLASSES, SMALL_MAX};
+use crate::size_class::{class_of, class_size, SMALL_MAX};
 use crate::util::FutexLock;
 
 /// Return addresses kept per stack.
@@ -62,20 +62,16 @@ pub fn on() -> bool {
     ON.load(Ordering::Relaxed)
 }
 
-/// What the fast path subtracts from the sampling countdown for an allocation of each class:
-/// 1 (counting allocations) unless profiling, then the class's size (counting bytes). Set
-/// once, when the options are read, before any heap exists; each heap keeps a copy beside
-/// its current spans.
-static WEIGHTS: [AtomicUsize; NUM_CLASSES] = [const { AtomicUsize::new(1) }; NUM_CLASSES];
-
-/// The countdown's weight of an allocation of `class` (see [`WEIGHTS`]).
-///
-/// # Safety
-/// `class < NUM_CLASSES`.
+/// What the fast path subtracts from the sampling countdown for an allocation of `class`:
+/// 1 (it counts allocations) unless profiling, then the class's size (it counts bytes).
+/// Each heap keeps a copy per class beside its current spans.
 #[inline]
-pub unsafe fn weight(class: usize) -> usize {
-    // SAFETY: the caller keeps `class` in bounds.
-    unsafe { WEIGHTS.get_unchecked(class) }.load(Ordering::Relaxed)
+pub fn weight(class: usize) -> usize {
+    if on() {
+        class_size(class)
+    } else {
+        1
+    }
 }
 
 /// The countdown's weight of an allocation of `size` bytes that leaves the fast path: what
@@ -86,7 +82,7 @@ pub fn weight_of_size(size: usize) -> usize {
     if !on() {
         1
     } else if size <= SMALL_MAX {
-        class_size(class_of(size))
+        weight(class_of(size))
     } else {
         size
     }
@@ -102,9 +98,6 @@ pub fn init() {
     if config::profile_mode() == ProfileMode::Off || ON.load(Ordering::Relaxed) {
         return;
     }
-    for (c, w) in WEIGHTS.iter().enumerate() {
-        w.store(class_size(c), Ordering::Relaxed);
-    }
     // Each process draws its own intervals (two runs give independent estimates, and a
     // program cannot fall into step with them); the fixed seed serves when the kernel has no
     // randomness to give.
@@ -118,16 +111,12 @@ pub fn init() {
     ON.store(true, Ordering::Release);
 }
 
-/// State of the interval draws' random numbers (splitmix64 over a shared counter).
+/// State of the interval draws' random numbers (see `util::splitmix64`).
 static SEED: AtomicU64 = AtomicU64::new(0x2545_f491_4f6c_dd1d);
 
 /// A uniform random number in `(0, 1)`.
 fn uniform() -> f64 {
-    let mut z = SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    ((crate::util::splitmix64(&SEED) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
 }
 
 /// Bytes to allocate before the next sample: exponentially distributed with mean
@@ -185,6 +174,15 @@ pub struct Amount {
     pub objects: f64,
 }
 
+/// A pair of estimate counters (bytes, objects) as an [`Amount`], never negative (a sum of
+/// additions and subtractions of the same values can end a rounding error below zero).
+fn amount(e: &[Estimate; 2]) -> Amount {
+    Amount {
+        bytes: e[0].get().max(0.0),
+        objects: e[1].get().max(0.0),
+    }
+}
+
 /// One distinct stack and what it holds. Its value at the last peak is `live` when it has
 /// not changed since that peak (`changed < peak_clock`), else `at_peak` (saved by the first
 /// change after the peak: the value it had then).
@@ -222,9 +220,7 @@ struct Table {
     failed: bool,
     /// Events (sampled allocations and frees) so far.
     clock: u64,
-    /// Samples not recorded: tables full.
-    dropped: u64,
-    /// Runs of freed sampled blocks kept for the next samples (see [`cache_run`]): the run
+    /// Runs of freed sampled blocks kept for the next samples (see [`record_free_and_keep`]): the run
     /// descriptor's address and its pages; `cached_pages` in all.
     runs: [(usize, usize); RUN_CACHE],
     nruns: usize,
@@ -242,7 +238,6 @@ static TABLE: FutexLock<Table> = FutexLock::new(Table {
     free_head: 0,
     failed: false,
     clock: 0,
-    dropped: 0,
     runs: [(0, 0); RUN_CACHE],
     nruns: 0,
     cached_pages: 0,
@@ -350,6 +345,27 @@ impl Table {
             PEAK_CLOCK.store(self.clock + 1, Ordering::Relaxed);
         }
     }
+
+    /// The free of the sampled block `id`: its record goes back to the free list and its
+    /// estimates off its stack.
+    fn free_sample(&mut self, id: u32) {
+        if id == 0 || id as usize > self.samples_made {
+            return;
+        }
+        // SAFETY: `id - 1 < samples_made`: a record of the sample table.
+        let rec = unsafe { &mut *self.samples.add(id as usize - 1) };
+        let Sample {
+            stack,
+            bytes,
+            objects,
+            ..
+        } = *rec;
+        rec.next_free = self.free_head;
+        rec.bytes = 0.0;
+        rec.objects = 0.0;
+        self.free_head = id;
+        self.change(stack as usize, -bytes, -objects);
+    }
 }
 
 std::thread_local! {
@@ -406,7 +422,6 @@ pub fn record_alloc(size: usize, w: usize, frames: &[usize]) -> u32 {
         return 0;
     }
     let Some(stack) = t.stack_of(frames) else {
-        t.dropped += 1;
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return 0;
     };
@@ -419,7 +434,6 @@ pub fn record_alloc(size: usize, w: usize, frames: &[usize]) -> u32 {
         t.samples_made += 1;
         t.samples_made as u32
     } else {
-        t.dropped += 1;
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return 0;
     };
@@ -441,25 +455,6 @@ pub fn record_alloc(size: usize, w: usize, frames: &[usize]) -> u32 {
     SAMPLES.fetch_add(1, Ordering::Relaxed);
     t.change(stack, bytes, objects);
     id
-}
-
-/// Keeps the run of a freed sampled block (its descriptor's address `span`, `npages` pages)
-/// for a later sample of the same page count, if there is room (64 runs, 256 pages); says
-/// whether it was kept. A sampled block has a page run of its own; a fresh run for every
-/// sample cost a page fault and, once freed, a purge and a TLB shootdown (measured on the
-/// suite's `fragment`: 7,000 samples, one more page fault each, +14 % time), while a kept
-/// run's pages stay committed. The caller marks the run as kept (`large::set_cached`)
-/// first.
-pub fn cache_run(span: usize, npages: usize) -> bool {
-    let mut t = TABLE.lock();
-    if t.nruns == RUN_CACHE || t.cached_pages + npages > RUN_CACHE_PAGES {
-        return false;
-    }
-    let n = t.nruns;
-    t.runs[n] = (span, npages);
-    t.nruns += 1;
-    t.cached_pages += npages;
-    true
 }
 
 /// A kept run of exactly `npages` pages (its descriptor's address), the most recently kept
@@ -494,23 +489,28 @@ pub fn drain_runs(mut free: impl FnMut(usize)) {
 
 /// Records the free of the sampled block `id` (from [`record_alloc`]).
 pub fn record_free(id: u32) {
+    TABLE.lock().free_sample(id);
+}
+
+/// Records the free of the sampled block `id` and keeps its run (its descriptor's address
+/// `span`, `npages` pages) for a later sample of the same page count, if there is room (64
+/// runs, 256 pages), under one taking of the lock; says whether the run was kept. A sampled
+/// block has a page run of its own; a fresh run for every sample cost a page fault and, once
+/// freed, a purge and a TLB shootdown (measured on the suite's `fragment`: 7,000 samples,
+/// one more page fault each, +14 % time), while a kept run's pages stay committed. The
+/// caller marks the run as kept (`large::set_cached`) first: once in the cache, another
+/// thread may take it.
+pub fn record_free_and_keep(id: u32, span: usize, npages: usize) -> bool {
     let mut t = TABLE.lock();
-    if id == 0 || id as usize > t.samples_made {
-        return;
+    t.free_sample(id);
+    if t.nruns == RUN_CACHE || t.cached_pages + npages > RUN_CACHE_PAGES {
+        return false;
     }
-    // SAFETY: `id - 1 < samples_made`: a record of the sample table.
-    let rec = unsafe { &mut *t.samples.add(id as usize - 1) };
-    let Sample {
-        stack,
-        bytes,
-        objects,
-        ..
-    } = *rec;
-    rec.next_free = t.free_head;
-    rec.bytes = 0.0;
-    rec.objects = 0.0;
-    t.free_head = id;
-    t.change(stack as usize, -bytes, -objects);
+    let n = t.nruns;
+    t.runs[n] = (span, npages);
+    t.nruns += 1;
+    t.cached_pages += npages;
+    true
 }
 
 /// Records that the sampled block `id` now holds `size` bytes (a `realloc` in place). It
@@ -554,10 +554,6 @@ pub struct Totals {
 
 /// The totals now (read without the lock).
 pub fn totals() -> Totals {
-    let amount = |e: &[Estimate; 2]| Amount {
-        bytes: e[0].get().max(0.0),
-        objects: e[1].get().max(0.0),
-    };
     Totals {
         live: amount(&LIVE),
         peak: amount(&PEAK),
@@ -585,10 +581,6 @@ pub fn for_each_stack(locked: bool, mut f: impl FnMut(usize, &StackView<'_>)) {
     let peak_clock = PEAK_CLOCK.load(Ordering::Relaxed);
     let base = STACKS.load(Ordering::Acquire) as *const Stack;
     let n = NSTACKS.load(Ordering::Acquire);
-    let amount = |e: &[Estimate; 2]| Amount {
-        bytes: e[0].get().max(0.0),
-        objects: e[1].get().max(0.0),
-    };
     for idx in 0..n {
         // SAFETY: records below NSTACKS are complete (published with release) and never move.
         let s = unsafe { &*base.add(idx) };

@@ -68,7 +68,7 @@ pub fn run_sample(s: &Span) -> u32 {
 }
 
 /// The `divisor` of a run the heap profile keeps for its next sample (see
-/// `heapprof::cache_run`): freed by the program, still a large run to the page layer, and
+/// `heapprof::record_free_and_keep`): freed by the program, still a large run to the page layer, and
 /// classified as freed memory by every lookup.
 const CACHED: u64 = u64::MAX;
 

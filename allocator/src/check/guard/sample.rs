@@ -35,11 +35,8 @@ pub fn next_interval() -> usize {
     if n == 1 {
         return 1;
     }
-    // splitmix64 over a shared counter: uniform in [1, 2n - 1], mean n.
-    let mut z = SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
+    // Uniform in [1, 2n - 1], mean n.
+    let z = crate::util::splitmix64(&SEED);
     (1 + z % (2 * n - 1)) as usize
 }
 
