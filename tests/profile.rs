@@ -277,11 +277,19 @@ fn a_fork_child_writes_a_profile_of_its_own() {
     let files = profiles(&dir);
     assert_eq!(files.len(), 2, "one profile per process: {files:?}");
     let raws: Vec<Raw> = files.iter().map(|f| Raw::read(f)).collect();
-    let parent = raws
-        .iter()
-        .find(|r| r.pid == out_pid(&out.command, &raws))
-        .unwrap();
-    let child = raws.iter().find(|r| r.pid != parent.pid).unwrap();
+    // The program prints "parent P child C".
+    let pids: Vec<u32> = out
+        .stdout
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 2, "{}", out.describe());
+    let by_pid = |pid: u32| {
+        raws.iter()
+            .find(|r| r.pid == pid)
+            .unwrap_or_else(|| panic!("no profile of pid {pid}: {files:?}"))
+    };
+    let (parent, child) = (by_pid(pids[0]), by_pid(pids[1]));
     assert_eq!(parent.sum("live"), (1000, 1), "parent: its own leak only");
     // The child inherited the parent's block (it is in its heap too) and leaked its own.
     assert_eq!(child.sum("live"), (3000, 2), "child");
@@ -293,16 +301,6 @@ fn a_fork_child_writes_a_profile_of_its_own() {
         "{}",
         out.describe()
     );
-}
-
-/// The parent's pid: the profile whose process outlived the other (written last) is the
-/// parent's; with two files, it is the one whose pid is smaller unless pids wrapped, so
-/// tell them apart by their leaks instead.
-fn out_pid(_command: &str, raws: &[Raw]) -> u32 {
-    raws.iter()
-        .find(|r| r.sum("live").0 == 1000)
-        .map(|r| r.pid)
-        .expect("a profile holding only the parent's leak")
 }
 
 #[test]
