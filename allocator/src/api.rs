@@ -10,7 +10,9 @@ use core::ptr::{self, NonNull};
 
 use crate::heap::{self, Block};
 use crate::large;
-use crate::size_class::{class_of, class_of_aligned, class_of_table, SMALL_MAX, SMALL_TABLE_MAX};
+use crate::size_class::{
+    class_of, class_of_aligned, class_of_table, SMALL_CLASSES_MAX, SMALL_MAX, SMALL_TABLE_MAX,
+};
 
 pub use crate::size_class::MIN_ALIGN;
 
@@ -133,7 +135,7 @@ fn alloc_checked(
             unsafe { crate::check::redzone::prepare(b, class, size, zero) };
             Some(b)
         })
-        .or_else(|| large::alloc(size.max(SMALL_MAX + 1), align, zero))
+        .or_else(|| large::alloc(size.max(SMALL_CLASSES_MAX + 1), align, zero))
 }
 
 /// A profiled allocation: a page run (or huge block) of its own, whose descriptor names its
@@ -332,6 +334,10 @@ mod tests {
             (5000, 4096),
             (32 * 1024, 16),
             (32 * 1024 + 1, 16),
+            (100_000, 16),
+            (100_000, 4096),
+            (1 << 20, 16),
+            ((1 << 20) + 1, 16),
             (100_000, 8192),
             (3 << 20, 1 << 20),
             (5 << 20, 16),

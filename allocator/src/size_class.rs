@@ -1,8 +1,12 @@
-//! Size classes of small blocks.
+//! Size classes of the blocks a thread's heap serves.
 //!
 //! Classes are 16 B apart up to 128 B, then four per doubling (`2^b + k * 2^(b-2)`, k = 1..4)
-//! up to [`SMALL_MAX`] = 32 KiB: 40 classes. Every class is a multiple of 16, so every block
-//! is 16-byte aligned (glibc's guarantee) when its span starts on a page.
+//! up to [`SMALL_MAX`] = 1 MiB: 60 classes. Every class is a multiple of 16, so every block
+//! is 16-byte aligned (glibc's guarantee) when its span starts on a page. The 40 classes up
+//! to [`SMALL_CLASSES_MAX`] = 32 KiB are the small ones; the 20 above are the medium ones,
+//! which exist so that blocks up to 1 MiB are served by the thread's heap like small ones (no
+//! global lock on the same thread's malloc and free, one atomic push for another thread's
+//! free), not as page runs of the page layer.
 //!
 //! Internal waste (block size minus request, over block size), checked by the tests below:
 //! - worst case 93.8 % for a 1 B request (the 16 B minimum block); from 16 B up 46.9 % (a
@@ -12,10 +16,15 @@
 //! - average 10.6 % over requests uniform in 1 B ..= 32 KiB, and about 12 % over requests
 //!   uniform in 1 B ..= 1 KiB.
 //!
+//! Of a medium block, only the pages the program touches cost memory: a fresh span's blocks
+//! are carved a page at a time, so the waste of a block is address space until a larger
+//! request of the same class writes it.
+//!
 //! Each class is carved from spans of a power-of-two number of pages (a buddy run). The span
 //! size is the smallest run of at least 16 KiB holding 8 blocks (4 for classes above 4 KiB,
-//! which keeps spans at most 256 KiB: high buddy orders are the scarce ones) whose tail
-//! waste is under 1/16; the worst tail waste of all classes is checked below too.
+//! 2 above 256 KiB) whose tail waste is under 1/16, trying at most three larger runs for it
+//! and never more than 2 MiB (high buddy orders are the scarce ones): small spans are at most
+//! 256 KiB, medium ones 2 MiB. The worst tail waste of all classes is checked below too.
 
 use crate::os::PAGE_SIZE;
 
@@ -23,10 +32,16 @@ use crate::os::PAGE_SIZE;
 pub const MIN_ALIGN: usize = 16;
 
 /// Largest size served from size classes; larger requests go to the large-block layer.
-pub const SMALL_MAX: usize = 32 * 1024;
+pub const SMALL_MAX: usize = 1024 * 1024;
 
 /// Number of size classes.
-pub const NUM_CLASSES: usize = 40;
+pub const NUM_CLASSES: usize = 60;
+
+/// The largest small class (the classes above it, to [`SMALL_MAX`], are the medium ones).
+pub const SMALL_CLASSES_MAX: usize = 32 * 1024;
+
+/// The largest span order (2 MiB).
+const MAX_SPAN_ORDER: u32 = 9;
 
 /// Sizes up to this are classified by one table load ([`class_of_table`]).
 pub const SMALL_TABLE_MAX: usize = 1024;
@@ -114,16 +129,27 @@ const fn tail_waste_ok(size: usize, pages: usize) -> bool {
     (bytes % size) * 16 <= bytes
 }
 
+/// The fewest blocks a span of blocks of `size` bytes holds.
+const fn min_blocks(size: usize) -> usize {
+    if size <= PAGE_SIZE {
+        8
+    } else if size <= 256 * 1024 {
+        4
+    } else {
+        2
+    }
+}
+
 /// The buddy order (log2 of pages) of the spans of class `class`.
 const fn compute_span_order(class: usize) -> u8 {
     let size = class_size(class);
     let mut order = 2u32; // 16 KiB
-    let min_blocks = if size <= PAGE_SIZE { 8 } else { 4 };
+    let min_blocks = min_blocks(size);
     while (PAGE_SIZE << order) < min_blocks * size {
         order += 1;
     }
     let mut tries = 0;
-    while tries < 3 && !tail_waste_ok(size, 1 << order) {
+    while tries < 3 && order < MAX_SPAN_ORDER && !tail_waste_ok(size, 1 << order) {
         order += 1;
         tries += 1;
     }
@@ -193,7 +219,7 @@ mod tests {
         let worst = (1..=SMALL_MAX).map(waste).fold(0.0, f64::max);
         let worst_from_16 = (16..=SMALL_MAX).map(waste).fold(0.0, f64::max);
         let worst_from_64 = (64..=SMALL_MAX).map(waste).fold(0.0, f64::max);
-        let avg = (1..=SMALL_MAX).map(waste).sum::<f64>() / SMALL_MAX as f64;
+        let avg = (1..=SMALL_CLASSES_MAX).map(waste).sum::<f64>() / SMALL_CLASSES_MAX as f64;
         let avg_1k = (1..=1024).map(waste).sum::<f64>() / 1024.0;
         assert!((worst - 15.0 / 16.0).abs() < 1e-9, "worst {worst}");
         assert!(
@@ -208,14 +234,27 @@ mod tests {
     #[test]
     fn spans_hold_enough_blocks_with_little_tail_waste() {
         for c in 0..NUM_CLASSES {
+            let size = class_size(c);
             let bytes = PAGE_SIZE << span_order(c);
             assert!(bytes >= 16 * 1024);
-            let min_blocks = if class_size(c) <= 4096 { 8 } else { 4 };
+            let min_blocks = match size {
+                ..=4096 => 8,
+                ..=262144 => 4,
+                _ => 2,
+            };
             assert!(blocks_per_span(c) >= min_blocks, "class {c}");
-            let tail = bytes - blocks_per_span(c) * class_size(c);
-            assert!(tail * 16 <= bytes, "class {c} tail waste {tail} of {bytes}");
-            assert!(span_order(c) <= 6, "class {c} span too large");
+            let tail = bytes - blocks_per_span(c) * size;
+            if span_order(c) < MAX_SPAN_ORDER {
+                assert!(tail * 16 <= bytes, "class {c} tail waste {tail} of {bytes}");
+            } else {
+                // At the largest order the tail may be larger (address space only: a tail
+                // is never carved, so never touched).
+                assert!(tail * 4 <= bytes, "class {c} tail waste {tail} of {bytes}");
+            }
+            let max_order = if size <= SMALL_CLASSES_MAX { 6 } else { 9 };
+            assert!(span_order(c) <= max_order, "class {c} span too large");
         }
+        assert_eq!(class_size(39), SMALL_CLASSES_MAX);
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub unsafe fn init(s: *mut Span, class: usize, owner: usize) {
     let size = class_size(class);
     s.state.set(State::Slab);
     s.class = class as u8;
-    s.block_size = size as u16;
+    s.block_size = size as u32;
     s.divisor = u64::MAX / size as u64 + 1;
     s.used = 0;
     s.bump.store(0, Ordering::Relaxed);

@@ -70,6 +70,11 @@ fn check_of(p: usize, size: usize) -> u64 {
 /// `None` when no class holds it (the caller serves it as a page run, without a redzone).
 pub fn class_for(size: usize, align: usize) -> Option<usize> {
     let need = size.checked_add(crate::config::redzone().max(1) + TRAILER)?;
+    if need > crate::size_class::SMALL_CLASSES_MAX {
+        // Medium blocks get no redzone: filling and checking up to 1 MiB on every free and
+        // reuse would touch every page of the block.
+        return None;
+    }
     class_of_aligned(need, align.max(crate::size_class::MIN_ALIGN))
 }
 

@@ -155,7 +155,7 @@ impl Default for Stats {
 /// static GLOBAL: rampart::Rampart = rampart::Rampart;
 ///
 /// fn main() {
-///     let big = vec![1u8; 1 << 20];
+///     let big = vec![1u8; 2 << 20];
 ///     let st = rampart::stats();
 ///     assert!(st.in_use >= big.len() && st.large_blocks.live() >= 1);
 ///     assert!(st.pages_in_use_peak >= st.pages_in_use && st.committed <= st.reserved);

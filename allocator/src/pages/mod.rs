@@ -224,11 +224,8 @@ pub struct Span {
     /// Slab: blocks handed out and not yet freed back to this span, plus the heap's marks
     /// (see `slab`); signed so that one decrement-and-test catches both "empty" and "full".
     pub used: i32,
-    /// Slab: blocks carved so far (the first never-carved block's index). Written by the
-    /// owner as it carves, read by other threads' frees.
-    pub bump: AtomicU16,
     /// Slab: block size.
-    pub block_size: u16,
+    pub block_size: u32,
     /// Slab: the owning heap's address (0 for none). Read by other threads to route frees.
     pub owner: AtomicUsize,
     /// Slab: `u64::MAX / block_size + 1`, so that an offset `n` in the span is a multiple of
@@ -242,8 +239,11 @@ pub struct Span {
     /// Address of the run's first byte (set when the descriptor becomes a run's or a free
     /// block's head; meaningless elsewhere).
     pub addr: usize,
-    /// Pages in the run (for a free block `1 << order`).
-    pub npages: u32,
+    /// Pages in the run (for a free block `1 << order`; at most `PAGES_PER_CHUNK`).
+    pub npages: u16,
+    /// Slab: blocks carved so far (the first never-carved block's index). Written by the
+    /// owner as it carves, read by other threads' frees.
+    pub bump: AtomicU16,
     /// What the run is.
     pub state: SpanState,
     /// Buddy order of a free block.
@@ -255,6 +255,7 @@ pub struct Span {
 }
 
 const _: () = assert!(size_of::<Span>() == 64);
+const _: () = assert!(PAGES_PER_CHUNK <= u16::MAX as usize);
 
 impl Span {
     /// An unused descriptor (what zeroed metadata memory holds).
@@ -262,7 +263,6 @@ impl Span {
     pub const EMPTY: Span = Span {
         free: ptr::null_mut(),
         used: 0,
-        bump: AtomicU16::new(0),
         block_size: 0,
         owner: AtomicUsize::new(0),
         divisor: 0,
@@ -270,6 +270,7 @@ impl Span {
         prev: ptr::null_mut(),
         addr: 0,
         npages: 0,
+        bump: AtomicU16::new(0),
         state: SpanState::new(State::Free),
         order: 0,
         class: 0,
@@ -959,7 +960,7 @@ impl<S: PageSource> Pages<S> {
         let base = c.base;
         let s = &mut c.spans[idx];
         s.addr = base + idx * PAGE_SIZE;
-        s.npages = npages as u32;
+        s.npages = npages as u16;
         s.flags = if clean { FLAG_CLEAN } else { 0 };
         s.next = ptr::null_mut();
         s.prev = ptr::null_mut();
@@ -1078,7 +1079,7 @@ impl<S: PageSource> Pages<S> {
         }
         // SAFETY: `s` is a live run's descriptor; the page lock (`&mut self`) serialises
         // writers of its extent.
-        unsafe { s.as_mut().npages = new_npages as u32 };
+        unsafe { s.as_mut().npages = new_npages as u16 };
         self.used_pages -= old - new_npages;
         // SAFETY: `[idx + new_npages, idx + old)` is the run's tail, no longer used
         // (shrink_run's contract) and in no free block (it was the live run's).
