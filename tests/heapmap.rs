@@ -332,7 +332,7 @@ fn read_map(svg: &str) -> Read {
             match run.attr("data-state") {
                 Some("slab") => {
                     r.slab += n;
-                    assert!(run.num("data-class") < 40);
+                    assert!(run.num("data-class") < 60);
                 }
                 Some("large") => r.large += n,
                 Some("free") => {

@@ -39,8 +39,10 @@ fn allocated_minus_freed_is_live_per_class() {
                 for _ in 0..2000 {
                     let len = match rng.below(100) {
                         0..=89 => rng.range(1, 1024),
-                        90..=98 => rng.range(1025, 32 * 1024),
-                        _ => rng.range(32 * 1024 + 1, 300 * 1024),
+                        90..=97 => rng.range(1025, 32 * 1024),
+                        // Medium classes, then large page runs (above 1 MiB).
+                        98 => rng.range(32 * 1024 + 1, 1024 * 1024),
+                        _ => rng.range(1024 * 1024 + 1, 2048 * 1024),
                     };
                     batch.push(vec![id as u8; len]);
                 }
