@@ -500,6 +500,8 @@ int main(int argc, char **argv) {
         memset(p[i], 1, n < 64 ? n : 64);
     }
     for (int i = 0; i < 200000; i += 2) free(p[i]);
+    void *large = malloc(3 << 20); /* a page run: above the size classes' 1 MiB */
+    memset(large, 1, 4096);
     void *huge = malloc(12 << 20);
     memset(huge, 1, 4096);
     if (rampart_heapmap_write(argv[1]) != 0) { perror("rampart_heapmap_write"); return 1; }
