@@ -48,13 +48,15 @@ const SIGSEGV: i32 = 11;
 
 /// The test sizes: a tiny block and a small one (a guarded one ends 3 and 8 bytes short of
 /// its guard page, see [`tail_gap`]), one page (a guarded one fills its page, so its
-/// underflow faults), and a large block (above the sampling limit, so `sample` leaves it
-/// alone; a multiple of 16, so a guarded one touches its guard page).
+/// underflow faults), a block of a medium class (above the sampling limit, so `sample`
+/// leaves it alone; a multiple of 16, so a guarded one touches its guard page), and a page
+/// run (above the size classes' 1 MiB).
 const TINY: usize = 13;
 const SMALL: usize = 200;
 const PAGE: usize = 4096;
 const LARGE: usize = 100_000;
-const SIZES: [usize; 4] = [TINY, SMALL, PAGE, LARGE];
+const RUN: usize = 1_500_000;
+const SIZES: [usize; 5] = [TINY, SMALL, PAGE, LARGE, RUN];
 
 /// `sample` guards only blocks up to this size.
 const SAMPLE_LIMIT: usize = 65_536;
@@ -597,6 +599,9 @@ fn check(expect: &Expect, out: &Outcome) -> Result<(), String> {
 /// The checks beyond the table: a guarded block's placement and usable size, and the stacks
 /// of a guarded use-after-free report.
 fn check_extra(case: &str, size: usize, mode: Mode, out: &Outcome) -> Result<(), String> {
+    if out.signal() == Some(SIGABRT) && out.stderr.contains("rampart: ") {
+        check_call_stack(case, out)?;
+    }
     if case == "usable" {
         // "usable N block 0xP size S"
         let line = out
@@ -634,6 +639,55 @@ fn check_extra(case: &str, size: usize, mode: Mode, out: &Outcome) -> Result<(),
     }
     if case.starts_with("uaf-") && mode.guards(size) {
         check_stacks(&out.stderr)?;
+    }
+    Ok(())
+}
+
+/// The entry point memerr's `case` calls when the error is found on a call.
+fn verb(case: &str) -> &'static str {
+    match case {
+        "realloc-interior" => "realloc",
+        "usable-size-interior" => "malloc_usable_size",
+        "free-sized-mismatch" => "free_sized",
+        "delete-sized-mismatch" => "operator delete",
+        "uaf-write-reuse" => "malloc",
+        _ => "free",
+    }
+}
+
+/// Every report of an error found on a call, in every mode, names the call and prints its
+/// stack; where the pointer lies inside a block of ours, the first line places it against
+/// the block (`offset N from a block of S bytes at 0x…`), in the modes without a guarded
+/// record too.
+fn check_call_stack(case: &str, out: &Outcome) -> Result<(), String> {
+    let want = format!("rampart:   {} called by thread ", verb(case));
+    let mut lines = out.stderr.lines().skip_while(|l| !l.starts_with(&want));
+    if lines.next().is_none() {
+        return Err(format!("no {want:?} line after the report"));
+    }
+    if !lines
+        .next()
+        .is_some_and(|l| l.starts_with("rampart:     #0 0x"))
+    {
+        return Err("the call's stack has no frame #0".into());
+    }
+    let interior = matches!(
+        case,
+        "invalid-free-interior" | "realloc-interior" | "usable-size-interior"
+    );
+    if interior {
+        // "the call gets 0xP, N bytes in"
+        let off = out
+            .stdout
+            .lines()
+            .find_map(|l| l.split(", ").nth(1)?.strip_suffix(" bytes in"))
+            .ok_or("no `the call gets` line on stdout")?;
+        let first = out.stderr.lines().next().unwrap_or("");
+        if !first.contains(&format!(": offset {off} from a block of ")) {
+            return Err(format!(
+                "the report's first line does not place the pointer {off} bytes into its block: {first:?}"
+            ));
+        }
     }
     Ok(())
 }

@@ -200,17 +200,18 @@ pub unsafe fn free(p: NonNull<u8>) {
     unsafe { heap::free(p.as_ptr()) }
 }
 
-/// Frees a block its caller says holds `size` bytes; a size larger than the block is
-/// reported as an invalid free (abort).
+/// Frees a block its caller says holds `size` bytes (0: no claim); a size larger than the
+/// block is reported as an invalid free (abort). Reports name `call`, the caller's entry
+/// point (`free_sized`, `operator delete`, `dealloc`, …).
 ///
 /// # Safety
 /// As for [`free`].
 #[inline(always)]
-pub unsafe fn free_sized(p: NonNull<u8>, size: usize) {
+pub unsafe fn free_sized(p: NonNull<u8>, size: usize, call: &'static str) {
     // SAFETY: `p` is non-null (a NonNull), returned by this allocator and not freed since
     // (free_sized's contract, as for free): what heap::free_sized asks; a wrong `size` is
     // reported there, not trusted.
-    unsafe { heap::free_sized(p.as_ptr(), size) }
+    unsafe { heap::free_sized(p.as_ptr(), size, call) }
 }
 
 /// Gives free memory back to the OS now (`malloc_trim`): blocks held on remote lists the

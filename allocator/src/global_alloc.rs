@@ -30,8 +30,9 @@ unsafe impl GlobalAlloc for Rampart {
         // The page map gives the size class at the same cost as the layout would, and keeps
         // the checks of a free that does not match its allocation; the layout is used on
         // `realloc` to copy only the bytes in use.
-        // SAFETY: GlobalAlloc's contract: `p` came from this allocator and is non-null.
-        unsafe { api::free(NonNull::new_unchecked(p)) }
+        // SAFETY: GlobalAlloc's contract: `p` came from this allocator and is non-null. No
+        // size is claimed (0); reports name `dealloc`.
+        unsafe { api::free_sized(NonNull::new_unchecked(p), 0, "dealloc") }
     }
 
     #[inline]

@@ -170,8 +170,9 @@ pub extern "C" fn _ZnamSt11align_val_tRKSt9nothrow_t(
 #[inline(always)]
 unsafe fn delete(p: *mut c_void) {
     if let Some(p) = NonNull::new(p.cast::<u8>()) {
-        // SAFETY: `p` is a live block of ours, given up (this function's contract).
-        unsafe { api::free(p) }
+        // SAFETY: `p` is a live block of ours, given up (this function's contract); no size
+        // is claimed.
+        unsafe { api::free_sized(p, 0, "operator delete") }
     }
 }
 
@@ -183,7 +184,7 @@ unsafe fn delete(p: *mut c_void) {
 unsafe fn delete_sized(p: *mut c_void, size: usize) {
     if let Some(p) = NonNull::new(p.cast::<u8>()) {
         // SAFETY: `p` is a live block of ours, given up (this function's contract).
-        unsafe { api::free_sized(p, size) }
+        unsafe { api::free_sized(p, size, "operator delete") }
     }
 }
 
@@ -215,9 +216,9 @@ deletes! {
     /// `operator delete[](void*, std::align_val_t)`.
     _ZdaPvSt11align_val_t(p: *mut c_void, _align: usize) => delete(p);
     /// `operator delete(void*, size_t, std::align_val_t)`: checks the size and alignment.
-    _ZdlPvmSt11align_val_t(p: *mut c_void, size: usize, align: usize) => crate::free_checked(p, size, align);
+    _ZdlPvmSt11align_val_t(p: *mut c_void, size: usize, align: usize) => crate::free_checked(p, size, align, "operator delete");
     /// `operator delete[](void*, size_t, std::align_val_t)`: checks the size and alignment.
-    _ZdaPvmSt11align_val_t(p: *mut c_void, size: usize, align: usize) => crate::free_checked(p, size, align);
+    _ZdaPvmSt11align_val_t(p: *mut c_void, size: usize, align: usize) => crate::free_checked(p, size, align, "operator delete");
     /// `operator delete(void*, const std::nothrow_t&)`.
     _ZdlPvRKSt9nothrow_t(p: *mut c_void, _nt: *const c_void) => delete(p);
     /// `operator delete[](void*, const std::nothrow_t&)`.

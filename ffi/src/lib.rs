@@ -202,7 +202,7 @@ pub unsafe extern "C" fn cfree(p: *mut c_void) {
 #[no_mangle]
 pub unsafe extern "C" fn free_sized(p: *mut c_void, size: usize) {
     // SAFETY: free_checked's contract is free's, which the caller keeps.
-    unsafe { free_checked(p, size, MIN_ALIGN) }
+    unsafe { free_checked(p, size, MIN_ALIGN, "free_sized") }
 }
 
 /// C23 `free_aligned_sized`: frees a block allocated with `align` (a power of two) and `size`
@@ -213,15 +213,16 @@ pub unsafe extern "C" fn free_sized(p: *mut c_void, size: usize) {
 #[no_mangle]
 pub unsafe extern "C" fn free_aligned_sized(p: *mut c_void, align: usize, size: usize) {
     // SAFETY: free_checked's contract is free's, which the caller keeps.
-    unsafe { free_checked(p, size, align) }
+    unsafe { free_checked(p, size, align, "free_aligned_sized") }
 }
 
-/// Frees `p` after checking the size and alignment its caller claims for it.
+/// Frees `p` after checking the size and alignment its caller claims for it; reports name
+/// `call`.
 ///
 /// # Safety
 /// As for [`free`].
 #[inline(always)]
-unsafe fn free_checked(p: *mut c_void, size: usize, align: usize) {
+unsafe fn free_checked(p: *mut c_void, size: usize, align: usize, call: &'static str) {
     let Some(block) = NonNull::new(p.cast::<u8>()) else {
         return;
     };
@@ -233,7 +234,7 @@ unsafe fn free_checked(p: *mut c_void, size: usize, align: usize) {
         );
     }
     // SAFETY: per the contract (a size larger than the block is reported inside).
-    unsafe { api::free_sized(block, size) }
+    unsafe { api::free_sized(block, size, call) }
 }
 
 // The `__libc_*` names, which some programs and libraries call to reach "the real malloc".

@@ -159,19 +159,20 @@ pub unsafe fn check_live(p: usize, bsize: usize, call: &str) -> usize {
     overwritten(p, 0, bsize - TRAILER, call)
 }
 
-/// Checks a block being freed and fills it with the freed pattern (after which its first
-/// word is free to link it). Returns the size it held.
+/// Checks a block being freed by `call` (`free`, `operator delete`, …; named in reports) and
+/// fills it with the freed pattern (after which its first word is free to link it).
+/// Returns the size it held.
 ///
 /// # Safety
 /// As for [`check_live`]; the block is being freed by the caller.
-pub unsafe fn retire(p: usize, bsize: usize, claimed: usize) -> usize {
+pub unsafe fn retire(p: usize, bsize: usize, claimed: usize, call: &str) -> usize {
     // SAFETY: `p` starts a carved block of `bsize` bytes in a marked span (retire's
     // contract, as for check_live).
-    let size = unsafe { check_live(p, bsize, "free") };
+    let size = unsafe { check_live(p, bsize, call) };
     if claimed > size {
         report::on_call(
             ErrorKind::InvalidFree,
-            "sized free",
+            call,
             "with a size larger than the block",
             p,
         );
@@ -206,7 +207,7 @@ unsafe fn check_fill(p: usize, bsize: usize) {
             .at(at)
             .in_block(at, p, Some(old))
             .text(" (found when the freed block was reused)")
-            .abort();
+            .found_by("malloc");
     }
 }
 
@@ -223,7 +224,7 @@ fn overwritten(p: usize, size: u64, offset: usize, call: &str) -> ! {
     if !known {
         r.text(" (its trailer was overwritten too)");
     }
-    r.text(" (found on ").text(call).text(")").abort()
+    r.text(" (found on ").text(call).text(")").found_by(call)
 }
 
 /// Checks the canary of every live block with a redzone (at exit): blocks whose trailer is

@@ -108,23 +108,39 @@ impl Report {
         self.line.emit();
     }
 
-    /// Writes the line and aborts (SIGABRT): for errors found on a call, not on a fault.
-    pub fn abort(&mut self) -> ! {
+    /// Writes the line, then the stack of `call`, the call that found the error (see
+    /// [`print_call_stack`]), and aborts (SIGABRT): for errors found on a call, not on a
+    /// fault.
+    pub fn found_by(&mut self, call: &str) -> ! {
         self.emit();
+        print_call_stack(call);
         os::abort()
     }
 }
 
-/// Reports an error found by `call` (`free`, `realloc`, `size query`, …) on the pointer `p`:
-/// `rampart: <kind>: <call> <what> at 0x…`, and aborts.
+/// Frames of the stack a report prints for the call that found the error.
+const CALL_FRAMES: usize = 24;
+
+/// Reports an error found by `call` (`free`, `realloc`, `malloc_usable_size`, …) on the
+/// pointer `p`: `rampart: <kind>: <call> <what> at 0x…`, placed against the block of ours it
+/// lies in where the page layer knows one (`: offset N from a block of S bytes at 0x…`, S
+/// the block's size: its class's, or its run's), then the stack of the call; aborts.
 #[cold]
 pub fn on_call(kind: ErrorKind, call: &str, what: &str, p: usize) -> ! {
-    Report::new(kind)
-        .text(call)
-        .text(" ")
-        .text(what)
-        .at(p)
-        .abort()
+    let mut r = Report::new(kind);
+    r.text(call).text(" ").text(what).at(p);
+    if let Some((block, size)) = crate::pages::MAP.block_of(p) {
+        r.in_block(p, block, Some(size));
+    }
+    r.found_by(call)
+}
+
+/// Prints the stack of the call that found an error: `rampart:   <call> called by thread
+/// <tid>:` and its frames.
+pub fn print_call_stack(call: &str) {
+    let mut frames = [0usize; CALL_FRAMES];
+    let n = os::backtrace(&mut frames, 0);
+    print_stack(&[call, " called by"], os::gettid(), &frames[..n]);
 }
 
 /// Prints one stack of a report: `rampart:   <what…> thread <tid>:`, then its frames.

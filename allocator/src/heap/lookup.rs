@@ -20,7 +20,7 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
                     crate::check::redzone::check_live(
                         p as usize,
                         span.block_size as usize,
-                        "size query",
+                        "malloc_usable_size",
                     )
                 };
             }
@@ -30,8 +30,8 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
         Block::Large(s) => large::run_capacity(unsafe { s.as_ref() }),
         // SAFETY: the lookup found `p` to be the start of the live huge block `h`.
         Block::Huge(h) => unsafe { h.as_ref().len },
-        Block::Guarded => crate::check::guard::size_of_live(p as usize, "size query"),
-        Block::Invalid(why) => invalid(p, "size query", why),
+        Block::Guarded => crate::check::guard::size_of_live(p as usize, "malloc_usable_size"),
+        Block::Invalid(why) => invalid(p, "malloc_usable_size", why),
     }
 }
 

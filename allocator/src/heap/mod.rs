@@ -510,29 +510,30 @@ fn pop(span: &mut Span) -> *mut u8 {
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
     // SAFETY: per the contract; a claimed size of 0 fits every block (the check folds away).
-    unsafe { free_fast(p, 0) }
+    unsafe { free_fast(p, 0, "free") }
 }
 
 /// Frees a block whose caller says it holds `size` bytes (a sized free: C23 `free_sized`,
-/// C++ sized `operator delete`), and reports a size larger than the block. The check costs
-/// one compare on the fast path.
+/// C++ sized `operator delete`; 0 claims nothing), and reports a size larger than the
+/// block. The check costs one compare on the fast path. `call` names the caller's entry
+/// point in reports (`free_sized`, `operator delete`, …).
 ///
 /// # Safety
 /// As for [`free`].
 #[inline(always)]
-pub unsafe fn free_sized(p: *mut u8, size: usize) {
+pub unsafe fn free_sized(p: *mut u8, size: usize, call: &'static str) {
     // SAFETY: free_fast's contract is free's, which the caller keeps.
-    unsafe { free_fast(p, size) }
+    unsafe { free_fast(p, size, call) }
 }
 
 /// The free fast path: a block of a span the calling thread owns goes back on the span's
 /// list; everything else (and every doubt) goes to [`free_slow`]. `claimed` is the size a
-/// sized free names (0 for a plain free).
+/// sized free names (0 for a plain free), `call` the entry point reports name.
 ///
 /// # Safety
 /// As for [`free`].
 #[inline(always)]
-unsafe fn free_fast(p: *mut u8, claimed: usize) {
+unsafe fn free_fast(p: *mut u8, claimed: usize, call: &'static str) {
     if let Some(s) = MAP.span_of(p as usize) {
         let s = s.as_ptr();
         let heap = current_heap();
@@ -553,7 +554,7 @@ unsafe fn free_fast(p: *mut u8, claimed: usize) {
         }
     }
     // SAFETY: free_slow's contract is free's, which the caller keeps.
-    unsafe { free_slow(p, claimed) }
+    unsafe { free_slow(p, claimed, call) }
 }
 
 /// Pushes a block onto its span's local free list.
@@ -607,7 +608,7 @@ pub fn has_redzones(span: &Span) -> bool {
 /// As for [`free`].
 #[cold]
 #[inline(never)]
-unsafe fn free_slow(p: *mut u8, claimed: usize) {
+unsafe fn free_slow(p: *mut u8, claimed: usize, call: &'static str) {
     match lookup(p) {
         Block::Small(s) => {
             // SAFETY: the lookup found `p` to be a carved block of the live slab `s`.
@@ -618,7 +619,12 @@ unsafe fn free_slow(p: *mut u8, claimed: usize) {
                 // Redzones: check the block (canary, double free, claimed size) and fill it.
                 // SAFETY: a carved block of a marked span, being freed by the caller.
                 unsafe {
-                    crate::check::redzone::retire(p as usize, span.block_size as usize, claimed)
+                    crate::check::redzone::retire(
+                        p as usize,
+                        span.block_size as usize,
+                        claimed,
+                        call,
+                    )
                 };
                 if owner == current_heap() {
                     // SAFETY: our own span's block, checked not to be free already.
@@ -626,14 +632,14 @@ unsafe fn free_slow(p: *mut u8, claimed: usize) {
                 }
             } else {
                 if claimed > span.block_size as usize {
-                    size_mismatch(p);
+                    size_mismatch(p, call);
                 }
                 if owner == current_heap() {
                     // A block of our own span that the fast path refused: the only reason
                     // left is that it is the block most recently freed to the span.
                     report::on_call(
                         ErrorKind::DoubleFree,
-                        "free",
+                        call,
                         "of a block that is already free",
                         p as usize,
                     );
@@ -647,7 +653,7 @@ unsafe fn free_slow(p: *mut u8, claimed: usize) {
             // SAFETY: the lookup found `p` to be the start of the live large run `s`.
             let run = unsafe { s.as_ref() };
             if claimed > large::run_capacity(run) {
-                size_mismatch(p);
+                size_mismatch(p, call);
             }
             let (sample, npages) = (large::run_sample(run), run.npages as usize);
             if sample != 0 {
@@ -668,7 +674,7 @@ unsafe fn free_slow(p: *mut u8, claimed: usize) {
             // SAFETY: the lookup found `p` to be the start of the live huge block `h`.
             let (len, sample) = unsafe { (h.as_ref().len, h.as_ref().sample) };
             if claimed > len {
-                size_mismatch(p);
+                size_mismatch(p, call);
             }
             if sample != 0 {
                 profile::record_free(sample);
@@ -677,16 +683,16 @@ unsafe fn free_slow(p: *mut u8, claimed: usize) {
             unsafe { large::free_huge(h) };
         }
         // SAFETY: the pointer is in the guard pool (the lookup asked it).
-        Block::Guarded => unsafe { crate::check::guard::free(p as usize, claimed) },
-        Block::Invalid(why) => invalid(p, "free", why),
+        Block::Guarded => unsafe { crate::check::guard::free(p as usize, claimed, call) },
+        Block::Invalid(why) => invalid(p, call, why),
     }
 }
 
 #[cold]
-fn size_mismatch(p: *mut u8) -> ! {
+fn size_mismatch(p: *mut u8, call: &str) -> ! {
     report::on_call(
         ErrorKind::InvalidFree,
-        "sized free",
+        call,
         "with a size larger than the block",
         p as usize,
     )

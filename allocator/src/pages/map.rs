@@ -99,6 +99,39 @@ impl PageMap {
         })
     }
 
+    /// The block of ours that `addr` lies in, as `(start, bytes)`, where the metadata tells:
+    /// a carved block of a slab (its class's size), a large run, a huge block. `None` for
+    /// free pages, blocks never carved and addresses outside our memory. For error reports:
+    /// nothing is dereferenced but the page layer's descriptors, and a descriptor another
+    /// thread changes meanwhile at worst names a wrong block.
+    pub fn block_of(&self, addr: usize) -> Option<(usize, usize)> {
+        if let Some(s) = self.span_of(addr) {
+            // SAFETY: the page map names only live chunks, whose descriptors stay mapped.
+            let s = unsafe { s.as_ref() };
+            let off = addr.wrapping_sub(s.addr);
+            return match s.state.get() {
+                super::State::Slab if s.block_size != 0 => {
+                    let size = s.block_size as usize;
+                    let carved = s.bump.load(Ordering::Relaxed) as usize * size;
+                    (off < carved).then(|| (s.addr + off / size * size, size))
+                }
+                super::State::Large => {
+                    let len = s.npages as usize * super::PAGE_SIZE;
+                    (off < len).then_some((s.addr, len))
+                }
+                _ => None,
+            };
+        }
+        match self.lookup(addr) {
+            Owner::Huge(h) => {
+                // SAFETY: the map names a live huge descriptor.
+                let (base, len) = unsafe { ((*h).base, (*h).len) };
+                addr.wrapping_sub(base).lt(&len).then_some((base, len))
+            }
+            _ => None,
+        }
+    }
+
     /// The owner of `addr`.
     #[inline]
     pub fn lookup(&self, addr: usize) -> Owner {

@@ -130,9 +130,7 @@ pub(super) fn report_slot_error(
         .at(p)
         .in_block(p, slot.ptr, Some(slot.size))
         .emit();
-    let mut frames = [0usize; FRAMES];
-    let n = os::backtrace(&mut frames, 0);
-    report::print_stack(&[call, " called by"], os::gettid(), &frames[..n]);
+    report::print_call_stack(call);
     print_slot_stacks(slot);
     os::abort()
 }

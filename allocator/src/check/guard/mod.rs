@@ -439,9 +439,11 @@ pub fn size_of_live(p: usize, what: &str) -> usize {
 /// Frees a guarded block: checks it (double free, invalid free, a sized free's size, the
 /// slack's pattern), makes its pages fault, and quarantines it.
 ///
+/// `call` names the call that frees it (`free`, `operator delete`, …) in reports.
+///
 /// # Safety
 /// `p` lies in the pool (`contains(p)`).
-pub unsafe fn free(p: usize, claimed: usize) {
+pub unsafe fn free(p: usize, claimed: usize, call: &str) {
     let mut frames = [0usize; FRAMES];
     let nframes = if BUSY.get() {
         0
@@ -452,26 +454,26 @@ pub unsafe fn free(p: usize, claimed: usize) {
     let pool = POOL.lock();
     let Some(idx) = pool.slot_of(p) else {
         drop(pool);
-        report_wild("free", p)
+        report_wild(call, p)
     };
     // SAFETY: an index from the page table.
     let slot = unsafe { &mut *pool.slots.add(idx) };
     let error = if slot.ptr != p {
         Some((
             ErrorKind::InvalidFree,
-            "free",
+            call,
             "of a pointer that is not the start of a block",
         ))
     } else if slot.state != SlotState::Live {
         Some((
             ErrorKind::DoubleFree,
-            "free",
+            call,
             "of a block that is already free",
         ))
     } else if claimed > slot.size {
         Some((
             ErrorKind::InvalidFree,
-            "sized free",
+            call,
             "with a size larger than the block",
         ))
     } else {
