@@ -661,7 +661,12 @@ fn verb(case: &str) -> &'static str {
 /// record too.
 fn check_call_stack(case: &str, out: &Outcome) -> Result<(), String> {
     let want = format!("rampart:   {} called by thread ", verb(case));
-    let mut lines = out.stderr.lines().skip_while(|l| !l.starts_with(&want));
+    // A guarded block's overflow into its slack is found by its free, whose stack is the
+    // record's "freed by" one.
+    let freed = verb(case) == "free" && out.stderr.contains("(found when the block was freed)");
+    let call_line =
+        |l: &str| l.starts_with(&want) || (freed && l.starts_with("rampart:   freed by thread "));
+    let mut lines = out.stderr.lines().skip_while(|l| !call_line(l));
     if lines.next().is_none() {
         return Err(format!("no {want:?} line after the report"));
     }
