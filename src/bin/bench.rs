@@ -1,7 +1,8 @@
-//! The benchmark runner: every workload under glibc, mimalloc, jemalloc, tcmalloc and
-//! rampart, interleaved, several repetitions; medians of wall time, CPU time and peak RSS,
-//! ratios to glibc and to the best peer, geometric means; a markdown table, an SVG chart, and
-//! the callgrind fast-path figure of every allocator.
+//! The benchmark runner: every workload under glibc, the peers (mimalloc 2, jemalloc and
+//! tcmalloc from Debian; mimalloc 3, snmalloc and jemalloc built from the sources that their
+//! crates.io crates vendor) and rampart, interleaved, several repetitions; medians of wall
+//! time, CPU time and peak RSS, ratios to glibc and to the best peer, geometric means; a
+//! markdown table, an SVG chart, and the callgrind fast-path figure of every allocator.
 //!
 //! ```text
 //! cargo run --release --bin bench -- [--quick] [--reps N] [--out DIR] [--guard-modes|--guard-all]
@@ -12,26 +13,39 @@
 //! profile at its default rate (`RAMPART_PROFILE=heap`, written to /dev/null at exit).
 //! `--guard-all`: glibc, rampart and rampart with `RAMPART_GUARD=all` (a debugging mode one
 //! to two orders of magnitude slower on allocation-heavy workloads: use `--quick --reps 1`).
+//! Neither runs the peers.
 //!
 //! It installs the peers from Debian (`libmimalloc2.0`, `libjemalloc2`,
-//! `libtcmalloc-minimal4`) when they are missing and it runs as root, builds librampart,
-//! compiles the C workloads of `benches/c/`, and checks, before timing anything, that each
-//! preloaded allocator really served its workload (`LD_DEBUG=bindings` must show `malloc`
-//! bound to that library: ld.so silently falls back to glibc when a preload fails).
+//! `libtcmalloc-minimal4`) when they are missing and it runs as root. It builds the others,
+//! once, into `target/bench/peers/NAME.so` (`SOURCE_PEERS`: `mimalloc3` from
+//! `libmimalloc-sys`'s `c_src/mimalloc/v3`, `snmalloc` from `snmalloc-sys`'s `upstream`,
+//! `jemalloc-src` from `tikv-jemalloc-sys`'s `jemalloc`, each crate pinned to a version),
+//! with the flags of the upstream build of the preloadable library, from the crates that
+//! `cargo fetch` unpacks for a manifest it writes in `target/bench/peers/fetch`; nothing of
+//! theirs enters the repository. A built library is reused while it is newer than that
+//! manifest; a peer that cannot be fetched or built is left out, and the run says why. Their
+//! versions, as their sources state them, are in the results' header.
+//! It builds librampart, compiles the C workloads of `benches/c/`, and checks, before timing
+//! anything, that each preloaded allocator really served its workload (`LD_DEBUG=bindings`
+//! must show `malloc` bound to that library: ld.so silently falls back to glibc when a
+//! preload fails).
 //! `--quick` runs the C workloads, python3 and sqlite3 at a tenth of their size and redis
-//! and gcc (the slowest) at a thirty-third, stress-ng's stressors at half, 3 repetitions: about 2 minutes on a quiet 2-core
-//! machine, under 5 on a busy one (its figures are indicative: short runs weigh process
-//! start-up more). The default is full size, 5 repetitions (about 30 minutes
-//! on 2 cores). The preload check runs every workload at a fiftieth of its size (it proves
-//! which library served `malloc`, not how fast). Every phase prints its progress with an
-//! estimate of the time left, and the run says before it starts how long it should take
-//! (from the times the last run of the same kind recorded in `target/bench/`).
+//! and gcc (the slowest) at a thirty-third, stress-ng's stressors at half, 3 repetitions:
+//! about 2 minutes with the 8 allocators on a busy 2-core machine (its figures are
+//! indicative: short runs weigh process start-up more), plus about a minute the first time,
+//! for building the peers. The default is full size, 5 repetitions (about 6 minutes per
+//! allocator on 2 cores: some 50 minutes). The preload check runs every workload at a
+//! fiftieth of its size (it proves which library served `malloc`, not how fast). Every phase
+//! prints its progress with an estimate of the time left, and the run says before it starts
+//! how long it should take (from the times the last run of the same kind recorded in
+//! `target/bench/`; an allocator new since then is taken to be as fast as the median of the
+//! others).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command, Stdio};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -47,12 +61,58 @@ const PEERS: [(&str, &str, &str); 3] = [
     ),
 ];
 
-/// An allocator under test: its name, the library to preload (none for glibc), and the
-/// environment it runs with.
+/// What building a peer from source gave: its version, if its sources state one, or why it
+/// could not be built.
+type Built = Result<Option<String>, String>;
+
+/// A peer built from the C or C++ sources that a crates.io crate vendors.
+struct SourcePeer {
+    /// Its name in the results.
+    name: &'static str,
+    /// The crate, and the exact version it is pinned to (the current one on crates.io when
+    /// this was written), so that two runs measure the same code and a change of code is a
+    /// change of this line.
+    krate: &'static str,
+    pin: &'static str,
+    /// Builds the library `lib` from the crate's unpacked sources `src` (of crate version
+    /// `crate_version`), with `dir` for scratch files and the build log; returns the
+    /// allocator's version as its sources state it (`None` where they state none), or why it
+    /// could not be built.
+    build: fn(src: &Path, crate_version: &str, dir: &Path, lib: &Path) -> Built,
+}
+
+/// The strongest current peers that Debian does not package, or packages in an older
+/// release: mimalloc 3 (Debian has 2.0), snmalloc, and jemalloc's current sources (Debian
+/// has the 5.3.0 release).
+const SOURCE_PEERS: [SourcePeer; 3] = [
+    SourcePeer {
+        name: "mimalloc3",
+        krate: "libmimalloc-sys",
+        pin: "0.1.49",
+        build: build_mimalloc3,
+    },
+    SourcePeer {
+        name: "snmalloc",
+        krate: "snmalloc-sys",
+        pin: "0.7.6",
+        build: build_snmalloc,
+    },
+    SourcePeer {
+        name: "jemalloc-src",
+        krate: "tikv-jemalloc-sys",
+        pin: "0.7.1",
+        build: build_jemalloc,
+    },
+];
+
+/// An allocator under test: its name, the library to preload (none for glibc), the
+/// environment it runs with, and its version where the runner learnt it building the
+/// library (otherwise it is asked of the system).
 struct Alloc {
     name: &'static str,
     preload: Option<PathBuf>,
     env: Vec<(&'static str, &'static str)>,
+    version: Option<String>,
 }
 
 /// A workload: how to run it at a scale.
@@ -122,9 +182,11 @@ fn main() {
             record.display()
         ),
         None => println!(
-            "bench: no earlier {} run of all these workloads recorded here; on a quiet 2-core \
-             machine a full run takes about 30 minutes, a --quick one about 2",
-            opts.kind()
+            "bench: no earlier {} run of these workloads recorded here; on a quiet 2-core \
+             machine a full run takes about 6 minutes per allocator, a --quick one about 15 \
+             seconds per allocator ({} here)",
+            opts.kind(),
+            allocs.len()
         ),
     }
 
@@ -135,7 +197,7 @@ fn main() {
         for a in &allocs {
             verify_preload(w, a, &work);
             progress.tick(&format!(
-                "{:<14} {:<9} malloc bound to its library",
+                "{:<14} {:<12} malloc bound to its library",
                 w.name, a.name
             ));
         }
@@ -154,14 +216,11 @@ fn main() {
                 let a = &allocs[(k + rep) % allocs.len()];
                 let s = measure(w, a, &work);
                 if let Some(left) = expected_left.as_mut() {
-                    *left -= last
-                        .get(&(w.name.clone(), a.name.to_string()))
-                        .copied()
-                        .unwrap_or(s.wall);
+                    *left -= expected(&last, &w.name, a.name).unwrap_or(s.wall);
                 }
                 progress.tick_with(
                     &format!(
-                        "{:<14} {:<9} {:>7.2} s wall {:>7.2} s cpu {:>8.0} KiB",
+                        "{:<14} {:<12} {:>7.2} s wall {:>7.2} s cpu {:>8.0} KiB",
                         w.name, a.name, s.wall, s.cpu, s.rss_kib
                     ),
                     expected_left,
@@ -307,13 +366,28 @@ fn write_times(path: &Path, samples: &BTreeMap<(String, &'static str), Vec<Sampl
     let _ = std::fs::write(path, t);
 }
 
+/// Seconds one run of `workload` under `alloc` should take: the last run's time, or, for an
+/// allocator that has none (one added since), the median of the other allocators' times on
+/// that workload; `None` where the workload has no time recorded.
+fn expected(last: &Times, workload: &str, alloc: &str) -> Option<f64> {
+    if let Some(&t) = last.get(&(workload.to_string(), alloc.to_string())) {
+        return Some(t);
+    }
+    let others: Vec<f64> = last
+        .iter()
+        .filter(|((w, _), _)| w == workload)
+        .map(|(_, &t)| t)
+        .collect();
+    (!others.is_empty()).then(|| median(others))
+}
+
 /// Seconds the timed runs should take, from the last run's times; `None` unless every
-/// workload and allocator has one.
+/// workload has some.
 fn estimate(workloads: &[Workload], allocs: &[Alloc], reps: usize, last: &Times) -> Option<f64> {
     let mut secs = 0.0;
     for w in workloads {
         for a in allocs {
-            secs += last.get(&(w.name.clone(), a.name.to_string()))?;
+            secs += expected(last, &w.name, a.name)?;
         }
     }
     Some(secs * reps as f64)
@@ -336,12 +410,24 @@ impl About {
 
     /// "name version" of every allocator, joined by `sep`.
     fn versions_line(&self, sep: &str) -> String {
-        let v: Vec<String> = self
-            .versions
-            .iter()
-            .map(|(n, v)| format!("{n} {v}"))
-            .collect();
-        v.join(sep)
+        self.versions_lines(sep, usize::MAX).join(sep)
+    }
+
+    /// The same, in lines of at most `width` characters where it can (an allocator's
+    /// "name version" is never split).
+    fn versions_lines(&self, sep: &str, width: usize) -> Vec<String> {
+        let mut lines: Vec<String> = Vec::new();
+        for (n, v) in &self.versions {
+            let item = format!("{n} {v}");
+            match lines.last_mut() {
+                Some(l) if l.chars().count() + sep.len() + item.chars().count() <= width => {
+                    l.push_str(sep);
+                    l.push_str(&item);
+                }
+                _ => lines.push(item),
+            }
+        }
+        lines
     }
 }
 
@@ -367,6 +453,11 @@ fn about_the_run(allocs: &[Alloc], opts: &Options) -> About {
     let mut versions = Vec::new();
     // The guard modes' variants are rampart with options: one version line for all of them.
     for a in allocs.iter().filter(|a| !a.name.starts_with("rampart-")) {
+        // The peers built from source carry theirs.
+        if let Some(v) = &a.version {
+            versions.push((a.name.to_string(), v.clone()));
+            continue;
+        }
         let v = match a.name {
             "glibc" => sh("getconf GNU_LIBC_VERSION | cut -d' ' -f2"),
             "rampart" => {
@@ -380,9 +471,10 @@ fn about_the_run(allocs: &[Alloc], opts: &Options) -> About {
             }
             n => {
                 let pkg = PEERS.iter().find(|p| p.0 == n).map_or("", |p| p.2);
-                sh(&format!(
+                let v = sh(&format!(
                     "dpkg-query -W -f='${{Version}}' {pkg} 2>/dev/null"
-                ))
+                ));
+                format!("{v} (Debian)")
             }
         };
         versions.push((a.name.to_string(), v));
@@ -442,7 +534,8 @@ fn usage() -> ! {
     exit(2);
 }
 
-/// glibc, the peers (installed from Debian if missing and possible), and rampart (built).
+/// glibc, the peers (installed from Debian if missing and possible, or built from source),
+/// and rampart (built).
 fn allocators(repo: &Path, guard_modes: u8) -> Vec<Alloc> {
     let mut missing: Vec<&str> = PEERS
         .iter()
@@ -450,10 +543,12 @@ fn allocators(repo: &Path, guard_modes: u8) -> Vec<Alloc> {
         .map(|(_, _, pkg)| *pkg)
         .collect();
     // The tools the runner itself uses: /usr/bin/time for the measurements, valgrind for the
-    // fast-path figure, and the real programs.
+    // fast-path figure, g++ and make for the peers built from source, and the real programs.
     for (tool, pkg) in [
         ("/usr/bin/time", "time"),
         ("/usr/bin/valgrind", "valgrind"),
+        ("/usr/bin/g++", "g++"),
+        ("/usr/bin/make", "make"),
         ("/usr/bin/python3", "python3"),
         ("/usr/bin/sqlite3", "sqlite3"),
         ("/usr/bin/gcc", "gcc"),
@@ -493,6 +588,7 @@ fn allocators(repo: &Path, guard_modes: u8) -> Vec<Alloc> {
         name: "glibc",
         preload: None,
         env: vec![],
+        version: None,
     }];
     let rampart = repo.join("target/release/librampart.so");
     if guard_modes != 0 {
@@ -520,6 +616,7 @@ fn allocators(repo: &Path, guard_modes: u8) -> Vec<Alloc> {
                 name,
                 preload: Some(rampart.clone()),
                 env,
+                version: None,
             });
         }
         return allocs;
@@ -531,17 +628,423 @@ fn allocators(repo: &Path, guard_modes: u8) -> Vec<Alloc> {
                 name,
                 preload: Some(path),
                 env: vec![],
+                version: None,
             });
         } else {
             println!("bench: {name} left out ({pkg} is not installed)");
         }
     }
+    for (name, lib, version) in source_peers(&repo.join("target/bench")) {
+        allocs.push(Alloc {
+            name,
+            preload: Some(lib),
+            env: vec![],
+            version: Some(version),
+        });
+    }
     allocs.push(Alloc {
         name: "rampart",
         preload: Some(rampart),
         env: vec![],
+        version: None,
     });
     allocs
+}
+
+/// When `p` was last modified; `None` where it does not exist.
+fn modified(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// The peers of `SOURCE_PEERS`, as (name, library, version): each built once into
+/// `work/peers/NAME.so`, its version beside it in `NAME.version`, and reused while both are
+/// newer than the fetch manifest (rewritten only when a pin changes). A peer that cannot be
+/// fetched, built, or run is left out, with the reason printed: the others still run.
+fn source_peers(work: &Path) -> Vec<(&'static str, PathBuf, String)> {
+    let dir = work.join("peers");
+    let manifest = match write_fetch_manifest(&dir.join("fetch")) {
+        Ok(m) => m,
+        Err(e) => {
+            println!("bench: the peers built from source left out (writing their manifest: {e})");
+            return Vec::new();
+        }
+    };
+    let fresh =
+        |p: &Path| matches!((modified(p), modified(&manifest)), (Some(f), Some(m)) if f > m);
+    let mut out = Vec::new();
+    let mut todo = Vec::new();
+    for peer in &SOURCE_PEERS {
+        let lib = dir.join(format!("{}.so", peer.name));
+        let version_file = dir.join(format!("{}.version", peer.name));
+        match std::fs::read_to_string(&version_file) {
+            Ok(v) if fresh(&lib) && fresh(&version_file) => {
+                println!("bench: {} {v}: {}, built before", peer.name, lib.display());
+                out.push((peer.name, lib, v));
+            }
+            _ => todo.push((peer, lib, version_file)),
+        }
+    }
+    if todo.is_empty() {
+        return out;
+    }
+    let started = Instant::now();
+    println!(
+        "bench: building {} from the sources of {}",
+        todo.iter().map(|t| t.0.name).collect::<Vec<_>>().join(", "),
+        todo.iter()
+            .map(|t| format!("{} {}", t.0.krate, t.0.pin))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let sources = match fetch_sources(&manifest) {
+        Ok(s) => s,
+        Err(why) => {
+            for (peer, _, _) in &todo {
+                println!("bench: {} left out ({why})", peer.name);
+            }
+            return out;
+        }
+    };
+    for (peer, lib, version_file) in todo {
+        let Some((src, crate_version)) = sources.get(peer.krate) else {
+            println!(
+                "bench: {} left out ({} is not among the fetched crates)",
+                peer.name, peer.krate
+            );
+            continue;
+        };
+        // A failed build must not leave a library that looks built: the version file is
+        // written last.
+        let _ = std::fs::remove_file(&version_file);
+        let t = Instant::now();
+        let built = (peer.build)(src, crate_version, &dir, &lib).and_then(|v| {
+            smoke_test(&lib)?;
+            Ok(v)
+        });
+        match built {
+            Ok(v) => {
+                // tikv-jemalloc-sys's version carries jemalloc's after a `+`: said once.
+                let from = format!(
+                    "({} {})",
+                    peer.krate,
+                    crate_version.split('+').next().unwrap_or_default()
+                );
+                let version = v.map_or(from.clone(), |v| format!("{v} {from}"));
+                if let Err(e) = std::fs::write(&version_file, &version) {
+                    println!(
+                        "bench: {} left out (writing {}: {e})",
+                        peer.name,
+                        version_file.display()
+                    );
+                    continue;
+                }
+                println!(
+                    "bench: {} {version}: built {} from {} in {}",
+                    peer.name,
+                    lib.display(),
+                    src.display(),
+                    minutes(t.elapsed().as_secs_f64())
+                );
+                out.push((peer.name, lib, version));
+            }
+            Err(why) => println!(
+                "bench: {} left out (building it from {}: {why})",
+                peer.name,
+                src.display()
+            ),
+        }
+    }
+    println!(
+        "bench: the peers from source took {}",
+        minutes(started.elapsed().as_secs_f64())
+    );
+    out
+}
+
+/// Writes, in `fetch`, the manifest of a package that only depends on the pinned crates of
+/// `SOURCE_PEERS` (nothing of it is compiled: `cargo fetch` unpacks their sources), unless
+/// it already says that; returns its path. Its own `[workspace]`: it lies inside the
+/// repository's folder, which holds the rampart workspace.
+fn write_fetch_manifest(fetch: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(fetch)?;
+    let mut text = String::from(
+        "# Written by src/bin/bench.rs: the crates whose vendored sources it builds its peers from.\n\
+         [package]\nname = \"bench-peer-sources\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\
+         publish = false\n\n[lib]\npath = \"lib.rs\"\n\n[dependencies]\n",
+    );
+    for p in &SOURCE_PEERS {
+        let _ = writeln!(
+            text,
+            "{} = {{ version = \"={}\", default-features = false }}",
+            p.krate, p.pin
+        );
+    }
+    text.push_str("\n[workspace]\n");
+    let manifest = fetch.join("Cargo.toml");
+    // Rewritten only when it changes: its time is what the built libraries are compared with.
+    if std::fs::read_to_string(&manifest).ok().as_deref() != Some(text.as_str()) {
+        std::fs::write(&manifest, text)?;
+    }
+    std::fs::write(fetch.join("lib.rs"), "")?;
+    Ok(manifest)
+}
+
+/// `cargo fetch`es the manifest's crates and finds, with `cargo metadata`, where each one's
+/// sources are unpacked: crate name → (source folder, version).
+fn fetch_sources(manifest: &Path) -> Result<BTreeMap<String, (PathBuf, String)>, String> {
+    let cargo = |args: &[&str]| -> Result<String, String> {
+        let o = Command::new("cargo")
+            .args(args)
+            .arg("--manifest-path")
+            .arg(manifest)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cargo {}: {e}", args[0]))?;
+        if !o.status.success() {
+            // Its "error: ..." line, else its last words.
+            let err = String::from_utf8_lossy(&o.stderr);
+            let mut lines = err.lines().map(str::trim).filter(|l| !l.is_empty());
+            let said = lines
+                .clone()
+                .find(|l| l.starts_with("error"))
+                .or_else(|| lines.next_back())
+                .unwrap_or("");
+            return Err(format!("cargo {} failed: {said}", args[0]));
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    cargo(&["fetch", "-q"])?;
+    let metadata = cargo(&["metadata", "-q", "--format-version", "1"])?;
+    // Every package's "manifest_path" is the Cargo.toml in its source folder, which a registry
+    // crate unpacks as NAME-VERSION: the folder names the crate and its version.
+    let mut found = BTreeMap::new();
+    for tail in metadata.split("\"manifest_path\":\"").skip(1) {
+        let path = Path::new(tail.split('"').next().unwrap_or_default());
+        let Some(src) = path.parent() else { continue };
+        let folder = src.file_name().unwrap_or_default().to_string_lossy();
+        for p in &SOURCE_PEERS {
+            if let Some(v) = folder.strip_prefix(&format!("{}-", p.krate)) {
+                if v.starts_with(|c: char| c.is_ascii_digit()) {
+                    found.insert(p.krate.to_string(), (src.to_path_buf(), v.to_string()));
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Runs one command of a build with its output appended to `log`; the error names the
+/// command and its last lines of output.
+fn build_step(cmd: &mut Command, log: &Path) -> Result<(), String> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let o = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&o.stderr));
+    let mut all = std::fs::read_to_string(log).unwrap_or_default();
+    all.push_str(&text);
+    let _ = std::fs::write(log, all);
+    if o.status.success() {
+        return Ok(());
+    }
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    Err(format!(
+        "{program} failed ({}): {} (all of it in {})",
+        o.status,
+        lines[lines.len().saturating_sub(3)..].join(" / "),
+        log.display()
+    ))
+}
+
+/// A library just built must at least start a shell that allocates (ld.so refuses a library
+/// with an unresolved symbol, and a broken one crashes): else the preload check would stop
+/// the whole run on it.
+fn smoke_test(lib: &Path) -> Result<(), String> {
+    let o = Command::new("/bin/sh")
+        .args(["-c", "echo ok"])
+        .env("LD_PRELOAD", lib)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("/bin/sh: {e}"))?;
+    if o.status.success() && o.stdout == b"ok\n" {
+        Ok(())
+    } else {
+        Err(format!(
+            "/bin/sh does not run on it ({}: {})",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))
+    }
+}
+
+/// mimalloc 3 (libmimalloc-sys keeps it in `c_src/mimalloc/v3`, v2 beside it) as the
+/// preloadable library of its CMakeLists.txt's release build: `src/static.c` (which includes
+/// every source file) as C11, `-O3 -DNDEBUG`, the defines of the shared library that
+/// overrides malloc (`MI_MALLOC_OVERRIDE`, `MI_SHARED_LIB`, `MI_BUILD_RELEASE`), its flags
+/// for gcc (`-fvisibility=hidden -ftls-model=initial-exec -fno-builtin-malloc`), linked with
+/// the libraries it finds (pthread, rt, atomic). Its default of allowing transparent huge
+/// pages is kept (`MI_NO_THP` is off upstream): where the kernel's THP mode is `madvise`, it
+/// asks for them, which shows in its peak RSS and, on short runs, its page-fault time. The
+/// version is `MI_MALLOC_VERSION` of `include/mimalloc.h` (major, then two digits of minor,
+/// two of patch).
+fn build_mimalloc3(src: &Path, _: &str, dir: &Path, lib: &Path) -> Built {
+    let v3 = src.join("c_src/mimalloc/v3");
+    let header = v3.join("include/mimalloc.h");
+    let text =
+        std::fs::read_to_string(&header).map_err(|e| format!("{}: {e}", header.display()))?;
+    let n: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("#define MI_MALLOC_VERSION"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no MI_MALLOC_VERSION in {}", header.display()))?;
+    println!(
+        "bench: mimalloc3: {} says MI_MALLOC_VERSION {n}",
+        header.display()
+    );
+    let log = dir.join("mimalloc3.log");
+    let _ = std::fs::remove_file(&log);
+    build_step(
+        Command::new("gcc")
+            .args(["-std=gnu11", "-O3", "-DNDEBUG", "-fPIC", "-shared"])
+            .args([
+                "-DMI_MALLOC_OVERRIDE",
+                "-DMI_SHARED_LIB",
+                "-DMI_SHARED_LIB_EXPORT",
+            ])
+            .args(["-DMI_BUILD_RELEASE", "-DMI_CMAKE_BUILD_TYPE=release"])
+            .args([
+                "-Wall",
+                "-Wextra",
+                "-Wno-unknown-pragmas",
+                "-Wstrict-prototypes",
+            ])
+            .args([
+                "-fvisibility=hidden",
+                "-ftls-model=initial-exec",
+                "-fno-builtin-malloc",
+            ])
+            .arg("-I")
+            .arg(v3.join("include"))
+            .arg(v3.join("src/static.c"))
+            .arg("-o")
+            .arg(lib)
+            .args(["-lpthread", "-lrt", "-latomic"]),
+        &log,
+    )?;
+    Ok(Some(format!("{}.{}.{}", n / 10000, n / 100 % 100, n % 100)))
+}
+
+/// snmalloc (snmalloc-sys vendors it in `upstream`) as its CMakeLists.txt builds
+/// `libsnmallocshim.so` for Linux with g++: `override/malloc.cc` and `override/new.cc` as
+/// C++20, `-O3 -DNDEBUG`, hidden visibility with the entry points exported, its code
+/// generation flags (`-mcx16 -mprfchw -ftls-model=initial-exec -fomit-frame-pointer
+/// -ffunction-sections -fno-rtti`), the thread cleanup it picks on Linux
+/// (`CXX11_THREAD_ATEXIT_DIRECT`), the defines its configure checks yield on glibc (getentropy,
+/// linux/random.h, linux/futex.h, pthread_atfork; `MALLOC_USABLE_SIZE_QUALIFIER=const`,
+/// which it always sets), libstdc++ linked statically. Not its `-Werror`: a new warning of a
+/// newer compiler is no reason to lose the peer. Its sources state no version (the
+/// CMakeLists `project` has none): the crate's is reported.
+fn build_snmalloc(src: &Path, _: &str, dir: &Path, lib: &Path) -> Built {
+    let up = src.join("upstream");
+    let log = dir.join("snmalloc.log");
+    let _ = std::fs::remove_file(&log);
+    build_step(
+        Command::new("g++")
+            .args(["-std=c++20", "-O3", "-DNDEBUG", "-fPIC", "-shared"])
+            .args([
+                "-fvisibility=hidden",
+                "-fno-rtti",
+                "-Wall",
+                "-Wextra",
+                "-Wundef",
+            ])
+            .args(["-mcx16", "-mprfchw", "-ftls-model=initial-exec"])
+            .args(["-fomit-frame-pointer", "-ffunction-sections"])
+            .args([
+                "-DSNMALLOC_USE_WAIT_ON_ADDRESS=1",
+                "-DSNMALLOC_NO_REALLOCARRAY",
+                "-DSNMALLOC_NO_REALLOCARR",
+                "-DSNMALLOC_PLATFORM_HAS_GETENTROPY",
+                "-DSNMALLOC_PTHREAD_ATFORK_WORKS",
+                "-DSNMALLOC_HAS_LINUX_RANDOM_H",
+                "-DSNMALLOC_HAS_LINUX_FUTEX_H",
+                "-DMALLOC_USABLE_SIZE_QUALIFIER=const",
+                "-DSNMALLOC_USE_CXX11_THREAD_ATEXIT_DIRECT",
+                "-DSNMALLOC_EXPORT=__attribute__((visibility(\"default\")))",
+                "-DSNMALLOC_CHECK_LOADS=false",
+                "-DSNMALLOC_PAGEID=false",
+            ])
+            .arg("-I")
+            .arg(up.join("src"))
+            .arg(up.join("src/snmalloc/override/malloc.cc"))
+            .arg(up.join("src/snmalloc/override/new.cc"))
+            .arg("-o")
+            .arg(lib)
+            .args([
+                "-static-libstdc++",
+                "-Wl,--no-undefined",
+                "-pthread",
+                "-latomic",
+            ]),
+        &log,
+    )?;
+    Ok(None)
+}
+
+/// jemalloc (tikv-jemalloc-sys vendors its sources in `jemalloc`, and the configure script
+/// generated from them in `configure`) configured out of tree in `dir/jemalloc-build` with
+/// jemalloc's defaults (no prefix: it overrides malloc; its C++ operators, as Debian's has),
+/// and `make lib/libjemalloc.so.2`. The sources have no VERSION file nor git history: the
+/// version is the one the crate's version carries after its `+` (`--with-version`, as its
+/// build.rs does), read back from the `JEMALLOC_VERSION` of the generated jemalloc.h.
+fn build_jemalloc(src: &Path, crate_version: &str, dir: &Path, lib: &Path) -> Built {
+    let je_version = crate_version
+        .split_once('+')
+        .map(|v| v.1)
+        .ok_or_else(|| format!("the crate's version {crate_version} names no jemalloc version"))?;
+    let build = dir.join("jemalloc-build");
+    let _ = std::fs::remove_dir_all(&build);
+    std::fs::create_dir_all(&build).map_err(|e| format!("{}: {e}", build.display()))?;
+    let log = dir.join("jemalloc-src.log");
+    let _ = std::fs::remove_file(&log);
+    build_step(
+        Command::new("sh")
+            .arg(src.join("configure/configure"))
+            .arg(format!("--srcdir={}", src.join("jemalloc").display()))
+            .arg(format!("--with-version={je_version}"))
+            .current_dir(&build),
+        &log,
+    )?;
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    build_step(
+        Command::new("make")
+            .arg(format!("-j{jobs}"))
+            .arg("lib/libjemalloc.so.2")
+            .current_dir(&build),
+        &log,
+    )?;
+    std::fs::copy(build.join("lib/libjemalloc.so.2"), lib)
+        .map_err(|e| format!("copy lib/libjemalloc.so.2: {e}"))?;
+    let header = build.join("include/jemalloc/jemalloc.h");
+    let text =
+        std::fs::read_to_string(&header).map_err(|e| format!("{}: {e}", header.display()))?;
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("#define JEMALLOC_VERSION \""))
+        .and_then(|v| v.split('"').next())
+        .ok_or_else(|| format!("no JEMALLOC_VERSION in {}", header.display()))?;
+    println!(
+        "bench: jemalloc-src: {} says JEMALLOC_VERSION \"{version}\"",
+        header.display()
+    );
+    // 5.3.1-0-g81034ce1f1373e37dc865038e1bc8eeecf559ce8: the commit's first 7 digits say it.
+    Ok(Some(match version.split_once("-g") {
+        Some((release, commit)) => format!("{release}-g{}", &commit[..commit.len().min(7)]),
+        None => version.to_string(),
+    }))
 }
 
 /// The C workloads of benches/c/ (compiled into `work` where the binary is older than its
@@ -575,7 +1078,6 @@ fn workloads(repo: &Path, work: &Path, data: &Path, sizes: Sizes) -> Vec<Workloa
             continue;
         }
         let exe = work.join(name);
-        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         let fresh = matches!((modified(&exe), modified(&src)), (Some(e), Some(s)) if e >= s);
         let ok = fresh
             || Command::new("gcc")
@@ -832,15 +1334,20 @@ fn measure(w: &Workload, a: &Alloc, work: &Path) -> Sample {
         .collect();
     assert!(v.len() >= 4, "unexpected /usr/bin/time output: {text}");
     Sample {
-        wall: v[0],
+        // %e counts hundredths of a second: a run it reports as 0.00 (a --quick workload on
+        // a fast allocator) counts as half of one, so that every ratio to it is finite.
+        wall: v[0].max(0.005),
         cpu: v[1] + v[2],
         rss_kib: v[3],
     }
 }
 
 /// callgrind instructions per malloc(64)+free pair of each allocator, from the C loop of
-/// benches/c/pairs.c run for 1 M and 2 M pairs. `None` where valgrind is missing.
-fn fast_path_figures(allocs: &[Alloc], work: &Path) -> Vec<(String, Option<f64>)> {
+/// benches/c/pairs.c run for 1 M and 2 M pairs; or why there is no figure. A run that fails
+/// under valgrind counts for nothing (valgrind still reports what it counted until the
+/// failure): snmalloc, for one, does not start there, as valgrind gives a program less
+/// address space than snmalloc reserves for its pagemap.
+fn fast_path_figures(allocs: &[Alloc], work: &Path) -> Vec<(String, Result<f64, String>)> {
     let exe = work.join("pairs");
     let ok = Command::new("gcc")
         .args(["-O2", "-o"])
@@ -862,20 +1369,7 @@ fn fast_path_figures(allocs: &[Alloc], work: &Path) -> Vec<(String, Option<f64>)
             .env
             .iter()
             .any(|&(k, v)| k == "RAMPART_GUARD" && v == "all");
-        if !ok || !have_valgrind || guard_all {
-            progress.tick(&format!(
-                "fast path {:<9} n/a{}",
-                a.name,
-                if guard_all {
-                    " (a debugging mode: not counted)"
-                } else {
-                    ""
-                }
-            ));
-            out.push((a.name.to_string(), None));
-            continue;
-        }
-        let count = |n: u64| -> Option<f64> {
+        let count = |n: u64| -> Result<f64, String> {
             let mut cmd = Command::new("valgrind");
             cmd.args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
                 .arg(&exe)
@@ -885,20 +1379,43 @@ fn fast_path_figures(allocs: &[Alloc], work: &Path) -> Vec<(String, Option<f64>)
                 cmd.env("LD_PRELOAD", lib);
             }
             cmd.envs(a.env.iter().copied());
-            let o = cmd.stdout(Stdio::null()).output().ok()?;
+            let o = cmd
+                .stdout(Stdio::null())
+                .output()
+                .map_err(|e| format!("valgrind: {e}"))?;
             let err = String::from_utf8_lossy(&o.stderr);
+            if !o.status.success() {
+                // The program's own last words, not valgrind's (its lines start with ==PID==).
+                let said = err
+                    .lines()
+                    .rfind(|l| !l.starts_with("==") && !l.trim().is_empty())
+                    .unwrap_or("");
+                return Err(format!(
+                    "it fails under valgrind, {}, saying \"{said}\"",
+                    o.status
+                ));
+            }
             err.lines()
                 .find_map(|l| l.split("Collected :").nth(1))
                 .and_then(|v| v.trim().parse::<f64>().ok())
+                .ok_or_else(|| "no count in callgrind's output".to_string())
         };
-        let per_pair = match (count(1_000_000), count(2_000_000)) {
-            (Some(a1), Some(a2)) => Some((a2 - a1) / 1_000_000.0),
-            _ => None,
+        let per_pair = if guard_all {
+            Err("a debugging mode: not counted".to_string())
+        } else if !ok {
+            Err("benches/c/pairs.c did not compile".to_string())
+        } else if !have_valgrind {
+            Err("valgrind is missing".to_string())
+        } else {
+            count(1_000_000).and_then(|a1| Ok((count(2_000_000)? - a1) / 1_000_000.0))
         };
         progress.tick(&format!(
-            "fast path {:<9} {}",
+            "fast path {:<12} {}",
             a.name,
-            per_pair.map_or("n/a".into(), |v| format!("{v:.1} instructions per pair"))
+            match &per_pair {
+                Ok(v) => format!("{v:.1} instructions per pair"),
+                Err(why) => format!("n/a ({why})"),
+            }
         ));
         out.push((a.name.to_string(), per_pair));
     }
@@ -935,7 +1452,7 @@ fn report(
     workloads: &[Workload],
     allocs: &[Alloc],
     samples: &BTreeMap<(String, &'static str), Vec<Sample>>,
-    fast_path: &[(String, Option<f64>)],
+    fast_path: &[(String, Result<f64, String>)],
     opts: &Options,
     about: &About,
 ) -> String {
@@ -954,14 +1471,24 @@ fn report(
         }
     );
     let _ = writeln!(t, "Versions: {}.\n", about.versions_line(", "));
+    let peer_names: Vec<&str> = allocs
+        .iter()
+        .map(|a| a.name)
+        .filter(|&n| n != "glibc" && !n.starts_with("rampart"))
+        .collect();
     let _ = writeln!(
         t,
-        "Medians of {} interleaved runs{}; time and RSS also as ratios to glibc (×g) and to the best peer of mimalloc, jemalloc, tcmalloc (×p).\n",
+        "Medians of {} interleaved runs{}; time and RSS also as ratios to glibc (×g) and to the best peer{} (×p).\n",
         opts.reps,
         if opts.quick {
             " at reduced sizes (--quick: C workloads, python3 and sqlite3 at 1/10, redis and gcc at 1/33, stress-ng at 1/2)"
         } else {
             ""
+        },
+        if peer_names.is_empty() {
+            String::new()
+        } else {
+            format!(" of {}", peer_names.join(", "))
         }
     );
     // With --guard-modes, ×p compares with rampart with its checks off instead.
@@ -1027,7 +1554,7 @@ fn report(
         let fp = fast_path
             .iter()
             .find(|(n, _)| n == a.name)
-            .and_then(|(_, v)| *v);
+            .and_then(|(_, v)| v.as_ref().ok());
         let _ = writeln!(
             t,
             "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
@@ -1038,6 +1565,13 @@ fn report(
             geomean(&rss_vs_p[a.name]),
             fp.map_or("n/a".into(), |v| format!("{v:.0}"))
         );
+    }
+    let missing: Vec<String> = fast_path
+        .iter()
+        .filter_map(|(n, v)| v.as_ref().err().map(|why| format!("{n} ({why})")))
+        .collect();
+    if !missing.is_empty() {
+        let _ = writeln!(t, "\nNo fast-path figure for {}.", missing.join(", "));
     }
     // stress-ng's rows as throughput (bogo operations per second) relative to glibc's.
     let stress: Vec<&Workload> = workloads
@@ -1079,7 +1613,13 @@ fn replot(dir: &Path) {
     let mut workloads: Vec<Workload> = Vec::new();
     let mut allocs: Vec<Alloc> = Vec::new();
     let mut samples: BTreeMap<(String, &'static str), Vec<Sample>> = BTreeMap::new();
-    for line in text.lines() {
+    // The rows of the table of medians, from its header to its end: the other tables' rows
+    // can have as many cells (the stressors' has one per allocator).
+    let rows = text
+        .lines()
+        .skip_while(|l| !l.starts_with("| workload | allocator |"))
+        .take_while(|l| l.starts_with('|'));
+    for line in rows {
         let f: Vec<&str> = line.split('|').map(str::trim).collect();
         // | workload | allocator | wall s | ×g | ×p | cpu s | peak RSS MiB | ×g | ×p |
         if f.len() != 11 {
@@ -1105,6 +1645,7 @@ fn replot(dir: &Path) {
                     name,
                     preload: None,
                     env: Vec::new(),
+                    version: None,
                 });
                 name
             }
@@ -1182,10 +1723,16 @@ fn chart(
         RGBColor(214, 39, 40),
         RGBColor(148, 103, 189),
         RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
     ];
-    let root = SVGBackend::new(path, (1200, 860)).into_drawing_area();
+    // The versions of eight allocators take more than one line of the title's width.
+    let versions = about.versions_lines(" · ", 170);
+    let head_height = 34 + 18 * versions.len() as u32;
+    let root = SVGBackend::new(path, (1200, 808 + head_height)).into_drawing_area();
     root.fill(&WHITE).expect("draw");
-    let (head, body) = root.split_vertically(52);
+    let (head, body) = root.split_vertically(head_height);
     head.draw_text(
         &format!(
             "rampart against its peers · {} · {} · {}",
@@ -1195,12 +1742,14 @@ fn chart(
         (12, 8),
     )
     .expect("title");
-    head.draw_text(
-        &about.versions_line(" · "),
-        &("sans-serif", 13).into_font().color(&BLACK),
-        (12, 30),
-    )
-    .expect("versions");
+    for (i, line) in versions.iter().enumerate() {
+        head.draw_text(
+            line,
+            &("sans-serif", 13).into_font().color(&BLACK),
+            (12, 30 + 18 * i as i32),
+        )
+        .expect("versions");
+    }
     let panels = body.split_evenly((2, 1));
     for (panel, (title, pick)) in panels.iter().zip([
         (
