@@ -5,8 +5,14 @@
 //! markdown table, an SVG chart, and the callgrind fast-path figure of every allocator.
 //!
 //! ```text
-//! cargo run --release --bin bench -- [--quick] [--reps N] [--out DIR] [--guard-modes|--guard-all]
+//! cargo run --release --bin bench -- [--quick] [--reps N] [--out DIR] [--guard-modes|--guard-all|--scaling]
 //! ```
+//!
+//! `--scaling` runs `benches/c/scaling.c` instead (larson-style and producer/consumer at 2,
+//! 8, 32 and 64 threads, the same total work at every count) under every allocator, and
+//! writes `scaling.md`: pairs per second, the 64-thread figure over the 2-thread one, and
+//! each allocator's figure over mimalloc 3's (about 3 minutes; `--quick`: a quarter of the
+//! work).
 //!
 //! `--guard-modes` measures what rampart's checks cost instead: glibc, rampart, and rampart
 //! with `RAMPART_GUARD=sample` (the default 1 in 1000), `RAMPART_REDZONE=16` and the heap
@@ -139,6 +145,8 @@ struct Options {
     out: PathBuf,
     /// `--replot DIR`: redraw DIR/chart.svg from DIR/results.md, running nothing.
     replot: Option<PathBuf>,
+    /// `--scaling`: the thread-scaling table (`benches/c/scaling.c`) instead of the suite.
+    scaling: bool,
 }
 
 fn main() {
@@ -155,6 +163,10 @@ fn main() {
     std::fs::create_dir_all(&opts.out).expect("create the output folder");
 
     let allocs = allocators(&repo, opts.guard_modes);
+    if opts.scaling {
+        scaling(&repo, &work, &allocs, &opts);
+        return;
+    }
     let sizes = if opts.quick {
         Sizes::QUICK
     } else {
@@ -250,6 +262,138 @@ fn main() {
         opts.out.join("chart.svg").display(),
         minutes(run_started.elapsed().as_secs_f64())
     );
+}
+
+/// The thread counts of the scaling table.
+const SCALING_THREADS: [usize; 4] = [2, 8, 32, 64];
+
+/// `--scaling`: `benches/c/scaling.c`'s two patterns (larson, prodcons) at 2, 8, 32 and 64
+/// threads under every allocator, interleaved, `reps` times; the median pairs per second of
+/// each, its ratio at 64 threads to its own at 2, and its ratio to mimalloc 3's at the same
+/// count. Writes `scaling.md` in the output folder.
+fn scaling(repo: &Path, work: &Path, allocs: &[Alloc], opts: &Options) {
+    let src = repo.join("benches/c/scaling.c");
+    let exe = work.join("scaling");
+    let ok = Command::new("gcc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "gcc failed on {}", src.display());
+    let scale = if opts.quick { 0.25 } else { 1.0 };
+    let case = |pattern: &str, threads: usize, scale: f64| Workload {
+        name: format!("{pattern}-{threads}"),
+        what: format!("{pattern} at {threads} threads"),
+        argv: vec![
+            exe.display().to_string(),
+            pattern.into(),
+            threads.to_string(),
+            format!("{scale}"),
+        ],
+        env: vec![],
+    };
+    let patterns = ["larson", "prodcons"];
+    for a in allocs {
+        verify_preload(&case("larson", 2, 0.01), a, work);
+    }
+    println!("bench: every allocator was seen serving the scaling program (LD_DEBUG=bindings)");
+    let cases: Vec<(usize, usize)> = (0..patterns.len())
+        .flat_map(|p| (0..SCALING_THREADS.len()).map(move |t| (p, t)))
+        .collect();
+    let mut rates: BTreeMap<(usize, usize, usize), Vec<f64>> = BTreeMap::new();
+    let mut progress = Progress::new("scaling runs", opts.reps * cases.len() * allocs.len());
+    for rep in 0..opts.reps {
+        for &(p, t) in &cases {
+            let w = case(patterns[p], SCALING_THREADS[t], scale);
+            for k in 0..allocs.len() {
+                let ai = (k + rep) % allocs.len();
+                let out = command(&w, &allocs[ai])
+                    .stdout(Stdio::piped())
+                    .output()
+                    .expect("run the scaling program");
+                let text = String::from_utf8_lossy(&out.stdout);
+                let rate = text
+                    .split_whitespace()
+                    .skip_while(|&f| f != "ops_per_sec")
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok());
+                let Some(rate) = rate.filter(|_| out.status.success()) else {
+                    panic!(
+                        "{} under {}: {}\n{text}",
+                        w.name, allocs[ai].name, out.status
+                    );
+                };
+                progress.tick(&format!(
+                    "{:<14} {:<12} {:>7.2} M pairs/s",
+                    w.name,
+                    allocs[ai].name,
+                    rate / 1e6
+                ));
+                rates.entry((p, t, ai)).or_default().push(rate);
+            }
+        }
+    }
+    let med = |p, t, a| median(rates[&(p, t, a)].clone());
+    let reference = allocs.iter().position(|a| a.name == "mimalloc3");
+    let about = about_the_run(allocs, opts);
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "{}, {}: `cargo run --release --bin bench -- --scaling{}`\n",
+        about.date,
+        about.machine,
+        if opts.quick { " --quick" } else { "" }
+    );
+    let _ = writeln!(md, "Versions: {}.\n", about.versions_line(", "));
+    let _ = writeln!(
+        md,
+        "Million malloc+free pairs per second of wall time, medians of {} interleaved runs of \
+         `benches/c/scaling.c` at scale {scale} (the same total work at every thread count); \
+         `64/2`: the 64-thread figure over the 2-thread one (on this machine's cores, its \
+         per-core ratio); `×m3`: over mimalloc 3's at the same count.\n",
+        opts.reps
+    );
+    for (p, pattern) in patterns.iter().enumerate() {
+        let _ = write!(md, "| {pattern} | ");
+        for t in SCALING_THREADS {
+            let _ = write!(md, "{t} threads | ");
+        }
+        let _ = writeln!(
+            md,
+            "64/2 | {} |",
+            if reference.is_some() {
+                "×m3 at 2 / 8 / 32 / 64"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(md, "|---|{}---|---|", "---|".repeat(SCALING_THREADS.len()));
+        for (ai, a) in allocs.iter().enumerate() {
+            let _ = write!(md, "| {} | ", a.name);
+            for t in 0..SCALING_THREADS.len() {
+                let _ = write!(md, "{:.2} | ", med(p, t, ai) / 1e6);
+            }
+            let _ = write!(
+                md,
+                "{:.2} | ",
+                med(p, SCALING_THREADS.len() - 1, ai) / med(p, 0, ai)
+            );
+            if let Some(r) = reference {
+                let ratios: Vec<String> = (0..SCALING_THREADS.len())
+                    .map(|t| format!("{:.2}", med(p, t, ai) / med(p, t, r)))
+                    .collect();
+                let _ = write!(md, "{}", ratios.join(" / "));
+            }
+            let _ = writeln!(md, " |");
+        }
+        let _ = writeln!(md);
+    }
+    let path = opts.out.join("scaling.md");
+    std::fs::write(&path, &md).expect("write scaling.md");
+    println!("\n{md}");
+    println!("bench: wrote {}", path.display());
 }
 
 /// How big each kind of workload runs: `c` scales the C workloads, python3 and sqlite3;
@@ -503,6 +647,7 @@ fn parse_args() -> Options {
         reps: 0,
         out: PathBuf::from("bench-results"),
         replot: None,
+        scaling: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -510,6 +655,7 @@ fn parse_args() -> Options {
             "--quick" => opts.quick = true,
             "--guard-modes" => opts.guard_modes = 1,
             "--guard-all" => opts.guard_modes = 2,
+            "--scaling" => opts.scaling = true,
             "--reps" => {
                 opts.reps = args
                     .next()
@@ -529,7 +675,7 @@ fn parse_args() -> Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo run --release --bin bench -- [--quick] [--reps N] [--out DIR] [--guard-modes|--guard-all]\n       cargo run --release --bin bench -- --replot DIR   (redraws DIR/chart.svg from DIR/results.md)"
+        "usage: cargo run --release --bin bench -- [--quick] [--reps N] [--out DIR] [--guard-modes|--guard-all|--scaling]\n       cargo run --release --bin bench -- --replot DIR   (redraws DIR/chart.svg from DIR/results.md)"
     );
     exit(2);
 }
