@@ -130,7 +130,7 @@ pub fn next_interval() -> isize {
     if rate <= 1 {
         return 1;
     }
-    let bytes = -uniform().ln() * rate as f64;
+    let bytes = -crate::util::ln(uniform()) * rate as f64;
     (bytes as isize).clamp(1, isize::MAX / 2)
 }
 
@@ -140,7 +140,7 @@ fn probability(w: usize) -> f64 {
     if rate <= 1 {
         return 1.0;
     }
-    -(-(w as f64) / rate as f64).exp_m1()
+    -crate::util::exp_m1(-(w as f64) / rate as f64)
 }
 
 /// A counter of estimates: an `f64` in an atomic, written under the table's lock, read
