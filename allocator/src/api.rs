@@ -70,6 +70,12 @@ pub fn alloc_slow(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> 
             return Some(p);
         }
     }
+    if zero && size > SMALL_CLASSES_MAX {
+        // A zeroed medium request is a page run: fresh pages from the kernel need no
+        // memset there (`FLAG_CLEAN`), where a block of a size class is cleared whole,
+        // committing every page of it (a sparse `calloc` table, `vec![0; n]`).
+        return large::alloc(size, align.max(MIN_ALIGN), true);
+    }
     if size <= SMALL_MAX && align <= MIN_ALIGN {
         // SAFETY: class_of gives a class below NUM_CLASSES.
         let p = NonNull::new(unsafe { heap::alloc_small(class_of(size)) })?;
