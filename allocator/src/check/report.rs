@@ -113,7 +113,12 @@ impl Report {
     /// fault.
     pub fn found_by(&mut self, call: &str) -> ! {
         self.emit();
-        print_call_stack(call);
+        // The exit-time canary check runs with the page lock held, where a stack walk (the
+        // unwinder, `dladdr` and the loader's lock) could wait on a thread in `dlopen` that
+        // waits for the page lock; its stack (the exit path) would say little anyway.
+        if call != "exit" {
+            print_call_stack(call);
+        }
         os::abort()
     }
 }
@@ -139,7 +144,8 @@ pub fn on_call(kind: ErrorKind, call: &str, what: &str, p: usize) -> ! {
 /// <tid>:` and its frames.
 pub fn print_call_stack(call: &str) {
     let mut frames = [0usize; CALL_FRAMES];
-    let n = os::backtrace(&mut frames, 0);
+    // Walked as the guard walks (an allocation from inside the unwinder is not guarded).
+    let n = crate::check::guard::traced_backtrace(&mut frames);
     print_stack(&[call, " called by"], os::gettid(), &frames[..n]);
 }
 

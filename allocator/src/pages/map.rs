@@ -18,8 +18,8 @@ pub enum Owner {
     Huge(*mut Huge),
 }
 
-// A small L1 (256 slots of 512 GiB) and large L2 nodes (131072 slots, 1 MiB of address
-// space, mapped lazily and touched a page per 2 GiB of heap): the L1 is a static initialised
+// A small L1 (256 slots of 512 GiB each) and large L2 nodes (131072 slots of 4 MiB: 1 MiB of
+// map per node, mapped lazily and touched a page per 2 GiB of heap): the L1 is a static initialised
 // to point at the shared zero node, and each of its slots is a relocation the loader
 // applies at start-up. With 8192 slots (13 bits) those were 196 KiB of relocation records
 // and 64 KiB of data written at every start, some 260 KiB of every process's RSS.
@@ -106,17 +106,19 @@ impl PageMap {
 
     /// The block of ours that `addr` lies in, as `(start, bytes)`, where the metadata tells:
     /// a carved block of a slab (its class's size), a large run, a huge block. `None` for
-    /// free pages, blocks never carved and addresses outside our memory. For error reports:
-    /// nothing is dereferenced but the page layer's descriptors, and a descriptor another
-    /// thread changes meanwhile at worst names a wrong block.
+    /// free pages, blocks never carved and addresses outside our memory. For error reports,
+    /// read without the page lock, as [`PageMap::lookup`] is: a descriptor another thread
+    /// changes meanwhile at worst names a wrong block (a chunk released at that instant
+    /// could take its descriptors with it, the race every lookup of a stale pointer has).
     pub fn block_of(&self, addr: usize) -> Option<(usize, usize)> {
         if let Some(s) = self.span_of(addr) {
-            // SAFETY: the page map names only live chunks, whose descriptors stay mapped.
+            // SAFETY: the page map names only live chunks, whose descriptors are mapped.
             let s = unsafe { s.as_ref() };
             let off = addr.wrapping_sub(s.addr);
+            // Read once: the division below must not see it change to 0.
+            let size = s.block_size as usize;
             return match s.state.get() {
-                super::State::Slab if s.block_size != 0 => {
-                    let size = s.block_size as usize;
+                super::State::Slab if size != 0 => {
                     let carved = s.bump.load(Ordering::Relaxed) as usize * size;
                     (off < carved).then(|| (s.addr + off / size * size, size))
                 }

@@ -404,7 +404,7 @@ std::thread_local! {
 
 /// A stack walk, with [`BUSY`] set while it runs so that an allocation from inside the
 /// unwinder is not guarded (which would walk again and take the unwinder's lock twice).
-fn traced_backtrace(frames: &mut [usize]) -> usize {
+pub(in crate::check) fn traced_backtrace(frames: &mut [usize]) -> usize {
     BUSY.set(true);
     let n = os::backtrace(frames, 0);
     BUSY.set(false);
