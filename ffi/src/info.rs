@@ -14,7 +14,6 @@ use core::ffi::{c_char, c_int, c_void};
 
 use rampart::internals::stats_and_usage;
 use rampart::internals::Line;
-use rampart::internals::PAGE_SIZE;
 use rampart::stats_print as print_stats;
 
 /// Reads the options (at load time), and makes a panic inside the library a clean death.
@@ -242,7 +241,7 @@ pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut c_void) -> c_i
     }
     let mut prev = 0;
     for c in st.size_classes.iter() {
-        let capacity = (c.span_pages * PAGE_SIZE / c.size) as u64;
+        let capacity = c.capacity();
         let free = capacity.saturating_sub(c.held);
         if free > 0 {
             let l = &mut lines[1];

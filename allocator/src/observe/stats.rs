@@ -36,6 +36,14 @@ impl SizeClassStats {
     pub fn live(&self) -> u64 {
         self.allocated.saturating_sub(self.freed)
     }
+
+    /// Blocks the class's spans hold in all, handed out or not (a span's tail past its last
+    /// whole block holds none).
+    pub fn capacity(&self) -> u64 {
+        let class = crate::size_class::class_of(self.size.min(crate::size_class::SMALL_MAX));
+        let spans = self.span_pages >> crate::size_class::span_order(class);
+        (spans * crate::size_class::blocks_per_span(class)) as u64
+    }
 }
 
 /// Blocks of one kind allocated and freed since the start: a line `allocated A, freed F,
