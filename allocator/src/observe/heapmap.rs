@@ -8,7 +8,7 @@
 //!   the last page is the PROT_NONE guard page that follows every chunk.
 //! - Every run (a slab span, a large block, or a free buddy block) has a thin outline, so the
 //!   page layer's blocks and their sizes show; hovering one shows a tooltip (its `<title>`).
-//! - Slab spans are coloured by size class (a hue from green for 16 B to violet for 32 KiB);
+//! - Slab spans are coloured by size class (a hue from green for 16 B to violet for 1 MiB);
 //!   the dark part of a span is its share of blocks handed out, the pale part the blocks that
 //!   are free or never carved (a snapshot: other threads free blocks without the page lock).
 //! - Large blocks amber; free pages that still hold memory (committed, "dirty") salmon; free
@@ -76,7 +76,7 @@ const FREE_DIRTY: [u8; 3] = [0xf1, 0x9a, 0x93];
 const FREE_CLEAN: [u8; 3] = [0xe4, 0xe9, 0xef];
 const GUARD: [u8; 3] = [0x22, 0x22, 0x22];
 
-/// The colour of slab spans of `class`: a hue from green (16 B) to violet (32 KiB), neighbours
+/// The colour of slab spans of `class`: a hue from green (16 B) to violet (1 MiB), neighbours
 /// told apart by lightness; `pale` for the part of a span not handed out.
 fn slab_colour(class: usize, pale: bool) -> [u8; 3] {
     let hue = 95.0 + class as f32 * 195.0 / (NUM_CLASSES - 1) as f32;
@@ -471,13 +471,15 @@ fn header<S: PageSource>(out: &mut Out, pages: &Pages<S>, t: &Totals) {
     y += 24;
     out.text(x, y + 10).str("slab spans by size class:</text>");
     let sx = x + 150;
+    // 10 px a class: the 60 classes and the note after them fit the map's least width.
+    const CELL: usize = 10;
     for class in 0..NUM_CLASSES {
-        let cx = sx + class * 16;
+        let cx = sx + class * CELL;
         out.str("<g>");
-        out.rect(cx, y, 16, 7, slab_colour(class, false)).rect(
+        out.rect(cx, y, CELL, 7, slab_colour(class, false)).rect(
             cx,
             y + 7,
-            16,
+            CELL,
             6,
             slab_colour(class, true),
         );
@@ -488,17 +490,20 @@ fn header<S: PageSource>(out: &mut Out, pages: &Pages<S>, t: &Totals) {
             .str(" blocks</title></g>");
     }
     out.str("\n");
-    for class in [0, 7, 12, 16, 20, 24, 28, 32, 36, 39] {
+    // 16 B, 128 B, 1 KiB, 4 KiB, 16 KiB, 32 KiB (the last small class), 128 KiB, 1 MiB.
+    for class in [0, 7, 19, 27, 35, 39, 47, 59] {
         out.str("<text x=\"")
-            .dec(sx + class * 16 + 8)
+            .dec(sx + class * CELL + CELL / 2)
             .str("\" y=\"")
             .dec(y + 26)
             .str("\" text-anchor=\"middle\" font-size=\"9\">")
             .size(class_size(class))
             .str("</text>");
     }
-    out.text(sx + NUM_CLASSES * 16 + 10, y + 10)
-        .str("dark: share of the span's blocks handed out; pale: free or never carved</text>\n");
+    out.text(sx + NUM_CLASSES * CELL + 10, y + 10)
+        .str("dark: blocks handed out</text>");
+    out.text(sx + NUM_CLASSES * CELL + 10, y + 24)
+        .str("pale: free or never carved</text>\n");
     y += 34;
     let _ = y;
     out.str("</g>\n");
