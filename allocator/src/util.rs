@@ -337,7 +337,8 @@ pub fn exp_m1(x: f64) -> f64 {
     if x.is_nan() || x > 0.0 {
         return f64::NAN;
     }
-    if x < -745.0 {
+    if x < -40.0 {
+        // e^x < 5e-18: below half an ulp of 1, so e^x - 1 rounds to -1.
         return -1.0;
     }
     let series = |r: f64| {
@@ -355,14 +356,9 @@ pub fn exp_m1(x: f64) -> f64 {
     if x > -0.5 {
         return series(x);
     }
-    let k = (x / LN2 - 0.5) as i64; // rounds toward the nearest (x < 0)
+    let k = (x / LN2 - 0.5) as i64; // rounds toward the nearest (x < 0); k >= -58
     let r = x - k as f64 * LN2;
-    // 2^k as a float: normal down to k = -1022, then halved into the subnormals.
-    let scale = if k >= -1022 {
-        f64::from_bits(((k + 1023) as u64) << 52)
-    } else {
-        f64::from_bits(1u64 << 52) * f64::from_bits(((k + 1023 + 52) as u64) << 52)
-    };
+    let scale = f64::from_bits(((k + 1023) as u64) << 52); // 2^k, a normal float
     (series(r) + 1.0) * scale - 1.0
 }
 

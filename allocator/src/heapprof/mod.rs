@@ -114,7 +114,8 @@ pub fn init() {
 /// State of the interval draws' random numbers (see `util::splitmix64`).
 static SEED: AtomicU64 = AtomicU64::new(0x2545_f491_4f6c_dd1d);
 
-/// A uniform random number in `(0, 1)`.
+/// A uniform random number in `(0, 1]` (1 when the top 53 bits are all ones: the half
+/// added rounds up; `ln` then gives 0 and the interval its floor of 1).
 fn uniform() -> f64 {
     ((crate::util::splitmix64(&SEED) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
 }
