@@ -60,8 +60,12 @@ const SIZES: [usize; 5] = [TINY, SMALL, PAGE, LARGE, RUN];
 
 /// `sample` guards only blocks up to this size.
 const SAMPLE_LIMIT: usize = 65_536;
-/// The largest size class: blocks up to it are small blocks, which get redzones.
+/// The largest small class: blocks up to it get redzones (larger ones are page runs in the
+/// redzone mode).
 const SMALL_LIMIT: usize = 32 * 1024;
+/// The largest size class (medium classes above the small ones): blocks of a class are
+/// blocks of a slab span, whose default-mode double free is reported as such.
+const CLASS_LIMIT: usize = 1 << 20;
 /// `RAMPART_REDZONE` in the `redzone` mode.
 const REDZONE: usize = 16;
 
@@ -327,10 +331,16 @@ fn expected(case: &str, size: usize, mode: Mode) -> Expect {
                 Undetected
             }
         }
-        // The default mode's check: the block most recently freed in its span (small), or
-        // free pages / no block at all (large).
+        // The default mode's check: the block most recently freed in its span (a block of a
+        // size class), or free pages / no block at all (a page run).
         "double-free" => {
-            if guarded || size <= SMALL_LIMIT {
+            let slab = size
+                <= if mode == Mode::Redzone {
+                    SMALL_LIMIT
+                } else {
+                    CLASS_LIMIT
+                };
+            if guarded || slab {
                 abort(&[DOUBLE_FREE], None, guarded_size)
             } else {
                 abort(&[DOUBLE_FREE, INVALID_FREE], None, None)

@@ -29,11 +29,11 @@ const SIGSEGV: i32 = 11;
 
 /// The sizes of `tests/guard.rs`: tiny (odd), small, one page, large (above the sampling
 /// limit).
-const SIZES: [usize; 4] = [13, 200, 4096, 100_000];
+const SIZES: [usize; 5] = [13, 200, 4096, 100_000, 1_500_000];
 /// `sample` guards only blocks up to this size.
 const SAMPLE_LIMIT: usize = 65_536;
 /// The largest size class (the default mode's double free is reported as such up to it).
-const SMALL_LIMIT: usize = 32 * 1024;
+const CLASS_LIMIT: usize = 1 << 20;
 const CASES: [&str; 4] = ["ok", "overflow1-write", "uaf-read", "double-free"];
 const ROW_WATCHDOG: Duration = Duration::from_secs(60);
 
@@ -154,7 +154,7 @@ fn expected(case: &str, size: usize, guarded: bool) -> Expect {
         ("overflow1-write" | "uaf-read", false) => Expect::Undetected,
         // The default mode: the block most recently freed in its span (small), free pages or
         // no block at all (large).
-        ("double-free", false) if size <= SMALL_LIMIT => Expect::Abort {
+        ("double-free", false) if size <= CLASS_LIMIT => Expect::Abort {
             kinds: &["double-free"],
             block: false,
         },

@@ -237,10 +237,12 @@ mod tests {
             let size = class_size(c);
             let bytes = PAGE_SIZE << span_order(c);
             assert!(bytes >= 16 * 1024);
-            let min_blocks = match size {
-                ..=4096 => 8,
-                ..=262144 => 4,
-                _ => 2,
+            let min_blocks = if size <= 4096 {
+                8
+            } else if size <= 262144 {
+                4
+            } else {
+                2
             };
             assert!(blocks_per_span(c) >= min_blocks, "class {c}");
             let tail = bytes - blocks_per_span(c) * size;

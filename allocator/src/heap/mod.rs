@@ -1,4 +1,5 @@
-//! Thread-local heaps: the malloc and free paths of small blocks.
+//! Thread-local heaps: the malloc and free paths of the blocks of size classes (small and
+//! medium, up to 1 MiB).
 //!
 //! ```text
 //! alloc_fast(class)   (api::alloc, ffi malloc)   free(p) / free_sized(p, n)
