@@ -264,6 +264,24 @@ fn main() {
     );
 }
 
+/// Compiles `benches/c/NAME.c` into `WORK/NAME` (`gcc -O2 -pthread`) unless the program is
+/// newer than its source; panics when gcc fails.
+fn compile_c(repo: &Path, work: &Path, name: &str) -> PathBuf {
+    let src = repo.join(format!("benches/c/{name}.c"));
+    let exe = work.join(name);
+    let fresh = matches!((modified(&exe), modified(&src)), (Some(e), Some(s)) if e >= s);
+    let ok = fresh
+        || Command::new("gcc")
+            .args(["-O2", "-pthread", "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+    assert!(ok, "gcc failed on {}", src.display());
+    exe
+}
+
 /// The thread counts of the scaling table.
 const SCALING_THREADS: [usize; 4] = [2, 8, 32, 64];
 
@@ -272,16 +290,7 @@ const SCALING_THREADS: [usize; 4] = [2, 8, 32, 64];
 /// each, its ratio at 64 threads to its own at 2, and its ratio to mimalloc 3's at the same
 /// count. Writes `scaling.md` in the output folder.
 fn scaling(repo: &Path, work: &Path, allocs: &[Alloc], opts: &Options) {
-    let src = repo.join("benches/c/scaling.c");
-    let exe = work.join("scaling");
-    let ok = Command::new("gcc")
-        .args(["-O2", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "gcc failed on {}", src.display());
+    let exe = compile_c(repo, work, "scaling");
     let scale = if opts.quick { 0.25 } else { 1.0 };
     let case = |pattern: &str, threads: usize, scale: f64| Workload {
         name: format!("{pattern}-{threads}"),
@@ -1223,17 +1232,7 @@ fn workloads(repo: &Path, work: &Path, data: &Path, sizes: Sizes) -> Vec<Workloa
             println!("bench: {name} left out ({} is missing)", src.display());
             continue;
         }
-        let exe = work.join(name);
-        let fresh = matches!((modified(&exe), modified(&src)), (Some(e), Some(s)) if e >= s);
-        let ok = fresh
-            || Command::new("gcc")
-                .args(["-O2", "-pthread", "-o"])
-                .arg(&exe)
-                .arg(&src)
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-        assert!(ok, "gcc failed on {}", src.display());
+        let exe = compile_c(repo, work, name);
         out.push(Workload {
             name: name.into(),
             what: what.into(),
