@@ -39,8 +39,8 @@
 //! and gcc (the slowest) at a thirty-third, stress-ng's stressors at half, 3 repetitions:
 //! about 2 minutes with the 8 allocators on a busy 2-core machine (its figures are
 //! indicative: short runs weigh process start-up more), plus about a minute the first time,
-//! for building the peers. The default is full size, 5 repetitions (about 6 minutes per
-//! allocator on 2 cores: some 50 minutes). The preload check runs every workload at a
+//! for building the peers. The default is full size, 5 repetitions (26 minutes for the 8
+//! allocators on a quiet 2-core machine, 2026-12-01). The preload check runs every workload at a
 //! fiftieth of its size (it proves which library served `malloc`, not how fast). Every phase
 //! prints its progress with an estimate of the time left, and the run says before it starts
 //! how long it should take (from the times the last run of the same kind recorded in
@@ -195,7 +195,7 @@ fn main() {
         ),
         None => println!(
             "bench: no earlier {} run of these workloads recorded here; on a quiet 2-core \
-             machine a full run takes about 6 minutes per allocator, a --quick one about 15 \
+             machine a full run takes about 3.5 minutes per allocator, a --quick one about 15 \
              seconds per allocator ({} here)",
             opts.kind(),
             allocs.len()
