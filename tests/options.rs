@@ -42,6 +42,13 @@ fn options_line(out: &Outcome) -> String {
     lines[0].to_string()
 }
 
+/// Asserts that the options line shows every `NAME=value` of `wants`.
+fn assert_shows(line: &str, wants: &[&str]) {
+    for want in wants {
+        assert!(line.contains(want), "{want} missing: {line}");
+    }
+}
+
 fn assert_warned_once(out: &Outcome, name: &str, what: &str) {
     let n = out
         .stderr
@@ -118,14 +125,15 @@ fn guard_options_take_effect() {
         ("RAMPART_QUARANTINE", "1048576"),
     ]);
     let line = options_line(&out);
-    for want in [
-        "RAMPART_GUARD=sample",
-        "RAMPART_GUARD_SAMPLE=77",
-        "RAMPART_REDZONE=32",
-        "RAMPART_QUARANTINE=1048576",
-    ] {
-        assert!(line.contains(want), "{want} missing: {line}");
-    }
+    assert_shows(
+        &line,
+        &[
+            "RAMPART_GUARD=sample",
+            "RAMPART_GUARD_SAMPLE=77",
+            "RAMPART_REDZONE=32",
+            "RAMPART_QUARANTINE=1048576",
+        ],
+    );
     assert!(!out.stderr.contains("warning"), "{}", out.describe());
 }
 
@@ -142,14 +150,15 @@ fn bad_guard_values_warn_once_and_keep_the_default() {
         "RAMPART_GUARD_SAMPLE={}",
         rampart::internals::DEFAULT_GUARD_SAMPLE
     );
-    for want in [
-        "RAMPART_GUARD=off",
-        &default_sample,
-        "RAMPART_REDZONE=0",
-        "RAMPART_QUARANTINE=default",
-    ] {
-        assert!(line.contains(want), "{want} missing: {line}");
-    }
+    assert_shows(
+        &line,
+        &[
+            "RAMPART_GUARD=off",
+            &default_sample,
+            "RAMPART_REDZONE=0",
+            "RAMPART_QUARANTINE=default",
+        ],
+    );
     for name in [
         "RAMPART_GUARD",
         "RAMPART_GUARD_SAMPLE",
@@ -172,13 +181,14 @@ fn profile_and_purger_options_take_effect_and_bad_values_warn() {
         ("RAMPART_PURGE_THREAD", "0"),
     ]);
     let line = options_line(&out);
-    for want in [
-        "RAMPART_PROFILE=leaks",
-        "RAMPART_PROFILE_RATE=4096",
-        "RAMPART_PURGE_THREAD=0",
-    ] {
-        assert!(line.contains(want), "{want} missing: {line}");
-    }
+    assert_shows(
+        &line,
+        &[
+            "RAMPART_PROFILE=leaks",
+            "RAMPART_PROFILE_RATE=4096",
+            "RAMPART_PURGE_THREAD=0",
+        ],
+    );
     assert!(!out.stderr.contains("warning"), "{}", out.describe());
     // The profile went where RAMPART_PROFILE_OUT said.
     let written: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();

@@ -10,7 +10,7 @@
 
 mod c_support;
 
-use c_support::{gcc, preloaded, run, WATCHDOG};
+use c_support::{gcc, preloaded, run, Outcome, WATCHDOG};
 
 #[global_allocator]
 static GLOBAL: rampart::Rampart = rampart::Rampart;
@@ -42,15 +42,7 @@ fn freed_memory_goes_back_to_the_os() {
         "rss_return",
         &["benches/c/rss_return.c", "-O2", "-lpthread"],
     );
-    let mut cmd = preloaded(&prog);
-    cmd.env("RAMPART_STATS", "1");
-    let out = run(cmd, WATCHDOG);
-    out.assert_success();
-    assert!(
-        out.stderr.contains("rampart: statistics"),
-        "librampart did not serve the program (no statistics)\n{}",
-        out.describe()
-    );
+    let out = served_run(&prog, &[], &[]);
     let peak = figure(&out.stdout, "peak_over_live");
     let before = kib(&out.stdout, "before");
     let after = kib(&out.stdout, "after_trim");
@@ -74,21 +66,28 @@ fn value(stdout: &str, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name)?.trim().split(' ').next()?.parse().ok())
 }
 
-/// Runs `tests/c/idle_rss.c` (watching its RSS for `window_ms` after its frees) with the
-/// given variables; returns its output.
-fn idle_run(env: &[(&str, &str)], window_ms: u32) -> String {
-    let prog = gcc("idle_rss", &["tests/c/idle_rss.c", "-O2"]);
-    let mut cmd = preloaded(&prog);
+/// Runs `prog` preloaded with `RAMPART_STATS=1`, the variables `env` and the arguments
+/// `args`; asserts that it succeeded and that librampart served it (its statistics at exit).
+fn served_run(prog: &std::path::Path, env: &[(&str, &str)], args: &[String]) -> Outcome {
+    let mut cmd = preloaded(prog);
     cmd.env("RAMPART_STATS", "1")
         .envs(env.iter().copied())
-        .arg(window_ms.to_string());
+        .args(args);
     let out = run(cmd, WATCHDOG);
     out.assert_success();
     assert!(
         out.stderr.contains("rampart: statistics"),
-        "librampart did not serve the program\n{}",
+        "librampart did not serve the program (no statistics)\n{}",
         out.describe()
     );
+    out
+}
+
+/// Runs `tests/c/idle_rss.c` (watching its RSS for `window_ms` after its frees) with the
+/// given variables; returns its output.
+fn idle_run(env: &[(&str, &str)], window_ms: u32) -> String {
+    let prog = gcc("idle_rss", &["tests/c/idle_rss.c", "-O2"]);
+    let out = served_run(&prog, env, &[window_ms.to_string()]);
     println!("{env:?}:\n{}", out.stdout.trim());
     out.stdout
 }
