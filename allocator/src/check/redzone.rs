@@ -249,7 +249,7 @@ pub fn check_all() {
                     let size = (trailer & 0xffff_ffff) as usize;
                     let live = size + 1 + TRAILER <= bsize && trailer >> 32 == check_of(p, size);
                     if live {
-                        check_live(p, bsize, "exit");
+                        check_live(p, bsize, report::AT_EXIT);
                     }
                 }
                 p += bsize;

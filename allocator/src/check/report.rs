@@ -109,19 +109,22 @@ impl Report {
     }
 
     /// Writes the line, then the stack of `call`, the call that found the error (see
-    /// [`print_call_stack`]), and aborts (SIGABRT): for errors found on a call, not on a
-    /// fault.
+    /// [`print_call_stack`]; none for [`AT_EXIT`]), and aborts (SIGABRT): for errors found
+    /// on a call, not on a fault.
     pub fn found_by(&mut self, call: &str) -> ! {
         self.emit();
-        // The exit-time canary check runs with the page lock held, where a stack walk (the
-        // unwinder, `dladdr` and the loader's lock) could wait on a thread in `dlopen` that
-        // waits for the page lock; its stack (the exit path) would say little anyway.
-        if call != "exit" {
+        if call != AT_EXIT {
             print_call_stack(call);
         }
         os::abort()
     }
 }
+
+/// The `call` of the exit-time canary check. It runs with the page lock held, where a stack
+/// walk (the unwinder, `dladdr` and the loader's lock) could wait on a thread in `dlopen`
+/// that waits for the page lock, so its reports print no stack ([`Report::found_by`]); the
+/// exit path's stack would say little anyway.
+pub const AT_EXIT: &str = "exit";
 
 /// Frames of the stack a report prints for the call that found the error.
 const CALL_FRAMES: usize = 24;
