@@ -1,7 +1,11 @@
 //! Slabs: a page run carved into blocks of one size class.
 //!
 //! Free blocks are linked through their first word, inside the span's own memory: no header
-//! sits in front of any block. A span's blocks are in one of four places:
+//! sits in front of any block. The link is stored encoded, xor the owner heap's secret key
+//! ([`read_link`], [`write_link`]): a block's first word never holds a heap address in the
+//! clear, and a link overwritten by a use after free decodes to a wild address rather than
+//! one the attacker chose (in the hardened mode the next block is checked when a block is
+//! popped, see `heap::check_list_head`). A span's blocks are in one of four places:
 //! - handed out to the program (`used` counts them, together with the next two);
 //! - on the owner heap's remote list, freed by another thread and not yet collected;
 //! - on the span's local free list `free` (freed by the owner, or carved);
@@ -41,6 +45,26 @@ pub fn needs_attention(used: i32) -> bool {
     used <= 0
 }
 
+/// The free-list link stored in the free block `b`, decoded with the owner heap's `key`.
+///
+/// # Safety
+/// `b` is a free block of a slab whose owner heap's key is `key`.
+#[inline(always)]
+pub unsafe fn read_link(b: *mut u8, key: usize) -> *mut u8 {
+    // SAFETY: `b` is a free block (read_link's contract): its first word is the link.
+    (unsafe { *(b as *const usize) } ^ key) as *mut u8
+}
+
+/// Stores the link to `next` in the free block `b`, encoded with the owner heap's `key`.
+///
+/// # Safety
+/// `b` is a block of a slab owned by the caller, free or being freed.
+#[inline(always)]
+pub unsafe fn write_link(b: *mut u8, next: *mut u8, key: usize) {
+    // SAFETY: `b` is the caller's block (write_link's contract), 16 bytes at least.
+    unsafe { *(b as *mut usize) = next as usize ^ key };
+}
+
 /// How many bytes of fresh blocks one carve touches at most (one page, like the kernel's
 /// fault granule; at least one block is always carved).
 const CARVE_BYTES: usize = PAGE_SIZE;
@@ -76,12 +100,13 @@ pub fn can_carve(s: &Span) -> bool {
     (s.bump.load(Ordering::Relaxed) as usize) < capacity(s)
 }
 
-/// Carves up to a page's worth of never-used blocks onto the (empty) free list. Returns
-/// whether any block was carved.
+/// Carves up to a page's worth of never-used blocks onto the (empty) free list, its links
+/// encoded with `key`. Returns whether any block was carved.
 ///
 /// # Safety
-/// `s` is a live slab owned by the calling thread, with an empty local free list.
-pub unsafe fn carve(s: &mut Span) -> bool {
+/// `s` is a live slab owned by the calling thread, whose heap's key is `key`, with an empty
+/// local free list.
+pub unsafe fn carve(s: &mut Span, key: usize) -> bool {
     debug_assert!(s.free.is_null());
     let size = s.block_size as usize;
     let start = s.bump.load(Ordering::Relaxed) as usize;
@@ -94,7 +119,7 @@ pub unsafe fn carve(s: &mut Span) -> bool {
     let base = s.addr + start * size;
     // Link blocks in address order: block i points to block i + 1, the last to null.
     for i in 0..n {
-        let b = (base + i * size) as *mut *mut u8;
+        let b = (base + i * size) as *mut u8;
         let next = if i + 1 < n {
             (base + (i + 1) * size) as *mut u8
         } else {
@@ -106,9 +131,9 @@ pub unsafe fn carve(s: &mut Span) -> bool {
         // freed block to the redzone checks (see `redzone`); elsewhere it is left alone, so
         // carving never touches more than the link's page.
         unsafe {
-            b.write(next);
+            write_link(b, next, key);
             if marked {
-                b.byte_add(size - 8).write(ptr::null_mut());
+                (b.add(size - 8) as *mut usize).write(0);
             }
         }
     }
@@ -138,8 +163,8 @@ pub fn is_block_start(s: &Span, p: usize) -> bool {
 /// span has nothing to hand out; reports and aborts on a violation (`util::invariant`).
 ///
 /// # Safety
-/// `s` is a live slab owned by the calling thread.
-pub unsafe fn validate(s: &Span, current: bool) {
+/// `s` is a live slab owned by the calling thread, whose heap's key is `key`.
+pub unsafe fn validate(s: &Span, current: bool, key: usize) {
     invariant!(
         s.state == State::Slab,
         "a heap's span is not a slab",
@@ -156,8 +181,8 @@ pub unsafe fn validate(s: &Span, current: bool) {
         );
         on_free += 1;
         invariant!(on_free <= carved, "free list cycle", s.addr);
-        // SAFETY: b is a free block of the span; its first word is the link.
-        b = unsafe { *(b as *mut *mut u8) };
+        // SAFETY: b is a free block of the span, whose heap's key is `key`.
+        b = unsafe { read_link(b, key) };
     }
     // Blocks on a remote list still count as used until collected.
     let full = s.used < 0;
@@ -187,6 +212,7 @@ mod tests {
 
     #[test]
     fn carve_pop_push_keeps_the_invariant() {
+        const KEY: usize = 0x5eed_f00d_dead_beef;
         let mut pages = Pages::new(FakeSource::new(4), fake_map());
         for class in 0..NUM_CLASSES {
             let order = span_order(class);
@@ -202,17 +228,21 @@ mod tests {
             loop {
                 if span.free.is_null() {
                     // SAFETY: free list is empty.
-                    if !unsafe { carve(span) } {
+                    if !unsafe { carve(span, KEY) } {
                         break;
                     }
                 }
                 let b = span.free;
-                // SAFETY: b is a free block.
-                span.free = unsafe { *(b as *mut *mut u8) };
+                // SAFETY: b is a free block: its first word (the link) is readable, and is
+                // not the next block's address in the clear.
+                let raw = unsafe { *(b as *const usize) };
+                assert!(raw != b as usize + class_size(class) && raw != 0);
+                // SAFETY: b is a free block of a span keyed with KEY.
+                span.free = unsafe { read_link(b, KEY) };
                 span.used += 1;
                 got.push(b as usize);
                 // SAFETY: the span is ours.
-                unsafe { validate(span, false) };
+                unsafe { validate(span, false, KEY) };
             }
             assert_eq!(got.len(), blocks_per_span(class));
             assert_eq!(span.used as usize, capacity(span));
@@ -223,12 +253,12 @@ mod tests {
             assert!(got.iter().all(|b| b % 16 == 0));
             for &b in got.iter().rev() {
                 // SAFETY: b is a block we hold.
-                unsafe { *(b as *mut *mut u8) = span.free };
+                unsafe { write_link(b as *mut u8, span.free, KEY) };
                 span.free = b as *mut u8;
                 span.used -= 1;
             }
             // SAFETY: the span is ours.
-            unsafe { validate(span, false) };
+            unsafe { validate(span, false, KEY) };
             assert!(!is_block_start(span, got[0] + 1));
             assert!(!is_block_start(
                 span,

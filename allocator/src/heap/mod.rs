@@ -108,6 +108,11 @@ pub struct Heap {
     /// `isize::MAX` when nothing is sampled. The fast path subtracts each allocation's
     /// weight and leaves instead when that would reach zero.
     sample_left: usize,
+    /// The secret its spans' free-list links are encoded with (`slab::read_link`), drawn
+    /// from the kernel when the heap is made and fixed for its life (a span taken over by
+    /// another heap is re-encoded, see `registry::move_spans`). 0 in the sentinels, whose
+    /// lists are empty.
+    key: usize,
     /// The span each class allocates from ([`EMPTY_SPAN`] when none).
     current: [*mut Span; NUM_CLASSES],
     /// What an allocation of each class takes off the countdown: 1 (it counts allocations),
@@ -142,6 +147,7 @@ impl Heap {
     const fn new() -> Heap {
         Heap {
             sample_left: isize::MAX as usize,
+            key: 0,
             current: [EMPTY_SPAN_PTR; NUM_CLASSES],
             weight: [1; NUM_CLASSES],
             counters: ThreadCounters::ZERO,
@@ -290,7 +296,7 @@ pub unsafe fn alloc_fast(class: usize) -> *mut u8 {
 unsafe fn pop_counted(heap: *mut Heap, s: *mut Span, class: usize) -> *mut u8 {
     // SAFETY: `s` is the calling thread's current span of `class` (the caller's contract):
     // its free list is this thread's alone, and it has a block.
-    let b = pop(unsafe { &mut *s });
+    let b = pop(unsafe { &mut *s }, unsafe { (*heap).key });
     // SAFETY: `heap` is the calling thread's heap (not a sentinel: a sentinel's current
     // spans have no block, so the caller cannot have one), and `class < NUM_CLASSES`.
     unsafe { (*heap).counters.alloc.get_unchecked(class).bump() };
@@ -455,8 +461,8 @@ unsafe fn alloc_from(h: &mut Heap, class: usize, src: &impl SpanSource) -> *mut 
         // SAFETY: the current span is a live slab of this heap.
         let span = unsafe { &mut *s };
         // SAFETY: as above; its free list is ours.
-        if !span.free.is_null() || unsafe { slab::carve(span) } {
-            return pop(span);
+        if !span.free.is_null() || unsafe { slab::carve(span, h.key) } {
+            return pop(span, h.key);
         }
         // Exhausted: it leaves `current` and becomes full.
         span.used = span.used - CURRENT_REF + FULL_MARK;
@@ -483,21 +489,23 @@ unsafe fn alloc_from(h: &mut Heap, class: usize, src: &impl SpanSource) -> *mut 
     span.used += CURRENT_REF;
     h.current[class] = s;
     // SAFETY: `span` is this heap's slab, now its current one: carving is its owner's job.
-    if span.free.is_null() && !unsafe { slab::carve(span) } {
+    if span.free.is_null() && !unsafe { slab::carve(span, h.key) } {
         fatal(
             "internal-error",
             "span in the partial list has no free block",
             span.addr,
         );
     }
-    pop(span)
+    pop(span, h.key)
 }
 
+/// Takes the first block off a span's (non-empty) free list, whose links are encoded with
+/// `key` (the owner heap's).
 #[inline(always)]
-fn pop(span: &mut Span) -> *mut u8 {
+fn pop(span: &mut Span, key: usize) -> *mut u8 {
     let b = span.free;
-    // SAFETY: `b` is a free block of the span; its first word links the list.
-    span.free = unsafe { *(b as *mut *mut u8) };
+    // SAFETY: `b` is a free block of the span, whose owner's key is `key`.
+    span.free = unsafe { slab::read_link(b, key) };
     span.used += 1;
     b
 }
@@ -568,13 +576,13 @@ unsafe fn free_local(heap: *mut Heap, s: *mut Span, p: *mut u8, src: &impl SpanS
     // SAFETY: `s` is a slab of the calling thread's heap (the caller's contract), so its list
     // and counts are this thread's alone.
     let span = unsafe { &mut *s };
-    // SAFETY: `p` is a block of `s` that is not free: ours to link through its first word.
-    unsafe { *(p as *mut *mut u8) = span.free };
-    span.free = p;
-    span.used -= 1;
     // SAFETY: `heap` is the calling thread's own heap (it owns `s`, so it is no sentinel);
     // a slab's class is below NUM_CLASSES.
     let h = unsafe { &mut *heap };
+    // SAFETY: `p` is a block of `s` that is not free: ours to link through its first word.
+    unsafe { slab::write_link(p, span.free, h.key) };
+    span.free = p;
+    span.used -= 1;
     // SAFETY: as just said, the class indexes the counters in bounds.
     unsafe { h.counters.free.get_unchecked(span.class as usize).bump() };
     if slab::needs_attention(span.used) {
@@ -735,13 +743,25 @@ unsafe fn remote_push(owner: *mut Heap, p: *mut u8) {
                 p as usize,
             );
         }
-        // SAFETY: the block is ours to write until published.
-        unsafe { *(p as *mut usize) = head };
+        // SAFETY: the block is ours to write until published; heaps are never unmapped.
+        unsafe { *(p as *mut usize) = head ^ remote_key(owner, p as usize) };
         match remote.compare_exchange_weak(head, p as usize, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => return,
             Err(now) => head = now,
         }
     }
+}
+
+/// What the link stored in block `b` of `owner`'s remote list is encoded with: the heap's
+/// key mixed with the link's own address (remote pushes are off the fast path, so the
+/// extra instructions cost nothing there).
+///
+/// # Safety
+/// `owner` is a heap (heaps are never unmapped).
+#[inline]
+unsafe fn remote_key(owner: *const Heap, b: usize) -> usize {
+    // SAFETY: as the contract says; the key is fixed for the heap's life.
+    unsafe { (*owner).key.rotate_left(23) ^ b }
 }
 
 /// A free made a span empty or un-full: move it between the heap's lists, or back to the
@@ -810,7 +830,7 @@ unsafe fn collect_remote(h: &mut Heap, src: &impl SpanSource) {
     while b != 0 {
         // SAFETY: remote blocks are blocks of this heap's spans, linked through their first word.
         unsafe {
-            let next = *(b as *const usize);
+            let next = *(b as *const usize) ^ remote_key(h, b);
             let Some(s) = src.span_of(b) else {
                 fatal("internal-error", "remote block outside any chunk", b);
             };
@@ -832,7 +852,7 @@ unsafe fn collect_remote(h: &mut Heap, src: &impl SpanSource) {
                     b,
                 );
             }
-            *(b as *mut *mut u8) = span.free;
+            slab::write_link(b as *mut u8, span.free, h.key);
             span.free = b as *mut u8;
             span.used -= 1;
             if slab::needs_attention(span.used) {
@@ -877,7 +897,7 @@ unsafe fn validate_heap(heap: *mut Heap) {
                 span.addr
             );
             // SAFETY: `span` is a live slab this thread's heap owns.
-            unsafe { slab::validate(span, true) };
+            unsafe { slab::validate(span, true, h.key) };
         }
         for (list, full) in [(&h.partial[class], false), (&h.full[class], true)] {
             let mut s = list.head();
@@ -892,7 +912,7 @@ unsafe fn validate_heap(heap: *mut Heap) {
                     span.addr
                 );
                 // SAFETY: a listed span is a live slab this thread's heap owns.
-                unsafe { slab::validate(span, false) };
+                unsafe { slab::validate(span, false, h.key) };
                 s = span.next;
             }
         }

@@ -115,6 +115,7 @@ fn acquire_heap(r: &mut Registry) -> *mut Heap {
         // SAFETY: fresh metadata memory, big enough and aligned.
         unsafe {
             h.write(Heap {
+                key: new_key(h as usize),
                 next_all: r.all,
                 redzone: (crate::config::redzone() != 0) as usize,
                 ..Heap::new()
@@ -123,6 +124,19 @@ fn acquire_heap(r: &mut Registry) -> *mut Heap {
         r.all = h;
         h
     }
+}
+
+/// A new heap's free-list key: eight bytes from the kernel, else (no `getrandom`) a mix of
+/// the heap's address, the time and a counter, which still keeps links from being
+/// addresses in the clear.
+fn new_key(h: usize) -> usize {
+    static FALLBACK: AtomicU64 = AtomicU64::new(0);
+    let k = os::random_u64().unwrap_or_else(|| {
+        FALLBACK.fetch_add(h as u64 ^ os::now_ms(), Ordering::Relaxed);
+        crate::util::splitmix64(&FALLBACK)
+    });
+    // Never 0: a key of 0 would leave links in the clear.
+    (k as usize) | 1 << 63
 }
 
 /// An allocation by a thread whose clean-up already ran (a later `pthread` key destructor or
@@ -208,18 +222,32 @@ unsafe extern "C" fn thread_exit(heap: *mut c_void) {
     unsafe { park(heap) };
 }
 
-/// Moves every span of `from` to `to`, with `owner` as their new owner.
+/// Moves every span of `from` to `to`, with `owner` as their new owner, re-encoding their
+/// free lists from the old heap's key `old_key` to the new one's, `new_key`.
 ///
 /// # Safety
-/// The caller owns both lists' heaps.
-unsafe fn move_spans(from: &mut SpanList, to: &mut SpanList, owner: usize) {
+/// The caller owns both lists' heaps, and their keys are `old_key` and `new_key`.
+unsafe fn move_spans(
+    from: &mut SpanList,
+    to: &mut SpanList,
+    owner: usize,
+    old_key: usize,
+    new_key: usize,
+) {
     loop {
         let s = from.pop();
         if s.is_null() {
             return;
         }
-        // SAFETY: a listed span is live and in no other list once popped.
+        // SAFETY: a listed span is live and in no other list once popped; its free blocks
+        // are linked with the old heap's key (the caller's contract), and ours to relink.
         unsafe {
+            let mut b = (*s).free;
+            while !b.is_null() {
+                let next = slab::read_link(b, old_key);
+                slab::write_link(b, next, new_key);
+                b = next;
+            }
             (*s).owner.store(owner, Ordering::Relaxed);
             to.push(s);
         }
@@ -262,8 +290,14 @@ pub(super) unsafe fn take_over_abandoned(h: &mut Heap) -> bool {
         collect_remote(o, &PageLayer);
         for class in 0..NUM_CLASSES {
             debug_assert_eq!(o.current[class], EMPTY_SPAN_PTR);
-            move_spans(&mut o.partial[class], &mut h.partial[class], me);
-            move_spans(&mut o.full[class], &mut h.full[class], me);
+            move_spans(
+                &mut o.partial[class],
+                &mut h.partial[class],
+                me,
+                o.key,
+                h.key,
+            );
+            move_spans(&mut o.full[class], &mut h.full[class], me, o.key, h.key);
         }
         let mut r = REGISTRY.lock();
         o.next_abandoned = r.spare;

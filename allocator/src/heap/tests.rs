@@ -45,9 +45,13 @@ unsafe impl SpanSource for FakeSpans {
     }
 }
 
-/// A heap of the test's own (never registered, never any thread's current heap).
+/// A heap of the test's own (never registered, never any thread's current heap), with a
+/// free-list key as a registered heap has.
 fn test_heap() -> Box<Heap> {
-    Box::new(Heap::new())
+    Box::new(Heap {
+        key: 0x9e37_79b9_7f4a_7c15,
+        ..Heap::new()
+    })
 }
 
 /// Allocates `n` blocks of `class` from `h` (counted, as the slow path does).
