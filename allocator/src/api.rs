@@ -206,18 +206,19 @@ pub unsafe fn free(p: NonNull<u8>) {
     unsafe { heap::free(p.as_ptr()) }
 }
 
-/// Frees a block its caller says holds `size` bytes (0: no claim); a size larger than the
-/// block is reported as an invalid free (abort). Reports name `call`, the caller's entry
-/// point (`free_sized`, `operator delete`, `dealloc`, …).
+/// Frees a block its caller says was allocated with `size` bytes (0: no claim) aligned to
+/// `align`; a block that does not match the claim is reported as an invalid free (abort;
+/// see `heap::free_sized` for what matches). Reports name `call`, the caller's entry point
+/// (`free_sized`, `operator delete`, `dealloc`, …).
 ///
 /// # Safety
 /// As for [`free`].
 #[inline(always)]
-pub unsafe fn free_sized(p: NonNull<u8>, size: usize, call: &'static str) {
+pub unsafe fn free_sized(p: NonNull<u8>, size: usize, align: usize, call: &'static str) {
     // SAFETY: `p` is non-null (a NonNull), returned by this allocator and not freed since
     // (free_sized's contract, as for free): what heap::free_sized asks; a wrong `size` is
     // reported there, not trusted.
-    unsafe { heap::free_sized(p.as_ptr(), size, call) }
+    unsafe { heap::free_sized(p.as_ptr(), size, align, call) }
 }
 
 /// Gives free memory back to the OS now (`malloc_trim`): blocks held on remote lists the
@@ -275,8 +276,10 @@ pub unsafe fn realloc(
                 // Always moves: the new block gets a fresh canary, the old one is checked.
                 // SAFETY: a carved block of a marked span (the caller's live block).
                 unsafe { crate::check::redzone::check_live(p.as_ptr() as usize, size, "realloc") }
-            } else if new_size <= size && (size <= 64 || new_size >= size / 2) {
-                // Keep the block while the new size fits and wastes at most half of it.
+            } else if new_size <= size && heap::claim_matches(new_size, align, span.class as usize)
+            {
+                // Keep the block while the new size maps to its class: a sized free of the
+                // new size must find the class it names (see `heap::free_sized`).
                 return Some(p);
             } else {
                 size

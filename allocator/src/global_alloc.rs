@@ -32,7 +32,7 @@ unsafe impl GlobalAlloc for Rampart {
         // `realloc` to copy only the bytes in use.
         // SAFETY: GlobalAlloc's contract: `p` came from this allocator and is non-null. No
         // size is claimed (0); reports name `dealloc`.
-        unsafe { api::free_sized(NonNull::new_unchecked(p), 0, "dealloc") }
+        unsafe { api::free_sized(NonNull::new_unchecked(p), 0, api::MIN_ALIGN, "dealloc") }
     }
 
     #[inline]

@@ -172,11 +172,12 @@ unsafe fn delete(p: *mut c_void) {
     if let Some(p) = NonNull::new(p.cast::<u8>()) {
         // SAFETY: `p` is a live block of ours, given up (this function's contract); no size
         // is claimed.
-        unsafe { api::free_sized(p, 0, "operator delete") }
+        unsafe { api::free_sized(p, 0, api::MIN_ALIGN, "operator delete") }
     }
 }
 
-/// Every sized `operator delete`: frees `p`, reporting a `size` larger than the block.
+/// Every sized `operator delete`: frees `p`, reporting a `size` the block was not allocated
+/// with.
 ///
 /// # Safety
 /// As for [`delete`].
@@ -184,7 +185,7 @@ unsafe fn delete(p: *mut c_void) {
 unsafe fn delete_sized(p: *mut c_void, size: usize) {
     if let Some(p) = NonNull::new(p.cast::<u8>()) {
         // SAFETY: `p` is a live block of ours, given up (this function's contract).
-        unsafe { api::free_sized(p, size, "operator delete") }
+        unsafe { api::free_sized(p, size, api::MIN_ALIGN, "operator delete") }
     }
 }
 

@@ -195,7 +195,8 @@ pub unsafe extern "C" fn cfree(p: *mut c_void) {
     unsafe { free(p) }
 }
 
-/// C23 `free_sized`: frees a block of `size` bytes (rejects a size larger than the block).
+/// C23 `free_sized`: frees a block of `size` bytes (rejects a size the block was not
+/// allocated with: see `heap::free_sized` for the check).
 ///
 /// # Safety
 /// As for [`free`]; `size` is the size the block was allocated with.
@@ -206,7 +207,7 @@ pub unsafe extern "C" fn free_sized(p: *mut c_void, size: usize) {
 }
 
 /// C23 `free_aligned_sized`: frees a block allocated with `align` (a power of two) and `size`
-/// (rejects a size larger than the block or a block not so aligned).
+/// (rejects a size or alignment the block was not allocated with).
 ///
 /// # Safety
 /// As for [`free`]; `align` and `size` are those the block was allocated with.
@@ -233,8 +234,8 @@ unsafe fn free_checked(p: *mut c_void, size: usize, align: usize, call: &'static
             p as usize,
         );
     }
-    // SAFETY: per the contract (a size larger than the block is reported inside).
-    unsafe { api::free_sized(block, size, call) }
+    // SAFETY: per the contract (a size the block does not match is reported inside).
+    unsafe { api::free_sized(block, size, align, call) }
 }
 
 // The `__libc_*` names, which some programs and libraries call to reach "the real malloc".

@@ -469,6 +469,28 @@ int main(int argc, char **argv)
         dl(p, do_usable(p) + 4096);
         return undetected("sized operator delete with a size 4096 bytes larger than the block");
     }
+    if (!strcmp(c, "free-sized-smaller")) {
+        /* A size smaller than the request: the block's size class (or pages) is not the
+         * one half the size maps to, except for a tiny block, whose half is in its class. */
+        void (*volatile fs)(void *, size_t) = (void (*)(void *, size_t))lookup("free_sized");
+        unsigned char *p = block(size);
+        show(p, size);
+        fs(p, size / 2);
+        return undetected("free_sized with half the size");
+    }
+    if (!strcmp(c, "delete-aligned-sized-mismatch")) {
+        /* operator new(size_t, align_val_t) and operator delete(void *, size_t,
+         * align_val_t) with half the size. */
+        void *(*volatile nw)(size_t, size_t) =
+            (void *(*)(size_t, size_t))lookup("_ZnwmSt11align_val_t");
+        void (*volatile dl)(void *, size_t, size_t) =
+            (void (*)(void *, size_t, size_t))lookup("_ZdlPvmSt11align_val_t");
+        unsigned char *p = nw(size, 64);
+        memset(p, 0x11, size);
+        show(p, size);
+        dl(p, size / 2, 64);
+        return undetected("aligned sized operator delete with half the size");
+    }
     fprintf(stderr, "memerr: unknown case %s\n", c);
     return 2;
 }

@@ -42,7 +42,10 @@ use crate::heapprof as profile;
 use crate::large;
 use crate::os;
 use crate::pages::{Owner, Span, SpanList, State, MAP, PAGES};
-use crate::size_class::{span_order, NUM_CLASSES};
+use crate::size_class::{
+    class_of_aligned, class_of_table, span_order, MIN_ALIGN, NUM_CLASSES, SMALL_CLASSES_MAX,
+    SMALL_TABLE_MAX,
+};
 use crate::slab::{self, CURRENT_REF, FULL_MARK};
 use crate::util::{fatal, invariant, FutexLock};
 
@@ -518,21 +521,54 @@ fn pop(span: &mut Span, key: usize) -> *mut u8 {
 /// detected where the checks below can see them).
 #[inline(always)]
 pub unsafe fn free(p: *mut u8) {
-    // SAFETY: per the contract; a claimed size of 0 fits every block (the check folds away).
-    unsafe { free_fast(p, 0, "free") }
+    // SAFETY: per the contract; a claimed size of 0 claims nothing (the check folds away).
+    unsafe { free_fast(p, 0, MIN_ALIGN, "free") }
 }
 
-/// Frees a block whose caller says it holds `size` bytes (a sized free: C23 `free_sized`,
-/// C++ sized `operator delete`; 0 claims nothing), and reports a size larger than the
-/// block. The check costs one compare on the fast path. `call` names the caller's entry
-/// point in reports (`free_sized`, `operator delete`, …).
+/// Frees a block whose caller says it was allocated with `size` bytes aligned to `align` (a
+/// sized free: C23 `free_sized` and `free_aligned_sized`, C++ sized `operator delete`; a
+/// size of 0 claims nothing), and reports a claim the block does not match: a block of a
+/// size class must be of the class `size` and `align` map to, a page run or huge block must
+/// have the pages `size` needs, a block with a redzone or a guarded one must have held
+/// exactly `size` bytes. On the fast path (a small claim at the default alignment) the check
+/// is a table lookup and a compare. `call` names the caller's entry point in reports
+/// (`free_sized`, `operator delete`, …).
 ///
 /// # Safety
 /// As for [`free`].
 #[inline(always)]
-pub unsafe fn free_sized(p: *mut u8, size: usize, call: &'static str) {
+pub unsafe fn free_sized(p: *mut u8, size: usize, align: usize, call: &'static str) {
     // SAFETY: free_fast's contract is free's, which the caller keeps.
-    unsafe { free_fast(p, size, call) }
+    unsafe { free_fast(p, size, align, call) }
+}
+
+/// Whether a claimed size fits a block of the slab `span` on the fast path: no claim, or a
+/// claim at the default alignment whose class (from the table) is the span's. Anything
+/// else is left to [`claim_matches`] on the slow path.
+#[inline(always)]
+fn claim_fits_fast(claimed: usize, align: usize, span: &Span) -> bool {
+    claimed == 0
+        || (align <= MIN_ALIGN
+            && claimed <= SMALL_TABLE_MAX
+            && class_of_table(claimed) == span.class as usize)
+}
+
+/// Whether a block of size class `class` is what an allocation of `claimed` bytes aligned to
+/// `align` gets (0 claims nothing): the exact sized-free check of the slow path.
+pub fn claim_matches(claimed: usize, align: usize, class: usize) -> bool {
+    claimed == 0 || class_of_aligned(claimed, align.max(MIN_ALIGN)) == Some(class)
+}
+
+/// Whether a page run of `npages` pages is what a request of `claimed` bytes gets (0 claims
+/// nothing); the redzone mode serves requests too large for a redzoned class, at least
+/// [`SMALL_CLASSES_MAX`] + 1 bytes, as runs of that many bytes' pages.
+pub fn claim_matches_run(claimed: usize, npages: usize) -> bool {
+    let pages = |n: usize| n.max(1).div_ceil(os::PAGE_SIZE);
+    claimed == 0
+        || pages(claimed) == npages
+        || (crate::config::redzone() != 0
+            && claimed <= SMALL_CLASSES_MAX
+            && npages == pages(SMALL_CLASSES_MAX + 1))
 }
 
 /// The free fast path: a block of a span the calling thread owns goes back on the span's
@@ -542,7 +578,7 @@ pub unsafe fn free_sized(p: *mut u8, size: usize, call: &'static str) {
 /// # Safety
 /// As for [`free`].
 #[inline(always)]
-unsafe fn free_fast(p: *mut u8, claimed: usize, call: &'static str) {
+unsafe fn free_fast(p: *mut u8, claimed: usize, align: usize, call: &'static str) {
     if let Some(s) = MAP.span_of(p as usize) {
         let s = s.as_ptr();
         let heap = current_heap();
@@ -550,12 +586,12 @@ unsafe fn free_fast(p: *mut u8, claimed: usize, call: &'static str) {
         let span = unsafe { &mut *s };
         // The owner test also rules out large runs and free pages (no owner); the boundary
         // test rejects a pointer into the middle of a block, the head test the immediate
-        // double free; the claimed size of a sized free must fit. All of them fail over to
-        // the slow path, which finds out which and reports it.
+        // double free; the claimed size of a sized free must map to the span's class. All
+        // of them fail over to the slow path, which finds out which and reports it.
         if span.owner.load(Ordering::Relaxed) == heap as usize
             && slab::on_block_boundary(span, (p as usize).wrapping_sub(span.addr))
             && span.free != p
-            && claimed <= span.block_size as usize
+            && claim_fits_fast(claimed, align, span)
         {
             // SAFETY: the owner test passed: the span is a slab of this thread's heap, and
             // the boundary test makes `p` one of its blocks.
@@ -563,7 +599,7 @@ unsafe fn free_fast(p: *mut u8, claimed: usize, call: &'static str) {
         }
     }
     // SAFETY: free_slow's contract is free's, which the caller keeps.
-    unsafe { free_slow(p, claimed, call) }
+    unsafe { free_slow(p, claimed, align, call) }
 }
 
 /// Pushes a block onto its span's local free list.
@@ -617,7 +653,7 @@ pub fn has_redzones(span: &Span) -> bool {
 /// As for [`free`].
 #[cold]
 #[inline(never)]
-unsafe fn free_slow(p: *mut u8, claimed: usize, call: &'static str) {
+unsafe fn free_slow(p: *mut u8, claimed: usize, align: usize, call: &'static str) {
     match lookup(p) {
         Block::Small(s) => {
             // SAFETY: the lookup found `p` to be a carved block of the live slab `s`.
@@ -640,18 +676,24 @@ unsafe fn free_slow(p: *mut u8, claimed: usize, call: &'static str) {
                     return unsafe { free_local(owner, s.as_ptr(), p, &PageLayer) };
                 }
             } else {
-                if claimed > span.block_size as usize {
+                if !claim_matches(claimed, align, span.class as usize) {
                     size_mismatch(p, call);
                 }
                 if owner == current_heap() {
-                    // A block of our own span that the fast path refused: the only reason
-                    // left is that it is the block most recently freed to the span.
-                    report::on_call(
-                        ErrorKind::DoubleFree,
-                        call,
-                        "of a block that is already free",
-                        p as usize,
-                    );
+                    // A block of our own span that the fast path refused: it is the block
+                    // most recently freed to the span, or its claim was one the fast path
+                    // leaves to the check above (aligned, or above the size table).
+                    if span.free == p {
+                        report::on_call(
+                            ErrorKind::DoubleFree,
+                            call,
+                            "of a block that is already free",
+                            p as usize,
+                        );
+                    }
+                    // SAFETY: a carved block of our own span (the lookup), not the head of
+                    // its free list.
+                    return unsafe { free_local(owner, s.as_ptr(), p, &PageLayer) };
                 }
             }
             count_remote_free(span.class as usize);
@@ -661,7 +703,7 @@ unsafe fn free_slow(p: *mut u8, claimed: usize, call: &'static str) {
         Block::Large(s) => {
             // SAFETY: the lookup found `p` to be the start of the live large run `s`.
             let run = unsafe { s.as_ref() };
-            if claimed > large::run_capacity(run) {
+            if !claim_matches_run(claimed, run.npages as usize) {
                 size_mismatch(p, call);
             }
             let (sample, npages) = (large::run_sample(run), run.npages as usize);
@@ -681,8 +723,8 @@ unsafe fn free_slow(p: *mut u8, claimed: usize, call: &'static str) {
         }
         Block::Huge(h) => {
             // SAFETY: the lookup found `p` to be the start of the live huge block `h`.
-            let (len, sample) = unsafe { (h.as_ref().len, h.as_ref().sample) };
-            if claimed > len {
+            let (size, sample) = unsafe { (h.as_ref().size, h.as_ref().sample) };
+            if claimed != 0 && claimed.div_ceil(os::PAGE_SIZE) != size.div_ceil(os::PAGE_SIZE) {
                 size_mismatch(p, call);
             }
             if sample != 0 {
@@ -702,7 +744,7 @@ fn size_mismatch(p: *mut u8, call: &str) -> ! {
     report::on_call(
         ErrorKind::InvalidFree,
         call,
-        "with a size larger than the block",
+        "with a size the block was not allocated with",
         p as usize,
     )
 }

@@ -36,7 +36,10 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> Option<NonNull<u8>> {
     }
     let (mut h, fresh) = PAGES.lock().huge_alloc(bytes, align)?;
     // SAFETY: a live huge descriptor, ours until the block is freed.
-    unsafe { h.as_mut().sample = 0 };
+    unsafe {
+        h.as_mut().sample = 0;
+        h.as_mut().size = size;
+    }
     // SAFETY: as above.
     let p = unsafe { h.as_ref().base } as *mut u8;
     if zero && !fresh {

@@ -24,6 +24,9 @@ pub struct Huge {
     /// The block's heap-profile sample (`profile`), 0 when it is not sampled: the owner's
     /// field (`large` sets it for every block it hands out).
     pub sample: u32,
+    /// The bytes the block was last allocated or resized to hold (what a sized free must
+    /// claim): the owner's field, like `sample`.
+    pub size: usize,
     /// Next descriptor in the recycling list.
     next_spare: *mut Huge,
 }
@@ -158,12 +161,15 @@ impl<S: PageSource> Pages<S> {
     where
         S: HugeSource,
     {
+        let size = new_len;
         let Some(new_len) = crate::util::checked_align_up(new_len, PAGE_SIZE) else {
             return false;
         };
         // SAFETY: `h` is a live huge descriptor (huge_resize's contract).
         let (base, len) = unsafe { (h.as_ref().base, h.as_ref().len) };
         if new_len == len {
+            // SAFETY: `h` is the caller's live block's descriptor (huge_resize's contract).
+            unsafe { h.as_mut().size = size };
             return true;
         }
         // SAFETY: `[base, base + len)` is the live block of `h`, which the caller owns
@@ -188,6 +194,7 @@ impl<S: PageSource> Pages<S> {
         unsafe {
             h.as_mut().base = new_base;
             h.as_mut().len = new_len;
+            h.as_mut().size = size;
         }
         self.huge_bytes = self.huge_bytes - len + new_len;
         self.note_peaks();

@@ -470,11 +470,12 @@ pub unsafe fn free(p: usize, claimed: usize, call: &str) {
             call,
             "of a block that is already free",
         ))
-    } else if claimed > slot.size {
+    } else if claimed != 0 && claimed != slot.size {
+        // A guarded block knows the size it was allocated with: a sized free must name it.
         Some((
             ErrorKind::InvalidFree,
             call,
-            "with a size larger than the block",
+            "with a size the block was not allocated with",
         ))
     } else {
         None
