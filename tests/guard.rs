@@ -9,6 +9,7 @@
 //! | `redzone` | `RAMPART_REDZONE=16` |
 //! | `sample` | `RAMPART_GUARD=sample RAMPART_GUARD_SAMPLE=1` (every eligible block) |
 //! | `all` | `RAMPART_GUARD=all` |
+//! | `harden` | `RAMPART_HARDEN=1 RAMPART_GUARD=off` (the hardened mode; its sampled guarding is `sample`'s, off here so which small block is guarded is not left to chance) |
 //!
 //! [`expected`] is the table, written from the contract in docs/architecture.md ("Guard
 //! modes and error reports"): what each mode must make of each error on each size. A fault on the access
@@ -116,6 +117,7 @@ enum Mode {
     Redzone,
     Sample,
     All,
+    Harden,
 }
 
 impl Mode {
@@ -125,6 +127,7 @@ impl Mode {
             Mode::Redzone => "redzone",
             Mode::Sample => "sample",
             Mode::All => "all",
+            Mode::Harden => "harden",
         }
     }
 
@@ -134,6 +137,7 @@ impl Mode {
             Mode::Redzone => &[("RAMPART_REDZONE", "16")],
             Mode::Sample => &[("RAMPART_GUARD", "sample"), ("RAMPART_GUARD_SAMPLE", "1")],
             Mode::All => &[("RAMPART_GUARD", "all")],
+            Mode::Harden => &[("RAMPART_HARDEN", "1"), ("RAMPART_GUARD", "off")],
         }
     }
 
@@ -143,13 +147,20 @@ impl Mode {
         match self {
             Mode::All => true,
             Mode::Sample => size <= SAMPLE_LIMIT,
+            // Blocks above the small classes, and `malloc(0)`'s, which faults on any access.
+            Mode::Harden => size == 0 || size > SMALL_LIMIT,
             Mode::Off | Mode::Redzone => false,
         }
     }
 
-    /// Whether a block of `size` bytes has a redzone (a small block in the `redzone` mode).
+    /// Whether a block of `size` bytes has a redzone (a small block in the `redzone` and
+    /// `harden` modes; the hardened mode's redzone is 1 byte).
     fn redzones(self, size: usize) -> bool {
-        self == Mode::Redzone && size + REDZONE <= SMALL_LIMIT
+        match self {
+            Mode::Redzone => size + REDZONE <= SMALL_LIMIT,
+            Mode::Harden => size != 0 && size < SMALL_LIMIT,
+            _ => false,
+        }
     }
 }
 
@@ -294,8 +305,12 @@ fn expected(case: &str, size: usize, mode: Mode) -> Expect {
         // A guarded block sits at the end of its pages: p[-1] is in its first page's slack
         // (checked on free) unless the block fills whole pages, when it is in the PROT_NONE
         // page before.
+        // A redzoned block's p[-1] is the last byte of the block before it in its span (a
+        // spacer memerr keeps live), whose trailer is checked when the victim is freed.
         "underflow-write" => {
-            if !guarded {
+            if redzoned {
+                abort(&[UNDERFLOW], Some(-1), Some(size))
+            } else if !guarded {
                 Undetected
             } else if size.is_multiple_of(PAGE) {
                 Fault {
@@ -337,7 +352,7 @@ fn expected(case: &str, size: usize, mode: Mode) -> Expect {
         // size class), or free pages / no block at all (a page run).
         "double-free" => {
             let slab = size
-                <= if mode == Mode::Redzone {
+                <= if matches!(mode, Mode::Redzone | Mode::Harden) {
                     SMALL_LIMIT
                 } else {
                     CLASS_LIMIT
@@ -348,11 +363,15 @@ fn expected(case: &str, size: usize, mode: Mode) -> Expect {
                 abort(&[DOUBLE_FREE, INVALID_FREE], None, None)
             }
         }
-        // A guarded block is quarantined, so its second free is recognised; elsewhere the
-        // contract says a delayed double free may go undetected.
+        // A guarded block is quarantined, so its second free is recognised; so is a
+        // redzoned block of the hardened mode (its freed mark stays while it waits in the
+        // quarantine or in its span's list; an emptied span's pages are free pages).
+        // Elsewhere the contract says a delayed double free may go undetected.
         "double-free-delayed" => {
             if guarded {
                 abort(&[DOUBLE_FREE], None, Some(size))
+            } else if redzoned && mode == Mode::Harden {
+                abort(&[DOUBLE_FREE, INVALID_FREE], None, None)
             } else {
                 UndetectedOrAbort {
                     kinds: &[DOUBLE_FREE, INVALID_FREE],
@@ -622,7 +641,7 @@ fn check(expect: &Expect, out: &Outcome) -> Result<(), String> {
 /// of a guarded use-after-free report.
 fn check_extra(case: &str, size: usize, mode: Mode, out: &Outcome) -> Result<(), String> {
     if out.signal() == Some(SIGABRT) && out.stderr.contains("rampart: ") {
-        check_call_stack(case, out)?;
+        check_call_stack(case, mode, out)?;
     }
     if case == "usable" {
         // "usable N block 0xP size S"
@@ -665,9 +684,12 @@ fn check_extra(case: &str, size: usize, mode: Mode, out: &Outcome) -> Result<(),
     Ok(())
 }
 
-/// The entry point memerr's `case` calls when the error is found on a call.
-fn verb(case: &str) -> &'static str {
+/// The entry point memerr's `case` calls when the error is found on a call. The hardened
+/// mode finds a write to a freed small block when the block leaves its quarantine, on a
+/// free, rather than when it is reused.
+fn verb(case: &str, mode: Mode) -> &'static str {
     match case {
+        "uaf-write-reuse" if mode == Mode::Harden => "free",
         "realloc-interior" => "realloc",
         "usable-size-interior" => "malloc_usable_size",
         "free-sized-mismatch" | "free-sized-smaller" => "free_sized",
@@ -681,11 +703,12 @@ fn verb(case: &str) -> &'static str {
 /// stack; where the pointer lies inside a block of ours, the first line places it against
 /// the block (`offset N from a block of S bytes at 0x…`), in the modes without a guarded
 /// record too.
-fn check_call_stack(case: &str, out: &Outcome) -> Result<(), String> {
-    let want = format!("rampart:   {} called by thread ", verb(case));
+fn check_call_stack(case: &str, mode: Mode, out: &Outcome) -> Result<(), String> {
+    let want = format!("rampart:   {} called by thread ", verb(case, mode));
     // A guarded block's overflow into its slack is found by its free, whose stack is the
     // record's "freed by" one.
-    let freed = verb(case) == "free" && out.stderr.contains("(found when the block was freed)");
+    let freed =
+        verb(case, mode) == "free" && out.stderr.contains("(found when the block was freed)");
     let call_line =
         |l: &str| l.starts_with(&want) || (freed && l.starts_with("rampart:   freed by thread "));
     let mut lines = out.stderr.lines().skip_while(|l| !call_line(l));
@@ -775,6 +798,11 @@ fn mode_sample() {
 #[test]
 fn mode_all() {
     run_mode(Mode::All);
+}
+
+#[test]
+fn mode_harden() {
+    run_mode(Mode::Harden);
 }
 
 /// A SIGSEGV handler the program installed before rampart's is where the faults that are not
@@ -917,7 +945,13 @@ fn correct_programs_run_clean_in_every_mode() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-const ALL_MODES: [Mode; 4] = [Mode::Off, Mode::Redzone, Mode::Sample, Mode::All];
+const ALL_MODES: [Mode; 5] = [
+    Mode::Off,
+    Mode::Redzone,
+    Mode::Sample,
+    Mode::All,
+    Mode::Harden,
+];
 
 /// A SIGSEGV that was sent (`raise`), not raised by a fault, still ends the program in every
 /// mode: rampart's handler passes it to the default action rather than returning (which

@@ -124,8 +124,17 @@ fn alloc_checked(
     if due & heap::SAMPLE_GUARD == 0 {
         return None;
     }
-    if crate::check::guard::active() && crate::check::guard::sample_now() {
+    if crate::check::guard::active()
+        && crate::config::guard_mode() != crate::config::GuardMode::Off
+        && crate::check::guard::sample_now()
+    {
         if let Some(p) = crate::check::guard::alloc(size, align) {
+            return Some(p);
+        }
+    }
+    let harden = crate::config::harden();
+    if harden && size == 0 {
+        if let Some(p) = crate::check::zero::alloc() {
             return Some(p);
         }
     }
@@ -136,10 +145,21 @@ fn alloc_checked(
         .and_then(|class| {
             // SAFETY: class_for gives a class below NUM_CLASSES.
             let b = NonNull::new(unsafe { heap::alloc_small(class) })?;
+            if harden {
+                // SAFETY: this thread just took a block of `class`.
+                unsafe { heap::check_list_head(class) };
+            }
             // SAFETY: a block of `class` just handed out by this thread's heap, whose spans
             // carry redzones while the option is on (it was, above).
             unsafe { crate::check::redzone::prepare(b, class, size, zero) };
             Some(b)
+        })
+        // The hardened mode guards every block too large for a redzone: its own slot, a
+        // guard page after it, inaccessible and quarantined once freed.
+        .or_else(|| {
+            harden
+                .then(|| crate::check::guard::alloc(size, align))
+                .flatten()
         })
         .or_else(|| large::alloc(size.max(SMALL_CLASSES_MAX + 1), align, zero))
 }
@@ -286,6 +306,7 @@ pub unsafe fn realloc(
             }
         }
         Block::Guarded => crate::check::guard::size_of_live(p.as_ptr() as usize, "realloc"),
+        Block::Zero => crate::check::zero::size_of_live(p.as_ptr() as usize, "realloc"),
         Block::Large(s) => {
             // SAFETY: the lookup found `p` at the start of the live large run `s`.
             let run = unsafe { s.as_ref() };

@@ -44,6 +44,21 @@ static QUARANTINE: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// `MADV_GUARD_INSTALL` (what kernels before 6.13 get; for measuring and testing that path).
 static GUARD_MPROTECT: AtomicBool = AtomicBool::new(false);
 
+/// `RAMPART_HARDEN=1`: the hardened production mode, built of the checks below without a
+/// page per block (see `check` and the README's options table): a canary after every small
+/// block and freed small blocks filled, checked and held in a quarantine before reuse (the
+/// redzone machinery with a 1-byte redzone unless `RAMPART_REDZONE` says more), carving in
+/// random order, free-list links checked when popped, every block above the small classes
+/// guarded (its own slot with a guard page after it, inaccessible and quarantined once
+/// freed), `malloc(0)` a unique pointer that faults on any access, and the guard sampling on
+/// (`RAMPART_GUARD=sample` unless `RAMPART_GUARD` says otherwise). Costs the slow paths on
+/// every call and the system calls of a guarded block on every block above 32 KiB.
+static HARDEN: AtomicBool = AtomicBool::new(false);
+/// Whether `RAMPART_GUARD` and `RAMPART_REDZONE` were given (the hardened mode's defaults
+/// yield to them).
+static GUARD_SET: AtomicBool = AtomicBool::new(false);
+static REDZONE_SET: AtomicBool = AtomicBool::new(false);
+
 /// The default of `RAMPART_GUARD_SAMPLE`.
 pub const DEFAULT_GUARD_SAMPLE: u64 = 1000;
 /// The largest `RAMPART_REDZONE`.
@@ -73,6 +88,12 @@ pub fn guard_mode() -> GuardMode {
 /// `RAMPART_GUARD_SAMPLE`.
 pub fn guard_sample() -> u64 {
     GUARD_SAMPLE.load(Ordering::Relaxed)
+}
+
+/// `RAMPART_HARDEN`: whether the hardened mode is on.
+#[inline]
+pub fn harden() -> bool {
+    HARDEN.load(Ordering::Relaxed)
 }
 
 /// `RAMPART_REDZONE` (bytes; 0 = off).
@@ -265,6 +286,14 @@ pub fn init() -> bool {
             apply(entry);
         }
     });
+    if harden() {
+        if !REDZONE_SET.load(Ordering::Relaxed) {
+            REDZONE.store(1, Ordering::Relaxed);
+        }
+        if !GUARD_SET.load(Ordering::Relaxed) {
+            GUARD.store(1, Ordering::Relaxed);
+        }
+    }
     if verbose() {
         let mut line = Line::new();
         line.str("rampart: options: RAMPART_STATS=")
@@ -292,6 +321,9 @@ pub fn init() -> bool {
         };
         if guard_mprotect() {
             line.str(" RAMPART_GUARD_MPROTECT=1");
+        }
+        if harden() {
+            line.str(" RAMPART_HARDEN=1");
         }
         if profile_mode() != ProfileMode::Off {
             line.str(" RAMPART_PROFILE=")
@@ -330,9 +362,11 @@ fn apply(entry: &[u8]) {
         | b"RAMPART_VERBOSE"
         | b"RAMPART_HUGEPAGE"
         | b"RAMPART_GUARD_MPROTECT"
+        | b"RAMPART_HARDEN"
         | b"RAMPART_PURGE_THREAD" => {
             let target = match name {
                 b"RAMPART_STATS" => &STATS,
+                b"RAMPART_HARDEN" => &HARDEN,
                 b"RAMPART_VERBOSE" => &VERBOSE,
                 b"RAMPART_HUGEPAGE" => &HUGEPAGE,
                 b"RAMPART_PURGE_THREAD" => &PURGE_THREAD,
@@ -383,12 +417,21 @@ fn apply(entry: &[u8]) {
             Some(n) if n <= 255 => PROFILE_LEAK_EXITCODE.store(n as u8, Ordering::Relaxed),
             _ => warn(name, "bad value (expected an exit status, 0 to 255); ignored"),
         },
-        b"RAMPART_GUARD" => match value {
-            b"off" | b"0" => GUARD.store(0, Ordering::Relaxed),
-            b"sample" => GUARD.store(1, Ordering::Relaxed),
-            b"all" => GUARD.store(2, Ordering::Relaxed),
-            _ => warn(name, "bad value (expected off, sample or all); ignored"),
-        },
+        b"RAMPART_GUARD" => {
+            let mode = match value {
+                b"off" | b"0" => Some(0),
+                b"sample" => Some(1),
+                b"all" => Some(2),
+                _ => None,
+            };
+            match mode {
+                Some(m) => {
+                    GUARD.store(m, Ordering::Relaxed);
+                    GUARD_SET.store(true, Ordering::Relaxed);
+                }
+                None => warn(name, "bad value (expected off, sample or all); ignored"),
+            }
+        }
         b"RAMPART_GUARD_SAMPLE" => match parse_u64(value) {
             Some(n) if (1..=1 << 32).contains(&n) => GUARD_SAMPLE.store(n, Ordering::Relaxed),
             _ => warn(
@@ -397,7 +440,10 @@ fn apply(entry: &[u8]) {
             ),
         },
         b"RAMPART_REDZONE" => match parse_u64(value) {
-            Some(n) if n <= MAX_REDZONE as u64 => REDZONE.store(n as usize, Ordering::Relaxed),
+            Some(n) if n <= MAX_REDZONE as u64 => {
+                REDZONE.store(n as usize, Ordering::Relaxed);
+                REDZONE_SET.store(true, Ordering::Relaxed);
+            }
             _ => warn(name, "bad value (expected bytes, 0 to 4096); ignored"),
         },
         b"RAMPART_QUARANTINE" => match parse_u64(value) {

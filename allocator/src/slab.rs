@@ -68,6 +68,8 @@ pub unsafe fn write_link(b: *mut u8, next: *mut u8, key: usize) {
 /// How many bytes of fresh blocks one carve touches at most (one page, like the kernel's
 /// fault granule; at least one block is always carved).
 const CARVE_BYTES: usize = PAGE_SIZE;
+/// The most blocks one carve makes (a page of the smallest class).
+const MAX_CARVE: usize = CARVE_BYTES / crate::size_class::MIN_ALIGN;
 
 /// Turns a fresh run into an empty slab of `class` owned by `owner`.
 ///
@@ -117,11 +119,30 @@ pub unsafe fn carve(s: &mut Span, key: usize) -> bool {
     let n = (CARVE_BYTES / size).clamp(1, left);
     let marked = s.owner.load(core::sync::atomic::Ordering::Relaxed) & 1 != 0;
     let base = s.addr + start * size;
-    // Link blocks in address order: block i points to block i + 1, the last to null.
+    // Link blocks in address order (block i points to block i + 1, the last to null), or in
+    // the hardened mode in a random order, so that which block comes next is not known.
+    let shuffled = marked && crate::config::harden();
+    let mut order = [0u16; MAX_CARVE];
+    if shuffled {
+        for (i, o) in order.iter_mut().enumerate().take(n) {
+            *o = i as u16;
+        }
+        let mut x = (key as u64 ^ base as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        for i in (1..n).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            order.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+    }
+    let block = |i: usize| {
+        let slot = if shuffled { order[i] as usize } else { i };
+        (base + slot * size) as *mut u8
+    };
     for i in 0..n {
-        let b = (base + i * size) as *mut u8;
+        let b = block(i);
         let next = if i + 1 < n {
-            (base + (i + 1) * size) as *mut u8
+            block(i + 1)
         } else {
             ptr::null_mut()
         };
@@ -137,7 +158,7 @@ pub unsafe fn carve(s: &mut Span, key: usize) -> bool {
             }
         }
     }
-    s.free = base as *mut u8;
+    s.free = block(0);
     s.bump.store((start + n) as u16, Ordering::Relaxed);
     true
 }

@@ -358,11 +358,30 @@ int main(int argc, char **argv)
         return undetected("an access to a 0-byte block, then its free");
     }
     if (!strcmp(c, "underflow-write")) {
-        /* A live block of the same size first, never freed: in the default mode the
-         * victim's p[-1] is then most likely the spacer's last (spare) byte rather than
-         * whatever precedes a span or chunk, which may be unmapped or a guard page. */
-        unsigned char *spacer = block(size);
-        volatile unsigned char *p = block(size);
+        /* Live blocks of the same size, never freed, and as the victim one that has one of
+         * them right before it (at the smallest distance between two of them): its p[-1]
+         * is then the spacer's last byte, rather than whatever precedes a span or chunk,
+         * which may be unmapped or a guard page. The hardened mode hands a span's blocks
+         * out in random order, hence several. */
+        enum { SPACERS = 64 };
+        static unsigned char *live[SPACERS];
+        int n = size > 65536 ? 2 : SPACERS;
+        for (int i = 0; i < n; i++)
+            live[i] = block(size);
+        size_t stride = SIZE_MAX;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++)
+                if (live[j] > live[i] && (size_t)(live[j] - live[i]) < stride)
+                    stride = (size_t)(live[j] - live[i]);
+        unsigned char *spacer = NULL;
+        volatile unsigned char *p = NULL;
+        for (int i = 0; i < n && !p; i++)
+            for (int j = 0; j < n; j++)
+                if (live[j] > live[i] && (size_t)(live[j] - live[i]) == stride) {
+                    spacer = live[i];
+                    p = live[j];
+                    break;
+                }
         printf("spacer %p\n", (void *)spacer);
         show((void *)p, size);
         p[-1] = 'A';

@@ -90,7 +90,11 @@ pub unsafe fn prepare(b: NonNull<u8>, class: usize, size: usize, zero: bool) {
     let bsize = class_size(class);
     // SAFETY: `b` is a whole block of `bsize` bytes just handed out to the caller
     // (prepare's contract), off a free list or freshly carved: readable, as check_fill asks.
-    unsafe { check_fill(p, bsize) };
+    unsafe { check_fill(p, bsize, "malloc") };
+    // The first word held the block's free-list link (encoded): cleared, so a program that
+    // reads a fresh block learns nothing of the heap from it.
+    // SAFETY: the block is the caller's, 16 bytes at least.
+    unsafe { (p as *mut usize).write(0) };
     if zero {
         // SAFETY: the caller's block holds `size` bytes and more: its class comes from
         // class_for, which adds the redzone and the trailer (prepare's contract).
@@ -163,12 +167,24 @@ pub unsafe fn check_live(p: usize, bsize: usize, call: &str) -> usize {
 /// fills it with the freed pattern (after which its first word is free to link it).
 /// Returns the size it held.
 ///
+/// `has_prev`: the block is not its span's first, so the block before it is carved too and
+/// its trailer (the bytes just before `p`) is checked: an underflow of `p` lands there.
+///
 /// # Safety
 /// As for [`check_live`]; the block is being freed by the caller.
-pub unsafe fn retire(p: usize, bsize: usize, claimed: usize, call: &str) -> usize {
+pub unsafe fn retire(p: usize, bsize: usize, claimed: usize, call: &str, has_prev: bool) -> usize {
     // SAFETY: `p` starts a carved block of `bsize` bytes in a marked span (retire's
     // contract, as for check_live).
     let size = unsafe { check_live(p, bsize, call) };
+    // SAFETY: with `has_prev`, the carved block before `p` in its span is readable.
+    if has_prev && !unsafe { trailer_intact(p - bsize, bsize) } {
+        Report::new(ErrorKind::HeapBufferUnderflow)
+            .text("write")
+            .at(p - 1)
+            .in_block(p - 1, p, Some(size))
+            .text(" (found on free: the bytes before the block were overwritten)")
+            .found_by(call);
+    }
     // A redzoned block knows the size it was allocated with: a sized free must name it.
     if claimed != 0 && claimed != size {
         report::on_call(
@@ -188,11 +204,38 @@ pub unsafe fn retire(p: usize, bsize: usize, claimed: usize, call: &str) -> usiz
     size
 }
 
+/// Whether the last word of the carved block `p` of `bsize` bytes is one this module wrote:
+/// a live block's trailer, a freed block's mark, or the zero of a block carved and never
+/// used (see `slab::carve`).
+///
+/// # Safety
+/// `p` is a carved block of `bsize` bytes in a marked span (readable).
+unsafe fn trailer_intact(p: usize, bsize: usize) -> bool {
+    // SAFETY: as the contract says; the last word lies inside the block.
+    let trailer = unsafe { ((p + bsize - TRAILER) as *const u64).read_volatile() };
+    let size = (trailer & 0xffff_ffff) as usize;
+    trailer == 0
+        || (size + 1 + TRAILER <= bsize && trailer >> 32 == check_of(p, size))
+        // SAFETY: as above.
+        || unsafe { freed_size(p, bsize) }.is_some()
+}
+
+/// Checks that a retired block (freed, filled, then held in the hardened mode's quarantine)
+/// still holds its fill as it leaves the quarantine: a write after free is reported then,
+/// before the block can be reused.
+///
+/// # Safety
+/// `p` is a retired block of `bsize` bytes in a marked span, not yet reused.
+pub unsafe fn check_retired(p: usize, bsize: usize) {
+    // SAFETY: as the contract says: readable, off any list yet.
+    unsafe { check_fill(p, bsize, "free") };
+}
+
 /// Checks the fill of a block just handed out, if it was freed with one.
 ///
 /// # Safety
 /// `p` is a block of `bsize` bytes just taken off a free list.
-unsafe fn check_fill(p: usize, bsize: usize) {
+unsafe fn check_fill(p: usize, bsize: usize, call: &str) {
     // SAFETY: `p` is a block of `bsize` bytes just taken off a free list (check_fill's
     // contract), readable: what freed_size asks.
     let Some(old) = (unsafe { freed_size(p, bsize) }) else {
@@ -207,8 +250,12 @@ unsafe fn check_fill(p: usize, bsize: usize) {
             .text("write")
             .at(at)
             .in_block(at, p, Some(old))
-            .text(" (found when the freed block was reused)")
-            .found_by("malloc");
+            .text(if call == "malloc" {
+                " (found when the freed block was reused)"
+            } else {
+                " (found when the freed block left the quarantine)"
+            })
+            .found_by(call);
     }
 }
 

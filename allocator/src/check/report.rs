@@ -143,6 +143,22 @@ pub fn on_call(kind: ErrorKind, call: &str, what: &str, p: usize) -> ! {
     r.found_by(call)
 }
 
+/// Prints the stack of a faulting access (`rampart:   accessed by thread <tid>:`), from the
+/// faulting instruction `pc` on (the fault handler's own frames skipped); nothing when the
+/// fault gave no `pc`.
+pub fn print_access_stack(pc: Option<usize>) {
+    let Some(pc) = pc else {
+        return;
+    };
+    let mut frames = [0usize; CALL_FRAMES];
+    let n = os::backtrace(&mut frames, 0);
+    let frames = match frames[..n].iter().position(|&f| f == pc) {
+        Some(s) => &frames[s..n],
+        None => &[pc][..],
+    };
+    print_stack(&["accessed by"], os::gettid(), frames);
+}
+
 /// Prints the stack of the call that found an error: `rampart:   <call> called by thread
 /// <tid>:` and its frames.
 pub fn print_call_stack(call: &str) {

@@ -31,6 +31,7 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
         // SAFETY: the lookup found `p` to be the start of the live huge block `h`.
         Block::Huge(h) => unsafe { h.as_ref().len },
         Block::Guarded => crate::check::guard::size_of_live(p as usize, "malloc_usable_size"),
+        Block::Zero => crate::check::zero::size_of_live(p as usize, "malloc_usable_size"),
         Block::Invalid(why) => invalid(p, "malloc_usable_size", why),
     }
 }
@@ -47,6 +48,8 @@ pub enum Block {
     Huge(NonNull<crate::pages::Huge>),
     /// An address in the guard pool (the pool tells which block, if any).
     Guarded,
+    /// An address in the hardened mode's region of zero-size blocks (`check::zero`).
+    Zero,
     /// No block of ours starts here.
     Invalid(Invalid),
 }
@@ -84,6 +87,9 @@ pub fn lookup(p: *mut u8) -> Block {
     }
     if crate::check::guard::contains(p as usize) {
         return Block::Guarded;
+    }
+    if crate::check::zero::contains(p as usize) {
+        return Block::Zero;
     }
     match MAP.lookup(p as usize) {
         // SAFETY: the map names a live huge descriptor.

@@ -37,6 +37,7 @@ use core::ffi::c_void;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+use crate::check::quarantine::Quarantine;
 use crate::check::report::{self, ErrorKind};
 use crate::heapprof as profile;
 use crate::large;
@@ -143,6 +144,8 @@ pub struct Heap {
     sample_set: isize,
     guard_left: isize,
     profile_left: isize,
+    /// The hardened mode's freed small blocks, held back before reuse.
+    quarantine: Quarantine,
 }
 
 impl Heap {
@@ -163,6 +166,7 @@ impl Heap {
             sample_set: isize::MAX,
             guard_left: isize::MAX,
             profile_left: isize::MAX,
+            quarantine: Quarantine::new(),
         }
     }
 }
@@ -669,12 +673,22 @@ unsafe fn free_slow(p: *mut u8, claimed: usize, align: usize, call: &'static str
                         span.block_size as usize,
                         claimed,
                         call,
+                        p as usize != span.addr,
                     )
                 };
-                if owner == current_heap() {
-                    // SAFETY: our own span's block, checked not to be free already.
-                    return unsafe { free_local(owner, s.as_ptr(), p, &PageLayer) };
+                let me = current_heap();
+                if crate::config::harden() && me != EMPTY_HEAP_PTR && me != EXITING_HEAP_PTR {
+                    // The hardened mode holds it back; another block leaves for reuse.
+                    // SAFETY: the calling thread's own heap.
+                    let out = unsafe { (*me).quarantine.push(p as usize) };
+                    if out != 0 {
+                        // SAFETY: a block the quarantine held: retired, given up.
+                        unsafe { release_retired(out as *mut u8, true) };
+                    }
+                    return;
                 }
+                // SAFETY: the block was just retired (checked, filled).
+                return unsafe { release_retired(p, false) };
             } else {
                 if !claim_matches(claimed, align, span.class as usize) {
                     size_mismatch(p, call);
@@ -700,6 +714,7 @@ unsafe fn free_slow(p: *mut u8, claimed: usize, align: usize, call: &'static str
             // SAFETY: a slab's owner heap lives for ever (heaps are recycled, never unmapped).
             unsafe { remote_push(owner, p) };
         }
+        Block::Zero => crate::check::zero::free(p as usize, claimed, call),
         Block::Large(s) => {
             // SAFETY: the lookup found `p` to be the start of the live large run `s`.
             let run = unsafe { s.as_ref() };
@@ -736,6 +751,59 @@ unsafe fn free_slow(p: *mut u8, claimed: usize, align: usize, call: &'static str
         // SAFETY: the pointer is in the guard pool (the lookup asked it).
         Block::Guarded => unsafe { crate::check::guard::free(p as usize, claimed, call) },
         Block::Invalid(why) => invalid(p, call, why),
+    }
+}
+
+/// Frees a retired block of a span with redzones (checked and filled by
+/// `redzone::retire`, maybe held in a quarantine since) to its span: the span's list if the
+/// calling thread owns it, else the owner's remote list. With `check` (a block leaving the
+/// quarantine), its fill is checked first: a write after free is reported before reuse.
+///
+/// # Safety
+/// `p` is a retired block of a live slab with redzones, given up by the caller (a block in
+/// use keeps its span from being emptied, so the span is live).
+unsafe fn release_retired(p: *mut u8, check: bool) {
+    let Some(s) = MAP.span_of(p as usize) else {
+        fatal(
+            "internal-error",
+            "retired block outside any chunk",
+            p as usize,
+        );
+    };
+    // SAFETY: the page map names live chunks; `p`'s span is a live slab (the contract).
+    let span = unsafe { s.as_ref() };
+    if check {
+        // SAFETY: a retired block of the span, of its block size, not reused yet.
+        unsafe { crate::check::redzone::check_retired(p as usize, span.block_size as usize) };
+    }
+    let owner = owner_heap(span.owner.load(Ordering::Relaxed));
+    if owner == current_heap() {
+        // SAFETY: our own span's block, retired (so not free already).
+        return unsafe { free_local(owner, s.as_ptr(), p, &PageLayer) };
+    }
+    count_remote_free(span.class as usize);
+    // SAFETY: a slab's owner heap lives for ever (heaps are recycled, never unmapped).
+    unsafe { remote_push(owner, p) };
+}
+
+/// The hardened mode's check of a free list's head after a pop: the next block (the head
+/// now, decoded with the heap's key) must be null or a carved block of the same span; a
+/// link a use after free overwrote is reported before it is followed.
+///
+/// # Safety
+/// `class < NUM_CLASSES`; called by the thread that just took a block of `class`.
+pub unsafe fn check_list_head(class: usize) {
+    let heap = current_heap();
+    // SAFETY: the calling thread's heap (or a sentinel, whose current spans are the empty
+    // sentinel span); `class < NUM_CLASSES`.
+    let s = unsafe { &*(*heap).current[class] };
+    if !s.free.is_null() && !slab::is_block_start(s, s.free as usize) {
+        report::on_call(
+            ErrorKind::UseAfterFree,
+            "malloc",
+            "found a free block's link overwritten (a write after free)",
+            s.addr,
+        );
     }
 }
 

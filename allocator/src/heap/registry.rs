@@ -112,10 +112,14 @@ fn acquire_heap(r: &mut Registry) -> *mut Heap {
         let h = r.next as *mut Heap;
         r.next += size_of::<Heap>().next_multiple_of(64);
         r.created += 1;
+        let key = new_key(h as usize);
+        let mut quarantine = Quarantine::new();
+        quarantine.seed(key.rotate_left(32) as u64);
         // SAFETY: fresh metadata memory, big enough and aligned.
         unsafe {
             h.write(Heap {
-                key: new_key(h as usize),
+                key,
+                quarantine,
                 next_all: r.all,
                 redzone: (crate::config::redzone() != 0) as usize,
                 ..Heap::new()
@@ -299,6 +303,8 @@ pub(super) unsafe fn take_over_abandoned(h: &mut Heap) -> bool {
             );
             move_spans(&mut o.full[class], &mut h.full[class], me, o.key, h.key);
         }
+        // The blocks its quarantine held go to their spans (now mostly `h`'s).
+        o.quarantine.drain(|b| release_retired(b as *mut u8, true));
         let mut r = REGISTRY.lock();
         o.next_abandoned = r.spare;
         r.spare = old;

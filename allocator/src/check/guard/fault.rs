@@ -8,6 +8,9 @@ use super::*;
 /// The fault callback of the guard modes (see the module's doc): a fault in the pool is
 /// reported (and is the process's end); any other is not ours.
 pub(super) fn on_fault(f: &os::Fault) -> bool {
+    if crate::check::zero::on_fault(f) {
+        return true;
+    }
     let base = BASE.load(Ordering::Acquire);
     let len = LEN.load(Ordering::Relaxed);
     if f.addr.wrapping_sub(base) >= len {
@@ -84,17 +87,7 @@ pub(super) fn report_access(
         r.text(" (found when the block was ").text(when).text(")");
     }
     r.emit();
-    if let Some(pc) = pc {
-        let mut frames = [0usize; FRAMES + 4];
-        let n = os::backtrace(&mut frames, 0);
-        // Skip the handler's own frames: start at the faulting instruction.
-        let start = frames[..n].iter().position(|&f| f == pc);
-        let frames = match start {
-            Some(s) => &frames[s..n],
-            None => &[pc][..],
-        };
-        report::print_stack(&["accessed by"], os::gettid(), frames);
-    }
+    report::print_access_stack(pc);
     print_slot_stacks(slot);
 }
 

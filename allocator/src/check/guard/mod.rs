@@ -56,6 +56,8 @@ const ALL_QUARANTINE: usize = 256 << 20;
 /// Default quarantine in `sample` mode: 256 one-page slots, so the pool's records and page
 /// tables stay small (each slot ever made costs a record of about 300 bytes).
 const SAMPLE_QUARANTINE: usize = 1 << 20;
+/// Default quarantine in the hardened mode (which guards every block above 32 KiB).
+const HARDEN_QUARANTINE: usize = 64 << 20;
 /// Alignments above this are never guarded (the slot would waste too much).
 const MAX_GUARDED_ALIGN: usize = 1 << 20;
 /// Return addresses kept per stack.
@@ -226,11 +228,12 @@ pub fn init_options() {
         return;
     }
     crate::heapprof::init();
-    if config::redzone() != 0 {
+    if config::redzone() != 0 || config::harden() {
         DIVERT_ALL.store(true, Ordering::Relaxed);
     }
     let mode = config::guard_mode();
-    if mode == GuardMode::Off {
+    // The hardened mode guards the blocks above the small classes in any guard mode.
+    if mode == GuardMode::Off && !config::harden() {
         return;
     }
     if config::guard_mprotect() {
@@ -238,6 +241,8 @@ pub fn init_options() {
     }
     let (want, quarantine) = match mode {
         GuardMode::All => (ALL_POOL_BYTES, ALL_QUARANTINE),
+        // The hardened mode guards every block above the small classes as well.
+        _ if config::harden() => (ALL_POOL_BYTES, HARDEN_QUARANTINE),
         _ => (SAMPLE_POOL_BYTES, SAMPLE_QUARANTINE),
     };
     if !POOL
@@ -326,7 +331,7 @@ fn slot_class(pages: usize) -> (usize, usize) {
 /// Rust asks for its type's alignment, which divides the size, so its blocks touch the guard
 /// exactly.
 pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
-    if config::guard_mode() == GuardMode::Sample && size > SAMPLE_MAX_SIZE {
+    if config::guard_mode() == GuardMode::Sample && size > SAMPLE_MAX_SIZE && !config::harden() {
         return None;
     }
     if align > MAX_GUARDED_ALIGN {
