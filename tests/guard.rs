@@ -205,6 +205,14 @@ enum Expect {
         offset: Option<i64>,
         block: Option<usize>,
     },
+    /// The program goes on (memerr's "NOT DETECTED"), and the exit check finds the error:
+    /// SIGABRT, with a report of `kind` that says `offset OFFSET from a block of BLOCK
+    /// bytes` and `(found at exit)`.
+    AbortAtExit {
+        kind: &'static str,
+        offset: i64,
+        block: usize,
+    },
     /// Where the contract leaves it open (a delayed double free in the unguarded modes):
     /// exit 3, or SIGABRT with one of `kinds`; never another death or a hang.
     UndetectedOrAbort { kinds: &'static [&'static str] },
@@ -330,9 +338,16 @@ fn expected(case: &str, size: usize, mode: Mode) -> Expect {
                 Undetected
             }
         }
+        // A redzoned block's fill is checked at exit too, so the write is found then.
         "uaf-write" => {
             if guarded {
                 fault(USE_AFTER_FREE, Write, size - 1)
+            } else if redzoned {
+                AbortAtExit {
+                    kind: USE_AFTER_FREE,
+                    offset: size as i64 - 1,
+                    block: size,
+                }
             } else {
                 Undetected
             }
@@ -618,6 +633,27 @@ fn check(expect: &Expect, out: &Outcome) -> Result<(), String> {
                 _ => Ok(()),
             }
         }
+        Expect::AbortAtExit {
+            kind,
+            offset,
+            block,
+        } => {
+            let want = [
+                format!("rampart: {kind}: "),
+                format!("offset {offset} from a block of {block} bytes"),
+                "(found at exit)".to_string(),
+            ];
+            if out.signal() != Some(SIGABRT) || !out.stderr.contains("memerr: NOT DETECTED") {
+                return Err(format!(
+                    "expected the program to go on, then death by SIGABRT at exit, got {}",
+                    out.status
+                ));
+            }
+            if !first.starts_with(&want[0]) || !want[1..].iter().all(|w| first.contains(w)) {
+                return Err(format!("the exit report {first:?} does not say {want:?}"));
+            }
+            Ok(())
+        }
         Expect::UndetectedOrAbort { kinds } => {
             if out.status.code() == Some(3) {
                 return no_report();
@@ -640,7 +676,11 @@ fn check(expect: &Expect, out: &Outcome) -> Result<(), String> {
 /// The checks beyond the table: a guarded block's placement and usable size, and the stacks
 /// of a guarded use-after-free report.
 fn check_extra(case: &str, size: usize, mode: Mode, out: &Outcome) -> Result<(), String> {
-    if out.signal() == Some(SIGABRT) && out.stderr.contains("rampart: ") {
+    // Reports of the exit check print no stack (see `report::AT_EXIT`).
+    if out.signal() == Some(SIGABRT)
+        && out.stderr.contains("rampart: ")
+        && !out.stderr.contains("(found at exit)")
+    {
         check_call_stack(case, mode, out)?;
     }
     if case == "usable" {

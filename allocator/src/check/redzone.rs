@@ -250,10 +250,10 @@ unsafe fn check_fill(p: usize, bsize: usize, call: &str) {
             .text("write")
             .at(at)
             .in_block(at, p, Some(old))
-            .text(if call == "malloc" {
-                " (found when the freed block was reused)"
-            } else {
-                " (found when the freed block left the quarantine)"
+            .text(match call {
+                "malloc" => " (found when the freed block was reused)",
+                report::AT_EXIT => " (found at exit)",
+                _ => " (found when the freed block left the quarantine)",
             })
             .found_by(call);
     }
@@ -275,9 +275,9 @@ fn overwritten(p: usize, size: u64, offset: usize, call: &str) -> ! {
     r.text(" (found on ").text(call).text(")").found_by(call)
 }
 
-/// Checks the canary of every live block with a redzone (at exit): blocks whose trailer is
-/// intact and which are not marked freed. Other threads may still run; their blocks are read
-/// as they are.
+/// Checks the canary of every live block with a redzone (at exit), blocks whose trailer is
+/// intact, and the fill of every block marked freed (a write after free that no reuse
+/// found). Other threads may still run; their blocks are read as they are.
 pub fn check_all() {
     let pages = crate::pages::PAGES.lock();
     for chunk in pages.chunk_views() {
@@ -298,6 +298,8 @@ pub fn check_all() {
                     let live = size + 1 + TRAILER <= bsize && trailer >> 32 == check_of(p, size);
                     if live {
                         check_live(p, bsize, report::AT_EXIT);
+                    } else {
+                        check_fill(p, bsize, report::AT_EXIT);
                     }
                 }
                 p += bsize;
