@@ -26,6 +26,10 @@
 //! (`CARGO_TARGET_TMPDIR`), removed when the test passes and kept (and named on stderr) when
 //! it fails. Every child runs under a watchdog that kills it and fails the test if it hangs;
 //! nothing here measures or asserts a time.
+//!
+//! sqlite3, git, perl and gcc also run in rampart's hardened mode (`RAMPART_HARDEN=1`), with
+//! the same checks: a correct program must give the same results and no report (a false
+//! positive would abort it).
 
 #[global_allocator]
 static GLOBAL: rampart::Rampart = rampart::Rampart;
@@ -110,6 +114,9 @@ enum Malloc {
     Glibc,
     /// rampart's, by `LD_PRELOAD` with `RAMPART_STATS=1`.
     Rampart,
+    /// rampart's hardened mode: the same, with `RAMPART_HARDEN=1` (correct programs must
+    /// run clean and give the same results: no false positive).
+    Hardened,
 }
 
 impl Malloc {
@@ -117,6 +124,7 @@ impl Malloc {
         match self {
             Malloc::Glibc => "glibc",
             Malloc::Rampart => "rampart",
+            Malloc::Hardened => "rampart-hardened",
         }
     }
 }
@@ -125,8 +133,11 @@ impl Malloc {
 fn command(program: &Path, malloc: Malloc, scratch: &Scratch) -> Command {
     let mut cmd = Command::new(program);
     base_env(&mut cmd, scratch);
-    if malloc == Malloc::Rampart {
+    if malloc != Malloc::Glibc {
         cmd.env("LD_PRELOAD", library()).env("RAMPART_STATS", "1");
+    }
+    if malloc == Malloc::Hardened {
+        cmd.env("RAMPART_HARDEN", "1");
     }
     cmd
 }
@@ -902,13 +913,13 @@ fn sqlite3_100k_rows() {
     fs::write(&script, sql).expect("write orders.sql");
 
     let mut outputs = Vec::new();
-    for malloc in [Malloc::Glibc, Malloc::Rampart] {
+    for malloc in [Malloc::Glibc, Malloc::Rampart, Malloc::Hardened] {
         let db = scratch.join(&format!("orders-{}.db", malloc.name()));
         let mut cmd = command(&sqlite3, malloc, &scratch);
         cmd.args(["-batch", "-bail"]).arg(&db);
         let label = format!("sqlite3 on {}", malloc.name());
         let finished = run_with_input(&mut cmd, &scratch, &label, Some(&script)).expect_success();
-        if malloc == Malloc::Rampart {
+        if malloc != Malloc::Glibc {
             served(&finished);
         }
         outputs.push(finished.stdout());
@@ -925,6 +936,7 @@ fn sqlite3_100k_rows() {
         "sqlite3: PRAGMA integrity_check\n{rampart}"
     );
     assert_same_text("sqlite3 queries", &outputs[0], rampart);
+    assert_same_text("sqlite3 queries (hardened)", &outputs[0], &outputs[2]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1013,7 +1025,7 @@ fn git_session(git: &Path, malloc: Malloc, scratch: &Scratch) -> String {
             .env("GIT_CONFIG_VALUE_0", "0");
         let label = format!("git {} on {}", args.join(" "), malloc.name());
         let finished = run_with_input(&mut cmd, scratch, &label, None);
-        if malloc == Malloc::Rampart {
+        if malloc != Malloc::Glibc {
             served(&finished);
         }
         finished.expect_success()
@@ -1040,7 +1052,7 @@ fn git_session(git: &Path, malloc: Malloc, scratch: &Scratch) -> String {
         );
     }
     let gc = step(&["gc", "-q", "--prune=now"]);
-    if malloc == Malloc::Rampart {
+    if malloc != Malloc::Glibc {
         let pids: BTreeSet<u32> = parse_stats(&gc.stderr).iter().map(|b| b.pid).collect();
         assert!(
             pids.len() >= 2,
@@ -1098,6 +1110,8 @@ fn git_repository() {
         "git gc on rampart did not pack every object\n{rampart}"
     );
     assert_same_text("git session", &glibc, &rampart);
+    let hardened = git_session(&git, Malloc::Hardened, &scratch);
+    assert_same_text("git session (hardened)", &glibc, &hardened);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1183,11 +1197,11 @@ fn perl_large_text() {
 
     for &(name, code, min_lines) in PERL_JOBS {
         let mut outputs = Vec::new();
-        for malloc in [Malloc::Glibc, Malloc::Rampart] {
+        for malloc in [Malloc::Glibc, Malloc::Rampart, Malloc::Hardened] {
             // On rampart through the launcher (`rampart --stats -- perl ...`), which execs perl
             // with the preload: the pid stays the same.
             let mut cmd = match malloc {
-                Malloc::Glibc => command(&perl, Malloc::Glibc, &scratch),
+                Malloc::Glibc | Malloc::Hardened => command(&perl, malloc, &scratch),
                 Malloc::Rampart => {
                     let mut cmd = Command::new(&launcher);
                     base_env(&mut cmd, &scratch);
@@ -1198,13 +1212,14 @@ fn perl_large_text() {
             cmd.args(["-n", "-e", code]).arg(&input);
             let label = format!("perl {name} on {}", malloc.name());
             let finished = run(&mut cmd, &scratch, &label);
-            if malloc == Malloc::Rampart {
+            if malloc != Malloc::Glibc {
                 served(&finished);
             }
             outputs.push(finished.stdout_path.clone());
         }
         assert_lines_at_least(&format!("perl {name} on rampart"), &outputs[1], min_lines);
         assert_same_files(&format!("perl {name}"), &outputs[0], &outputs[1]);
+        assert_same_files(&format!("perl {name} (hardened)"), &outputs[0], &outputs[2]);
         for path in outputs {
             let _ = fs::remove_file(path);
         }
@@ -1467,7 +1482,7 @@ fn gcc_compiles_large_file() {
     let expected = gcc_expected_output();
 
     let mut assembly = Vec::new();
-    for malloc in [Malloc::Glibc, Malloc::Rampart] {
+    for malloc in [Malloc::Glibc, Malloc::Rampart, Malloc::Hardened] {
         let name = malloc.name();
         let asm = scratch.join(&format!("gen-{name}.s"));
         let exe = scratch.join(&format!("gen-{name}"));
@@ -1482,7 +1497,7 @@ fn gcc_compiles_large_file() {
             &scratch,
             &format!("gcc (assemble, link) on {name}"),
         );
-        if malloc == Malloc::Rampart {
+        if malloc != Malloc::Glibc {
             for step in [&compile, &link] {
                 served(step);
                 let pids: BTreeSet<u32> = parse_stats(&step.stderr).iter().map(|b| b.pid).collect();
@@ -1512,4 +1527,5 @@ fn gcc_compiles_large_file() {
         GCC_FUNCTIONS as usize * 10,
     );
     assert_same_files("gcc -O2 -S", &assembly[0], &assembly[1]);
+    assert_same_files("gcc -O2 -S (hardened)", &assembly[0], &assembly[2]);
 }

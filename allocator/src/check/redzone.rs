@@ -286,8 +286,13 @@ pub fn check_all() {
                 return;
             }
             let start = chunk.base + run.index * crate::os::PAGE_SIZE;
-            let end = start + run.npages * crate::os::PAGE_SIZE;
             let bsize = run.block_size;
+            // Carved blocks only: the others may hold an earlier slab's stale marks.
+            let end = start
+                + run
+                    .carved_blocks
+                    .min(run.npages * crate::os::PAGE_SIZE / bsize)
+                    * bsize;
             let mut p = start;
             while p + bsize <= end {
                 // SAFETY: slab memory is mapped and readable while the chunk lives (we hold

@@ -23,6 +23,9 @@ pub struct RunView {
     /// reference while it is a current span), read without the owner's cooperation: a
     /// snapshot, as in [`PageUsage::slab_used_bytes`].
     pub used_blocks: usize,
+    /// Slab: blocks carved so far (from the run's start; the rest were never handed out and
+    /// hold whatever bytes the pages held before), read without the owner's cooperation.
+    pub carved_blocks: usize,
     /// Pages of the run that may hold data (committed); for a slab or large run, all of them.
     pub dirty_pages: usize,
 }
@@ -96,6 +99,11 @@ impl<S: PageSource> Pages<S> {
                 },
                 class: if slab { s.class } else { 0 },
                 block_size: if slab { s.block_size as usize } else { 0 },
+                carved_blocks: if slab {
+                    s.bump.load(core::sync::atomic::Ordering::Relaxed) as usize
+                } else {
+                    0
+                },
                 used_blocks: if slab {
                     (s.used & i32::MAX).max(0) as usize
                 } else {
