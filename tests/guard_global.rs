@@ -11,8 +11,9 @@
 //! `GUARD_GLOBAL_SIZE` bytes and exits 3 if it survives); without, it runs itself once per
 //! row under a watchdog, in `RAMPART_GUARD=all` for every test size and in
 //! `RAMPART_GUARD=sample RAMPART_GUARD_SAMPLE=1` for the sizes `sample` guards, plus the
-//! default mode's rows (where only the double free is caught), prints one line per row and a
-//! summary, and exits 1 if any row failed.
+//! default mode's rows (where only the double free is caught) and the hardened mode's
+//! (`RAMPART_HARDEN=1`: small blocks' overflows found on free, large blocks guarded), prints
+//! one line per row and a summary, and exits 1 if any row failed.
 
 mod c_support;
 
@@ -134,7 +135,32 @@ enum Expect {
     },
 }
 
-fn expected(case: &str, size: usize, guarded: bool) -> Expect {
+/// The largest small class: in the hardened mode blocks up to it get a redzone, larger ones
+/// are guarded.
+const SMALL_LIMIT: usize = 32 * 1024;
+
+fn expected(case: &str, size: usize, mode: &str) -> Expect {
+    let guarded = match mode {
+        "off" => false,
+        "harden" => size > SMALL_LIMIT,
+        _ => true,
+    };
+    if mode == "harden" && !guarded {
+        // A redzoned block: the canary is checked when the Vec is dropped, a second free
+        // finds the freed mark; a read after free goes unseen.
+        return match case {
+            "ok" => Expect::Clean,
+            "overflow1-write" => Expect::Abort {
+                kinds: &["redzone-overwritten"],
+                block: true,
+            },
+            "uaf-read" => Expect::Undetected,
+            _ => Expect::Abort {
+                kinds: &["double-free"],
+                block: false,
+            },
+        };
+    }
     match (case, guarded) {
         ("ok", _) => Expect::Clean,
         ("overflow1-write", true) => Expect::Fault {
@@ -168,8 +194,13 @@ fn expected(case: &str, size: usize, guarded: bool) -> Expect {
 
 fn parent() {
     let exe = std::env::current_exe().expect("current_exe");
-    let modes: [(&str, &[(&str, &str)]); 3] = [
+    let modes: [(&str, &[(&str, &str)]); 4] = [
         ("off", &[]),
+        // The hardened mode, its sampled guarding off (that is `sample`'s).
+        (
+            "harden",
+            &[("RAMPART_HARDEN", "1"), ("RAMPART_GUARD", "off")],
+        ),
         ("all", &[("RAMPART_GUARD", "all")]),
         (
             "sample",
@@ -184,8 +215,7 @@ fn parent() {
                 if mode == "sample" && size > SAMPLE_LIMIT {
                     continue; // never sampled: the default mode's rows cover it
                 }
-                let guarded = mode != "off";
-                let expect = expected(case, size, guarded);
+                let expect = expected(case, size, mode);
                 let mut cmd = Command::new(&exe);
                 clear_rampart_env(&mut cmd);
                 cmd.env_remove("LD_PRELOAD")
