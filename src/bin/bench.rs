@@ -15,8 +15,8 @@
 //! work).
 //!
 //! `--guard-modes` measures what rampart's checks cost instead: glibc, rampart, and rampart
-//! with `RAMPART_GUARD=sample` (the default 1 in 1000), `RAMPART_REDZONE=16` and the heap
-//! profile at its default rate (`RAMPART_PROFILE=heap`, written to /dev/null at exit).
+//! with `RAMPART_GUARD=sample` (the default 1 in 1000), `RAMPART_REDZONE=16`, the hardened
+//! mode (`RAMPART_HARDEN=1`) and the heap profile at its default rate (`RAMPART_PROFILE=heap`, written to /dev/null at exit).
 //! `--guard-all`: glibc, rampart and rampart with `RAMPART_GUARD=all` (a debugging mode one
 //! to two orders of magnitude slower on allocation-heavy workloads: use `--quick --reps 1`).
 //! Neither runs the peers.
@@ -752,6 +752,7 @@ fn allocators(repo: &Path, guard_modes: u8) -> Vec<Alloc> {
                 ("rampart", vec![]),
                 ("rampart-sample", vec![("RAMPART_GUARD", "sample")]),
                 ("rampart-redzone", vec![("RAMPART_REDZONE", "16")]),
+                ("rampart-harden", vec![("RAMPART_HARDEN", "1")]),
                 (
                     "rampart-profile",
                     vec![

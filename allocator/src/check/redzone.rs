@@ -55,7 +55,13 @@ unsafe fn freed_size(p: usize, bsize: usize) -> Option<usize> {
     // SAFETY: `p` is a readable block of `bsize` bytes (freed_size's contract), at least 16
     // (the smallest class): its last word is inside it, and 8-aligned (blocks start and
     // class sizes are multiples of 16).
-    let w = unsafe { ((p + bsize - TRAILER) as *const usize).read_volatile() } ^ FREED ^ p;
+    let w = unsafe { ((p + bsize - TRAILER) as *const usize).read_volatile() };
+    freed_word_size(w, p)
+}
+
+/// The size a freed block at `p` held, if `w` (its last word) is the mark of a freed block.
+fn freed_word_size(w: usize, p: usize) -> Option<usize> {
+    let w = w ^ FREED ^ p;
     (w & ((1 << ADDR_BITS) - 1) == 0).then_some(w >> ADDR_BITS)
 }
 
@@ -95,14 +101,16 @@ pub unsafe fn prepare(b: NonNull<u8>, class: usize, size: usize, zero: bool) {
     // reads a fresh block learns nothing of the heap from it.
     // SAFETY: the block is the caller's, 16 bytes at least.
     unsafe { (p as *mut usize).write(0) };
+    // SAFETY: the block of `bsize` bytes at `p` is the caller's, and class_for's class
+    // holds `size + 1 + TRAILER` bytes at least (prepare's contract): arm's contract. Armed
+    // before any byte of the fill changes, so the exit check of another thread never sees a
+    // freed mark over a spoiled fill.
+    unsafe { arm(p, size, bsize) };
     if zero {
         // SAFETY: the caller's block holds `size` bytes and more: its class comes from
         // class_for, which adds the redzone and the trailer (prepare's contract).
         unsafe { ptr::write_bytes(b.as_ptr(), 0, size) };
     }
-    // SAFETY: the block of `bsize` bytes at `p` is the caller's, and class_for's class
-    // holds `size + 1 + TRAILER` bytes at least (prepare's contract): arm's contract.
-    unsafe { arm(p, size, bsize) };
 }
 
 /// Writes the canary and the trailer of a block of `bsize` bytes holding `size`.
@@ -110,16 +118,23 @@ pub unsafe fn prepare(b: NonNull<u8>, class: usize, size: usize, zero: bool) {
 /// # Safety
 /// `p` is a block of `bsize` bytes owned by the caller, `size + 1 + TRAILER <= bsize`.
 unsafe fn arm(p: usize, size: usize, bsize: usize) {
+    let canary_end = p + bsize - TRAILER;
+    // The trailer is cleared first and set last: meanwhile the block is neither freed nor
+    // live to the exit check of another thread, which skips it (it would see a freed mark
+    // over a fill the canary spoils, or a live trailer over a canary not yet written).
+    // SAFETY: the last TRAILER bytes of the caller's block (arm's contract), 8-aligned.
+    unsafe { (canary_end as *mut u64).write_volatile(0) };
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
     // SAFETY: `size + 1 + TRAILER <= bsize` and the block of `bsize` bytes at `p` is the
     // caller's (arm's contract), so byte `size` is inside it.
     unsafe { *((p + size) as *mut u8) = 0 };
-    let canary_end = p + bsize - TRAILER;
     // SAFETY: `[p + size + 1, canary_end)` lies inside the caller's block (arm's contract:
     // `size + 1 <= bsize - TRAILER`).
     unsafe { ptr::write_bytes((p + size + 1) as *mut u8, CANARY, canary_end - p - size - 1) };
-    // SAFETY: `[canary_end, p + bsize)` is the last TRAILER bytes of the caller's block;
-    // written unaligned.
-    unsafe { ((canary_end) as *mut u64).write_unaligned(size as u64 | check_of(p, size) << 32) };
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
+    // SAFETY: `[canary_end, p + bsize)` is the last TRAILER bytes of the caller's block,
+    // 8-aligned (blocks and class sizes are multiples of 16).
+    unsafe { (canary_end as *mut u64).write_volatile(size as u64 | check_of(p, size) << 32) };
 }
 
 /// The requested size of a live block with a redzone, after checking its canary (reports
@@ -194,12 +209,17 @@ pub unsafe fn retire(p: usize, bsize: usize, claimed: usize, call: &str, has_pre
             p,
         );
     }
-    // SAFETY: the block is the caller's and at least 16 bytes long. The mark goes first: an
-    // exit check in another thread then sees a freed block, never a live one whose canary
-    // the fill has spoiled.
+    // SAFETY: the block is the caller's and at least 16 bytes long. The trailer is cleared
+    // first and the mark written last: meanwhile the exit check of another thread skips the
+    // block, rather than see a live one whose canary the fill spoils, or a freed one whose
+    // fill is not written yet (see `arm`).
     unsafe {
-        ((p + bsize - TRAILER) as *mut usize).write_volatile(freed_mark(p, size));
+        let last = (p + bsize - TRAILER) as *mut usize;
+        last.write_volatile(0);
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
         ptr::write_bytes((p + 8) as *mut u8, FILL, bsize - 8 - TRAILER);
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
+        last.write_volatile(freed_mark(p, size));
     }
     size
 }
@@ -212,12 +232,13 @@ pub unsafe fn retire(p: usize, bsize: usize, claimed: usize, call: &str, has_pre
 /// `p` is a carved block of `bsize` bytes in a marked span (readable).
 unsafe fn trailer_intact(p: usize, bsize: usize) -> bool {
     // SAFETY: as the contract says; the last word lies inside the block.
+    // One read, every test on it: the block's owner may be re-arming it meanwhile (a freed
+    // mark becoming a live trailer), and two reads could see one state each.
     let trailer = unsafe { ((p + bsize - TRAILER) as *const u64).read_volatile() };
     let size = (trailer & 0xffff_ffff) as usize;
     trailer == 0
         || (size + 1 + TRAILER <= bsize && trailer >> 32 == check_of(p, size))
-        // SAFETY: as above.
-        || unsafe { freed_size(p, bsize) }.is_some()
+        || freed_word_size(trailer as usize, p).is_some()
 }
 
 /// Checks that a retired block (freed, filled, then held in the hardened mode's quarantine)
@@ -245,6 +266,13 @@ unsafe fn check_fill(p: usize, bsize: usize, call: &str) {
     // (check_fill's contract): `bsize` is at least 16, the smallest class.
     let fill = unsafe { core::slice::from_raw_parts((p + 8) as *const u8, bsize - 8 - TRAILER) };
     if let Some(i) = crate::util::first_not(fill, FILL) {
+        // At exit another thread may have taken the block since its mark was read: it arms
+        // the block (the mark goes) before writing into it, so a mark still there means the
+        // write was a use after free.
+        // SAFETY: as above.
+        if call == report::AT_EXIT && unsafe { freed_size(p, bsize) } != Some(old) {
+            return;
+        }
         let at = p + 8 + i;
         Report::new(ErrorKind::UseAfterFree)
             .text("write")
