@@ -226,24 +226,23 @@ impl Default for Line {
     }
 }
 
-/// The index of the first byte of `bytes` that is not `want`, or `None`: eight bytes at a
-/// time (the redzone and guard-slack checks scan up to a page per call).
+/// The index of the first byte of `bytes` that is not `want`, or `None`: 32 bytes at a time
+/// (the redzone and guard-slack checks scan up to a page per call).
 pub fn first_not(bytes: &[u8], want: u8) -> Option<usize> {
     let pattern = u64::from_ne_bytes([want; 8]);
-    let mut chunks = bytes.chunks_exact(8);
+    let base = bytes.as_ptr();
+    // SAFETY: `i + 8 <= bytes.len()` at every call below, so the 8 bytes lie in `bytes`.
+    let word = |i: usize| unsafe { (base.add(i) as *const u64).read_unaligned() } ^ pattern;
+    // 32 bytes a step, the four words' differences or-ed together: one branch a step (the
+    // checks of the hardened and redzone modes scan every freed block).
     let mut at = 0;
-    for c in chunks.by_ref() {
-        let word = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        if word != pattern {
-            return c.iter().position(|&b| b != want).map(|i| at + i);
+    while at + 32 <= bytes.len() {
+        if word(at) | word(at + 8) | word(at + 16) | word(at + 24) != 0 {
+            break;
         }
-        at += 8;
+        at += 32;
     }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| b != want)
-        .map(|i| at + i)
+    bytes[at..].iter().position(|&b| b != want).map(|i| at + i)
 }
 
 /// The index of the last byte of `bytes` that is not `want`, or `None` (as [`first_not`],
@@ -412,7 +411,7 @@ mod tests {
 
     #[test]
     fn pattern_scans_find_the_odd_byte() {
-        for len in 0..40 {
+        for len in 0..100 {
             let clean = vec![0xabu8; len];
             assert_eq!(first_not(&clean, 0xab), None);
             assert_eq!(last_not(&clean, 0xab), None);
