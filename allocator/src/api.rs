@@ -128,7 +128,7 @@ fn alloc_checked(
         && crate::config::guard_mode() != crate::config::GuardMode::Off
         && crate::check::guard::sample_now()
     {
-        if let Some(p) = crate::check::guard::alloc(size, align) {
+        if let Some(p) = crate::check::guard::alloc(size, align, true) {
             return Some(p);
         }
     }
@@ -158,7 +158,7 @@ fn alloc_checked(
         // guard page after it, inaccessible and quarantined once freed.
         .or_else(|| {
             harden
-                .then(|| crate::check::guard::alloc(size, align))
+                .then(|| crate::check::guard::alloc(size, align, false))
                 .flatten()
         })
         .or_else(|| large::alloc(size.max(SMALL_CLASSES_MAX + 1), align, zero))

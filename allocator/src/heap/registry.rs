@@ -202,6 +202,7 @@ extern "C" fn fork_parent() {
 /// heaps stay as they were: their blocks can still be freed (remote frees), and the child's
 /// thread keeps its own heap.
 extern "C" fn fork_child() {
+    os::forget_tid();
     // SAFETY: the child has one thread; the locks' holders (our prepare step) are gone.
     unsafe {
         PAGES.reset_after_fork();

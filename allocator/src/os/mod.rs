@@ -497,9 +497,28 @@ pub fn force_mprotect_guards() {
     GUARD_ADVICE.store(2, Ordering::Relaxed);
 }
 
-/// The calling thread's kernel id.
+std::thread_local! {
+    /// The calling thread's kernel id once asked (0 before): a const initialiser and no
+    /// `Drop` (docs/architecture.md). Cleared in a `fork` child, whose one thread has a new
+    /// id ([`forget_tid`]).
+    static TID: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
+}
+
+/// The calling thread's kernel id (a system call the first time, then cached: the guarded
+/// blocks' records name the threads that allocated and freed them).
 pub fn gettid() -> u32 {
-    rustix::thread::gettid().as_raw_nonzero().get() as u32
+    let t = TID.get();
+    if t != 0 {
+        return t;
+    }
+    let t = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+    TID.set(t);
+    t
+}
+
+/// Forgets the cached thread id (in a `fork` child, from its atfork handler).
+pub fn forget_tid() {
+    TID.set(0);
 }
 
 /// Reads a small decimal number from a file such as `/proc/sys/vm/max_map_count`, or `None`.

@@ -91,8 +91,12 @@ pub(super) fn report_access(
     print_slot_stacks(slot);
 }
 
-/// Prints the allocation and (if freed) the free stacks of a slot.
+/// Prints the allocation and (if freed) the free stacks of a slot; nothing for a slot that
+/// recorded none (the hardened mode's large blocks).
 fn print_slot_stacks(slot: &Slot) {
+    if slot.alloc_frames_len == 0 {
+        return;
+    }
     report::print_stack(
         &["allocated by"],
         slot.alloc_tid,

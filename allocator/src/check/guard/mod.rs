@@ -125,7 +125,9 @@ impl Slot {
 ///
 /// # Safety
 /// `slot` is live or being freed (its data pages are read-write).
-unsafe fn check_slack(slot: &Slot, when: &str) {
+/// `call` is the call that frees the block (its stack is printed where the slot recorded
+/// none: the hardened mode's large blocks), or `report::AT_EXIT`.
+unsafe fn check_slack(slot: &Slot, when: &str, call: &str) {
     let (head, tail) = slot.slack();
     // SAFETY: `slot` is live or being freed (check_slack's contract), so its data pages are
     // read-write, and both slack ranges lie in them (up to the data end).
@@ -144,6 +146,9 @@ unsafe fn check_slack(slot: &Slot, when: &str) {
     };
     if let Some((kind, at)) = damage {
         report_access(kind, Some(true), at, slot, None, Some(when));
+        if slot.free_frames_len == 0 && call != report::AT_EXIT {
+            report::print_call_stack(call);
+        }
         os::abort();
     }
 }
@@ -156,7 +161,7 @@ pub fn check_all() {
         let slot = unsafe { &*pool.slots.add(idx) };
         if slot.state == SlotState::Live {
             // SAFETY: a live slot, and we hold the lock.
-            unsafe { check_slack(slot, "checked at exit") };
+            unsafe { check_slack(slot, "checked at exit", report::AT_EXIT) };
         }
     }
 }
@@ -330,7 +335,11 @@ fn slot_class(pages: usize) -> (usize, usize) {
 /// before the guard page; that tail is filled with a pattern checked on free and at exit.
 /// Rust asks for its type's alignment, which divides the size, so its blocks touch the guard
 /// exactly.
-pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
+///
+/// `stacks`: record the allocation's stack (and later the free's) for the reports; the
+/// hardened mode guards its large blocks without (a stack walk costs microseconds), its
+/// sampled ones with.
+pub fn alloc(size: usize, align: usize, stacks: bool) -> Option<NonNull<u8>> {
     if config::guard_mode() == GuardMode::Sample && size > SAMPLE_MAX_SIZE && !config::harden() {
         return None;
     }
@@ -350,7 +359,11 @@ pub fn alloc(size: usize, align: usize) -> Option<NonNull<u8>> {
         return None;
     }
     let mut frames = [0usize; FRAMES];
-    let nframes = traced_backtrace(&mut frames);
+    let nframes = if stacks {
+        traced_backtrace(&mut frames)
+    } else {
+        0
+    };
     let tid = os::gettid();
     let (idx, fresh, slot) = {
         let mut pool = POOL.lock();
@@ -450,7 +463,7 @@ pub fn size_of_live(p: usize, what: &str) -> usize {
 /// `p` lies in the pool (`contains(p)`).
 pub unsafe fn free(p: usize, claimed: usize, call: &str) {
     let mut frames = [0usize; FRAMES];
-    let nframes = if BUSY.get() {
+    let nframes = if BUSY.get() || !recorded_stack(p) {
         0
     } else {
         traced_backtrace(&mut frames)
@@ -500,7 +513,7 @@ pub unsafe fn free(p: usize, claimed: usize, call: &str) {
     slot.free_frames_len = nframes as u8;
     drop(pool);
     // SAFETY: the slot's data pages are still read-write, and ours.
-    unsafe { check_slack(slot, "freed") };
+    unsafe { check_slack(slot, "freed", call) };
     // SAFETY: the slot's data pages are ours and hold nothing needed any more.
     unsafe { protect_freed(slot.data, slot.pages * PAGE_SIZE) };
     POOL.lock().quarantine(idx);
@@ -728,6 +741,19 @@ impl Pool {
 }
 
 /// The slot index of a pool address, from the page table.
+/// Whether the slot holding `p` recorded its allocation's stack (so its free records one
+/// too); read without the lock, as the fault handler reads, before the free takes it.
+fn recorded_stack(p: usize) -> bool {
+    let base = BASE.load(Ordering::Acquire);
+    let slots = SLOTS.load(Ordering::Relaxed) as *const Slot;
+    let page_slot = PAGE_SLOT.load(Ordering::Relaxed) as *const u32;
+    match slot_index(base, LEN.load(Ordering::Relaxed), page_slot, p) {
+        // SAFETY: an index from the page table; records are never unmapped.
+        Some(i) => unsafe { ptr::addr_of!((*slots.add(i)).alloc_frames_len).read_volatile() != 0 },
+        None => true,
+    }
+}
+
 fn slot_index(base: usize, len: usize, page_slot: *const u32, addr: usize) -> Option<usize> {
     let off = addr.wrapping_sub(base);
     if off >= len || page_slot.is_null() {
