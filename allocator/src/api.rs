@@ -133,13 +133,19 @@ fn alloc_checked(
         }
     }
     let harden = crate::config::harden();
-    if harden && size == 0 {
+    if harden && size == 0 && align <= MIN_ALIGN {
         if let Some(p) = crate::check::zero::alloc() {
             return Some(p);
         }
     }
-    if crate::config::redzone() == 0 {
-        return None;
+    // Redzones only from a heap whose spans are marked for them (a heap made before the
+    // options were read is not, and its blocks take the unchecked paths).
+    if crate::config::redzone() == 0 || !heap::current_heap_has_redzones() {
+        return if harden && size > SMALL_CLASSES_MAX {
+            crate::check::guard::alloc(size, align, false)
+        } else {
+            None
+        };
     }
     crate::check::redzone::class_for(size, align)
         .and_then(|class| {

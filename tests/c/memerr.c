@@ -41,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -324,6 +325,31 @@ int main(int argc, char **argv)
        lock is taken around fork like the others). */
     if (!strcmp(c, "fork-threads"))
         return fork_threads(size);
+
+    if (!strcmp(c, "exit-while-freeing")) {
+        /* Threads allocate and free (blocks of 24 bytes to 2 KiB) while the main thread
+         * exits: the exit-time checks read blocks that change state under them, and must
+         * not take that for an error. */
+        pthread_t t[3];
+        for (int i = 0; i < 3; i++)
+            pthread_create(&t[i], NULL, churn_worker, (void *)(size_t)(24 << (2 * i)));
+        struct timespec pause = {0, 20 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+        exit(0);
+    }
+    if (!strcmp(c, "zero-aligned")) {
+        /* Zero-size blocks asked with an alignment, and freed the sized and aligned way. */
+        void (*volatile fas)(void *, size_t, size_t) =
+            (void (*)(void *, size_t, size_t))lookup("free_aligned_sized");
+        void *p = aligned_alloc(64, 0), *q = NULL;
+        if (!p || (uintptr_t)p % 64 || do_posix_memalign(&q, 256, 0) || (uintptr_t)q % 256) {
+            fprintf(stderr, "memerr: a zero-size aligned block is not aligned\n");
+            return 1;
+        }
+        fas(p, 64, 0);
+        do_free(q);
+        return 0;
+    }
 
     /* Overflows off the end; the block is then freed, where a redzone is checked. */
     if (!strcmp(c, "overflow1-write") || !strcmp(c, "overflow1-read") ||

@@ -149,17 +149,9 @@ pub unsafe fn check_live(p: usize, bsize: usize, call: &str) -> usize {
     let trailer = unsafe { ((p + bsize - TRAILER) as *const u64).read_unaligned() };
     let size = (trailer & 0xffff_ffff) as usize;
     if size + 1 + TRAILER <= bsize && trailer >> 32 == check_of(p, size) {
-        // SAFETY: `[p + size, p + bsize - TRAILER)` lies inside the carved block at `p`
-        // (`size + 1 + TRAILER <= bsize`, tested just above), readable (check_live's
-        // contract).
-        let canary =
-            unsafe { core::slice::from_raw_parts((p + size) as *const u8, bsize - TRAILER - size) };
-        let bad = if canary[0] != 0 {
-            Some(0)
-        } else {
-            crate::util::first_not(&canary[1..], CANARY).map(|i| i + 1)
-        };
-        if let Some(i) = bad {
+        // SAFETY: the live block's canary lies inside it (`size + 1 + TRAILER <= bsize`,
+        // tested just above), readable (check_live's contract).
+        if let Some(i) = unsafe { canary_damage(p, size, bsize) } {
             overwritten(p, size as u64, size + i, call);
         }
         return size;
@@ -176,6 +168,22 @@ pub unsafe fn check_live(p: usize, bsize: usize, call: &str) -> usize {
     }
     // The trailer itself is damaged: the overflow ran to the block's end.
     overwritten(p, 0, bsize - TRAILER, call)
+}
+
+/// The offset into the canary of a live block at `p` (holding `size` bytes of a block of
+/// `bsize`) of its first damaged byte, if any.
+///
+/// # Safety
+/// `p` is a readable block of `bsize` bytes, `size + 1 + TRAILER <= bsize`.
+unsafe fn canary_damage(p: usize, size: usize, bsize: usize) -> Option<usize> {
+    // SAFETY: `[p + size, p + bsize - TRAILER)` lies inside the block (the contract).
+    let canary =
+        unsafe { core::slice::from_raw_parts((p + size) as *const u8, bsize - TRAILER - size) };
+    if canary[0] != 0 {
+        Some(0)
+    } else {
+        crate::util::first_not(&canary[1..], CANARY).map(|i| i + 1)
+    }
 }
 
 /// Checks a block being freed by `call` (`free`, `operator delete`, …; named in reports) and
@@ -305,12 +313,15 @@ fn overwritten(p: usize, size: u64, offset: usize, call: &str) -> ! {
 
 /// Checks the canary of every live block with a redzone (at exit), blocks whose trailer is
 /// intact, and the fill of every block marked freed (a write after free that no reuse
-/// found). Other threads may still run; their blocks are read as they are.
-pub fn check_all() {
+/// found), in the spans whose owner word `quiet` accepts: spans no running thread but the
+/// caller can hand blocks out of. A span of another running thread is skipped: its blocks
+/// may be freed and handed out again while they are read (a block freed and reallocated
+/// with the same size between two reads would look damaged).
+pub fn check_all(quiet: impl Fn(usize) -> bool) {
     let pages = crate::pages::PAGES.lock();
     for chunk in pages.chunk_views() {
         pages.for_each_run(chunk.base, |run| {
-            if run.state != crate::pages::State::Slab || run.block_size < 16 {
+            if run.state != crate::pages::State::Slab || run.block_size < 16 || !quiet(run.owner) {
                 return;
             }
             let start = chunk.base + run.index * crate::os::PAGE_SIZE;
@@ -326,11 +337,18 @@ pub fn check_all() {
                 // SAFETY: slab memory is mapped and readable while the chunk lives (we hold
                 // the page lock); reads of never-carved blocks see zeros or stale bytes.
                 unsafe {
+                    // Other threads may still free and allocate: the canary is checked
+                    // against the trailer read here, and damage found is reported only if
+                    // the trailer is still that value (else the block changed hands).
                     let trailer = ((p + bsize - TRAILER) as *const u64).read_volatile();
                     let size = (trailer & 0xffff_ffff) as usize;
                     let live = size + 1 + TRAILER <= bsize && trailer >> 32 == check_of(p, size);
                     if live {
-                        check_live(p, bsize, report::AT_EXIT);
+                        if canary_damage(p, size, bsize).is_some()
+                            && ((p + bsize - TRAILER) as *const u64).read_volatile() == trailer
+                        {
+                            check_live(p, bsize, report::AT_EXIT);
+                        }
                     } else {
                         check_fill(p, bsize, report::AT_EXIT);
                     }

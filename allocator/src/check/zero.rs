@@ -12,11 +12,10 @@
 //! touched as slots are used (one page per 512 Ki allocations).
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use super::report::{self, ErrorKind, Report};
 use crate::os;
-use crate::util::FutexLock;
 
 /// Address space of the region: 64 Mi zero-size blocks.
 const REGION_BYTES: usize = 1 << 30;
@@ -28,39 +27,51 @@ const SLOTS: usize = REGION_BYTES / SLOT;
 static BASE: AtomicUsize = AtomicUsize::new(0);
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 static LIVE: AtomicUsize = AtomicUsize::new(0);
-/// Serialises the region's set-up (made once, by the first `malloc(0)`).
-static SETUP: FutexLock<bool> = FutexLock::new(false);
+/// The region's set-up: 0 not tried, 1 being made, 2 made, 3 refused. Made once, by the
+/// first `malloc(0)`; a thread that finds it being made does not wait (no lock, so nothing
+/// to leave held across `fork`): its `malloc(0)` is a 16-byte block.
+static SETUP: AtomicU8 = AtomicU8::new(0);
 
-/// The region and its bitmap, made on first use; `None` when the address space is refused.
+/// The region and its bitmap, made on first use; `None` when the address space is refused
+/// (or another thread is making it right now).
 fn region() -> Option<(usize, *const AtomicU64)> {
     let base = BASE.load(Ordering::Acquire);
     if base != 0 {
         return Some((base, LIVE.load(Ordering::Relaxed) as *const AtomicU64));
     }
-    let mut tried = SETUP.lock();
-    if !*tried {
-        *tried = true;
-        let bitmap = os::map(SLOTS / 8)?;
-        let Some(r) = os::reserve(REGION_BYTES) else {
+    if SETUP
+        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return None;
+    }
+    let made = os::map(SLOTS / 8).and_then(|bitmap| match os::reserve(REGION_BYTES) {
+        Some(r) => Some((r.as_ptr() as usize, bitmap.as_ptr() as usize)),
+        None => {
             // SAFETY: the bitmap was just mapped, and nobody else knows it.
             unsafe { os::unmap(bitmap.as_ptr(), SLOTS / 8) };
-            return None;
-        };
-        LIVE.store(bitmap.as_ptr() as usize, Ordering::Relaxed);
-        BASE.store(r.as_ptr() as usize, Ordering::Release);
-    }
-    drop(tried);
-    let base = BASE.load(Ordering::Acquire);
-    (base != 0).then(|| (base, LIVE.load(Ordering::Relaxed) as *const AtomicU64))
+            None
+        }
+    });
+    let Some((base, bitmap)) = made else {
+        SETUP.store(3, Ordering::Relaxed);
+        return None;
+    };
+    LIVE.store(bitmap, Ordering::Relaxed);
+    BASE.store(base, Ordering::Release);
+    SETUP.store(2, Ordering::Relaxed);
+    Some((base, bitmap as *const AtomicU64))
 }
 
 /// A fresh zero-size block, or `None` when the region cannot be made or is used up (the
 /// caller then serves the request as a 16-byte block).
 pub fn alloc() -> Option<NonNull<u8>> {
     let (base, live) = region()?;
+    if NEXT.load(Ordering::Relaxed) >= SLOTS {
+        return None;
+    }
     let i = NEXT.fetch_add(1, Ordering::Relaxed);
     if i >= SLOTS {
-        NEXT.store(SLOTS, Ordering::Relaxed);
         if i == SLOTS {
             os::write_stderr(
                 b"rampart: warning: 64 Mi zero-size blocks made; malloc(0) now returns 16-byte blocks\n",

@@ -44,8 +44,7 @@ use crate::large;
 use crate::os;
 use crate::pages::{Owner, Span, SpanList, State, MAP, PAGES};
 use crate::size_class::{
-    class_of_aligned, class_of_table, span_order, MIN_ALIGN, NUM_CLASSES, SMALL_CLASSES_MAX,
-    SMALL_TABLE_MAX,
+    class_of, class_of_aligned, span_order, MIN_ALIGN, NUM_CLASSES, SMALL_CLASSES_MAX, SMALL_MAX,
 };
 use crate::slab::{self, CURRENT_REF, FULL_MARK};
 use crate::util::{fatal, invariant, FutexLock};
@@ -146,6 +145,8 @@ pub struct Heap {
     profile_left: isize,
     /// The hardened mode's freed small blocks, held back before reuse.
     quarantine: Quarantine,
+    /// Whether the heap is parked (its thread exited, no thread has adopted it since).
+    parked: AtomicBool,
 }
 
 impl Heap {
@@ -167,6 +168,7 @@ impl Heap {
             guard_left: isize::MAX,
             profile_left: isize::MAX,
             quarantine: Quarantine::new(),
+            parked: AtomicBool::new(false),
         }
     }
 }
@@ -547,14 +549,12 @@ pub unsafe fn free_sized(p: *mut u8, size: usize, align: usize, call: &'static s
 }
 
 /// Whether a claimed size fits a block of the slab `span` on the fast path: no claim, or a
-/// claim at the default alignment whose class (from the table) is the span's. Anything
-/// else is left to [`claim_matches`] on the slow path.
+/// claim at the default alignment whose class is the span's. Anything else is left to
+/// [`claim_matches`] on the slow path.
 #[inline(always)]
 fn claim_fits_fast(claimed: usize, align: usize, span: &Span) -> bool {
     claimed == 0
-        || (align <= MIN_ALIGN
-            && claimed <= SMALL_TABLE_MAX
-            && class_of_table(claimed) == span.class as usize)
+        || (align <= MIN_ALIGN && claimed <= SMALL_MAX && class_of(claimed) == span.class as usize)
 }
 
 /// Whether a block of size class `class` is what an allocation of `claimed` bytes aligned to
@@ -682,13 +682,15 @@ unsafe fn free_slow(p: *mut u8, claimed: usize, align: usize, call: &'static str
                     // SAFETY: the calling thread's own heap.
                     let out = unsafe { (*me).quarantine.push(p as usize) };
                     if out != 0 {
-                        // SAFETY: a block the quarantine held: retired, given up.
-                        unsafe { release_retired(out as *mut u8, true) };
+                        // SAFETY: a block the quarantine held: retired, given up; `me` is
+                        // the calling thread's heap.
+                        unsafe { release_retired(me, out as *mut u8, true) };
                     }
                     return;
                 }
-                // SAFETY: the block was just retired (checked, filled).
-                return unsafe { release_retired(p, false) };
+                // SAFETY: the block was just retired (checked, filled); `me` is the calling
+                // thread's heap (or a sentinel).
+                return unsafe { release_retired(me, p, false) };
             } else {
                 if !claim_matches(claimed, align, span.class as usize) {
                     size_mismatch(p, call);
@@ -761,8 +763,9 @@ unsafe fn free_slow(p: *mut u8, claimed: usize, align: usize, call: &'static str
 ///
 /// # Safety
 /// `p` is a retired block of a live slab with redzones, given up by the caller (a block in
-/// use keeps its span from being emptied, so the span is live).
-unsafe fn release_retired(p: *mut u8, check: bool) {
+/// use keeps its span from being emptied, so the span is live); `me` is the calling
+/// thread's heap (or a sentinel), passed in so that a caller holding it keeps one path to it.
+unsafe fn release_retired(me: *mut Heap, p: *mut u8, check: bool) {
     let Some(s) = MAP.span_of(p as usize) else {
         fatal(
             "internal-error",
@@ -777,13 +780,32 @@ unsafe fn release_retired(p: *mut u8, check: bool) {
         unsafe { crate::check::redzone::check_retired(p as usize, span.block_size as usize) };
     }
     let owner = owner_heap(span.owner.load(Ordering::Relaxed));
-    if owner == current_heap() {
+    if owner == me {
         // SAFETY: our own span's block, retired (so not free already).
         return unsafe { free_local(owner, s.as_ptr(), p, &PageLayer) };
     }
     count_remote_free(span.class as usize);
     // SAFETY: a slab's owner heap lives for ever (heaps are recycled, never unmapped).
     unsafe { remote_push(owner, p) };
+}
+
+/// Whether the spans of owner word `word` are out of reach of every running thread but the
+/// caller's: the calling thread's own heap, or a heap parked when its thread exited (for
+/// the exit-time checks, which must not read blocks another thread may hand out meanwhile).
+pub fn owner_is_quiet(word: usize) -> bool {
+    let heap = owner_heap(word);
+    // SAFETY: a non-null owner names a heap, and heaps are never unmapped.
+    heap == current_heap() || (!heap.is_null() && unsafe { (*heap).parked.load(Ordering::Acquire) })
+}
+
+/// Whether the calling thread's heap marks its spans for redzones (made while
+/// `RAMPART_REDZONE` or `RAMPART_HARDEN` was on): only such a heap may hand out redzoned
+/// blocks, whose frees its spans' marks route to the checks.
+pub fn current_heap_has_redzones() -> bool {
+    let heap = current_heap();
+    // SAFETY: the calling thread's heap or a sentinel (whose `redzone` is 0); heaps are
+    // never unmapped.
+    heap != EXITING_HEAP_PTR && unsafe { (*heap).redzone } != 0
 }
 
 /// The hardened mode's check of a free list's head after a pop: the next block (the head
@@ -946,6 +968,14 @@ unsafe fn collect_remote(h: &mut Heap, src: &impl SpanSource) {
             };
             let s = s.as_ptr();
             let span = &mut *s;
+            if !slab::is_block_start(span, b) {
+                // A remote link a write after free overwrote: not followed further.
+                fatal(
+                    "heap-corruption",
+                    "a remote free list's link is not a block",
+                    b,
+                );
+            }
             let owner = owner_heap(span.owner.load(Ordering::Relaxed));
             if !ptr::eq(owner, h) {
                 // Pushed here by a thread that read the span's owner just before another

@@ -94,12 +94,16 @@ fn acquire_heap(r: &mut Registry) -> *mut Heap {
         r.abandoned = unsafe { (*h).next_abandoned };
         ABANDONED.fetch_sub(1, Ordering::Relaxed);
         r.adopted += 1;
+        // SAFETY: as above; ours now.
+        unsafe { (*h).parked.store(false, Ordering::Release) };
         h
     } else if !r.spare.is_null() {
         let h = r.spare;
         // SAFETY: spare heaps are valid and owned by the registry.
         r.spare = unsafe { (*h).next_abandoned };
         r.adopted += 1;
+        // SAFETY: as above; ours now.
+        unsafe { (*h).parked.store(false, Ordering::Release) };
         h
     } else {
         if r.next + size_of::<Heap>() > r.end {
@@ -170,7 +174,10 @@ unsafe fn park(heap: *mut Heap) {
     unsafe { abandon(&mut *heap, &PageLayer) };
     let mut r = REGISTRY.lock();
     // SAFETY: still ours until it is on the abandoned list, which the lock held here guards.
-    unsafe { (*heap).next_abandoned = r.abandoned };
+    unsafe {
+        (*heap).next_abandoned = r.abandoned;
+        (*heap).parked.store(true, Ordering::Release);
+    }
     r.abandoned = heap;
     ABANDONED.fetch_add(1, Ordering::Relaxed);
 }
@@ -304,8 +311,11 @@ pub(super) unsafe fn take_over_abandoned(h: &mut Heap) -> bool {
             );
             move_spans(&mut o.full[class], &mut h.full[class], me, o.key, h.key);
         }
-        // The blocks its quarantine held go to their spans (now mostly `h`'s).
-        o.quarantine.drain(|b| release_retired(b as *mut u8, true));
+        // The blocks its quarantine held go to their spans (now mostly `h`'s), through `h`
+        // as a raw pointer (the path `free_local` takes to it).
+        let heap_ptr: *mut Heap = h;
+        o.quarantine
+            .drain(|b| release_retired(heap_ptr, b as *mut u8, true));
         let mut r = REGISTRY.lock();
         o.next_abandoned = r.spare;
         r.spare = old;

@@ -18,7 +18,7 @@ pub fn at_exit() {
     }
     crate::check::guard::init_options();
     if crate::config::redzone() != 0 {
-        crate::check::redzone::check_all();
+        crate::check::redzone::check_all(crate::heap::owner_is_quiet);
     }
     if crate::check::guard::active() {
         crate::check::guard::check_all();

@@ -26,6 +26,8 @@ pub struct RunView {
     /// Slab: blocks carved so far (from the run's start; the rest were never handed out and
     /// hold whatever bytes the pages held before), read without the owner's cooperation.
     pub carved_blocks: usize,
+    /// Slab: the owner word (the heap layer's; 0 for none).
+    pub owner: usize,
     /// Pages of the run that may hold data (committed); for a slab or large run, all of them.
     pub dirty_pages: usize,
 }
@@ -99,6 +101,11 @@ impl<S: PageSource> Pages<S> {
                 },
                 class: if slab { s.class } else { 0 },
                 block_size: if slab { s.block_size as usize } else { 0 },
+                owner: if slab {
+                    s.owner.load(core::sync::atomic::Ordering::Relaxed)
+                } else {
+                    0
+                },
                 carved_blocks: if slab {
                     s.bump.load(core::sync::atomic::Ordering::Relaxed) as usize
                 } else {

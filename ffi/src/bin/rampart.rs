@@ -2,7 +2,7 @@
 //! profiles rampart writes.
 //!
 //! ```text
-//! rampart [--stats] [--verbose] [--heapmap PATH] [--guard all|sample] [--sample N]
+//! rampart [--stats] [--verbose] [--heapmap PATH] [--harden] [--guard all|sample] [--sample N]
 //!         [--redzone N] [--quarantine BYTES] [--lib PATH]
 //!         [--profile heap|leaks [--profile-out DIR] [--profile-rate N]] [--] PROGRAM [ARGS...]
 //! rampart profile FILE [--what live|peak|total] [--top [N]] [--folded OUT] [--svg OUT]
@@ -44,8 +44,8 @@ use std::process::{exit, Command};
 
 /// The launcher's help (`--help`, and after a command-line error).
 const USAGE: &str =
-    "usage: rampart [--stats] [--verbose] [--heapmap PATH] [--guard all|sample] [--sample N]
-               [--redzone N] [--quarantine BYTES] [--lib PATH]
+    "usage: rampart [--stats] [--verbose] [--heapmap PATH] [--harden] [--guard all|sample]
+               [--sample N] [--redzone N] [--quarantine BYTES] [--lib PATH]
                [--profile heap|leaks [--profile-out DIR] [--profile-rate N]]
                [--] PROGRAM [ARGS...]
        rampart profile FILE [--what live|peak|total] [--top [N]] [--folded OUT]
@@ -60,6 +60,9 @@ is run with `rampart -- profile`.)
                write an SVG picture of the heap to PATH when the program exits
                (RAMPART_HEAPMAP=PATH; %p in PATH becomes the process id, so that child
                processes, which inherit it, write maps of their own)
+  --harden     the hardened production mode (RAMPART_HARDEN=1): canaries after small
+               blocks, freed ones filled, checked and quarantined, large blocks guarded,
+               exact sized-free checks (see the README's \"Finding memory errors\")
   --guard all  place every allocation against a PROT_NONE page and quarantine freed blocks
                as PROT_NONE: overflows and uses after free fault on the offending
                instruction, with a report (debugging; RAMPART_GUARD=all)
@@ -160,6 +163,7 @@ fn main() {
             }
             Some("--stats") => env.push(("RAMPART_STATS", "1")),
             Some("--verbose") => env.push(("RAMPART_VERBOSE", "1")),
+            Some("--harden") => env.push(("RAMPART_HARDEN", "1")),
             Some("--lib") => {
                 args.next();
                 match args.peek() {
