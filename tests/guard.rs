@@ -929,11 +929,14 @@ fn correct_programs_run_clean_in_every_mode() {
         assert json.loads(json.dumps(d)) == d\n\
         ts = [threading.Thread(target=work, args=(20000,)) for _ in range(4)]\n\
         [t.start() for t in ts]; [t.join() for t in ts]\nprint('python ok')";
-    let modes: [(&str, &[(&str, &str)]); 4] = [
+    let modes: [(&str, &[(&str, &str)]); 5] = [
         (
             "sample",
             &[("RAMPART_GUARD", "sample"), ("RAMPART_GUARD_SAMPLE", "10")],
         ),
+        // The hardened mode as it comes (its own sampling on): guarded blocks are its large
+        // ones and one small block in 1000.
+        ("harden", &[("RAMPART_HARDEN", "1")]),
         ("all", &[("RAMPART_GUARD", "all")]),
         ("redzone", &[("RAMPART_REDZONE", "16")]),
         (

@@ -3,7 +3,7 @@
 //! average, at random intervals (so a program cannot fall into step with them), counted
 //! down on the thread's fast path.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::active;
 use crate::config::{self, GuardMode};
@@ -31,26 +31,42 @@ pub fn next_interval() -> usize {
     if !active() {
         return usize::MAX;
     }
-    let n = config::guard_sample().max(1);
-    if n == 1 {
-        return 1;
-    }
-    // Uniform in [1, 2n - 1], mean n.
-    let z = crate::util::splitmix64(&SEED);
-    (1 + z % (2 * n - 1)) as usize
+    random_interval()
+}
+
+std::thread_local! {
+    /// With every allocation diverted (redzones, the hardened mode) and `sample`: what is
+    /// left of the calling thread's interval to its next guarded allocation, 0 before its
+    /// first draw. Per thread, so that threads do not share a counter's cache line on every
+    /// allocation; a const initialiser and no `Drop` (docs/architecture.md).
+    static LEFT: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
 }
 
 /// Whether an allocation the heap's countdown picked should be guarded: always in `all`
 /// mode; in `sample` mode too, unless redzones divert every allocation, in which case one in
-/// `RAMPART_GUARD_SAMPLE` of them is (a shared countdown: that path is slow anyway).
+/// `RAMPART_GUARD_SAMPLE` of them is, at random intervals counted per thread.
 pub fn sample_now() -> bool {
     if config::guard_mode() == GuardMode::All || !divert_all() {
         return true;
     }
-    static LEFT: AtomicUsize = AtomicUsize::new(1);
-    if LEFT.fetch_sub(1, Ordering::Relaxed) <= 1 {
-        LEFT.store(config::guard_sample() as usize, Ordering::Relaxed);
+    let left = match LEFT.get() {
+        0 => random_interval(),
+        n => n,
+    };
+    if left <= 1 {
+        LEFT.set(random_interval());
         return true;
     }
+    LEFT.set(left - 1);
     false
+}
+
+/// A random interval averaging `RAMPART_GUARD_SAMPLE`: uniform in `[1, 2n - 1]`.
+fn random_interval() -> usize {
+    let n = config::guard_sample().max(1);
+    if n == 1 {
+        return 1;
+    }
+    let z = crate::util::splitmix64(&SEED);
+    (1 + z % (2 * n - 1)) as usize
 }
