@@ -126,7 +126,7 @@ fn alloc_checked(
     }
     if crate::check::guard::active()
         && crate::config::guard_mode() != crate::config::GuardMode::Off
-        && crate::check::guard::sample_now()
+        && heap::guard_sample_now()
     {
         if let Some(p) = crate::check::guard::alloc(size, align, true) {
             return Some(p);

@@ -147,6 +147,9 @@ pub struct Heap {
     quarantine: Quarantine,
     /// Whether the heap is parked (its thread exited, no thread has adopted it since).
     parked: AtomicBool,
+    /// With every allocation diverted: allocations left to the next guarded one (see
+    /// `check::guard::sample_now`; 0 before the first draw).
+    guard_sample_left: usize,
 }
 
 impl Heap {
@@ -169,6 +172,7 @@ impl Heap {
             profile_left: isize::MAX,
             quarantine: Quarantine::new(),
             parked: AtomicBool::new(false),
+            guard_sample_left: 0,
         }
     }
 }
@@ -796,6 +800,17 @@ pub fn owner_is_quiet(word: usize) -> bool {
     let heap = owner_heap(word);
     // SAFETY: a non-null owner names a heap, and heaps are never unmapped.
     heap == current_heap() || (!heap.is_null() && unsafe { (*heap).parked.load(Ordering::Acquire) })
+}
+
+/// Whether this allocation is to be guarded, when the countdown diverts every allocation
+/// (see `check::guard::sample_now`), counted on the calling thread's heap.
+pub fn guard_sample_now() -> bool {
+    let heap = current_heap();
+    if heap == EMPTY_HEAP_PTR || heap == EXITING_HEAP_PTR {
+        return crate::check::guard::sample_now(None);
+    }
+    // SAFETY: the calling thread's own heap; only it touches this field.
+    crate::check::guard::sample_now(Some(unsafe { &mut (*heap).guard_sample_left }))
 }
 
 /// Whether the calling thread's heap marks its spans for redzones (made while

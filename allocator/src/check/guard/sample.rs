@@ -34,30 +34,27 @@ pub fn next_interval() -> usize {
     random_interval()
 }
 
-std::thread_local! {
-    /// With every allocation diverted (redzones, the hardened mode) and `sample`: what is
-    /// left of the calling thread's interval to its next guarded allocation, 0 before its
-    /// first draw. Per thread, so that threads do not share a counter's cache line on every
-    /// allocation; a const initialiser and no `Drop` (docs/architecture.md).
-    static LEFT: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
-}
-
 /// Whether an allocation the heap's countdown picked should be guarded: always in `all`
 /// mode; in `sample` mode too, unless redzones divert every allocation, in which case one in
-/// `RAMPART_GUARD_SAMPLE` of them is, at random intervals counted per thread.
-pub fn sample_now() -> bool {
+/// `RAMPART_GUARD_SAMPLE` of them is, at random intervals counted down in `left` (the
+/// calling thread's heap's, 0 before its first draw: per thread, so that threads do not
+/// share a counter's cache line on every allocation; `None` for a thread without a heap,
+/// whose allocations are all guarded).
+pub fn sample_now(left: Option<&mut usize>) -> bool {
     if config::guard_mode() == GuardMode::All || !divert_all() {
         return true;
     }
-    let left = match LEFT.get() {
-        0 => random_interval(),
-        n => n,
+    let Some(left) = left else {
+        return true;
     };
-    if left <= 1 {
-        LEFT.set(random_interval());
+    if *left == 0 {
+        *left = random_interval();
+    }
+    if *left <= 1 {
+        *left = random_interval();
         return true;
     }
-    LEFT.set(left - 1);
+    *left -= 1;
     false
 }
 
