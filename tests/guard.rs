@@ -109,6 +109,7 @@ const CASES: &[(&str, bool)] = &[
     ("delete-sized-mismatch", true),
     ("exit-while-freeing", false),
     ("zero-aligned", false),
+    ("zero-double-free", false),
     ("free-sized-smaller", true),
     ("delete-aligned-sized-mismatch", true),
 ];
@@ -396,6 +397,9 @@ fn expected(case: &str, size: usize, mode: Mode) -> Expect {
             }
         }
         "invalid-free-wild" => abort(&[INVALID_FREE], None, None),
+        // Every mode: the block most recently freed in its span, a freed mark, a released
+        // guarded slot, or a cleared bit of the hardened mode's zero-size region.
+        "zero-double-free" => abort(&[DOUBLE_FREE], None, None),
         "invalid-free-interior"
         | "invalid-free-unaligned"
         | "realloc-interior"

@@ -92,8 +92,9 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         return malloc(size);
     };
     if size == 0 {
-        // SAFETY: `old` is a live block of ours (realloc's contract), given up here.
-        unsafe { api::free(old) };
+        // SAFETY: `old` is a live block of ours (realloc's contract), given up here; reports
+        // name `realloc`.
+        unsafe { api::free_sized(old, 0, MIN_ALIGN, "realloc") };
         return ptr::null_mut();
     }
     // SAFETY: per the contract; the block has the default alignment.

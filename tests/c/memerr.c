@@ -337,6 +337,13 @@ int main(int argc, char **argv)
         nanosleep(&pause, NULL);
         exit(0);
     }
+    if (!strcmp(c, "zero-double-free")) {
+        void *p = do_malloc(0);
+        show(p, 0);
+        do_free(p);
+        do_free(p);
+        return undetected("a double free of a zero-size block");
+    }
     if (!strcmp(c, "zero-aligned")) {
         /* Zero-size blocks asked with an alignment, and freed the sized and aligned way. */
         void (*volatile fas)(void *, size_t, size_t) =

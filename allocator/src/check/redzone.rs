@@ -96,7 +96,7 @@ pub unsafe fn prepare(b: NonNull<u8>, class: usize, size: usize, zero: bool) {
     let bsize = class_size(class);
     // SAFETY: `b` is a whole block of `bsize` bytes just handed out to the caller
     // (prepare's contract), off a free list or freshly carved: readable, as check_fill asks.
-    unsafe { check_fill(p, bsize, "malloc") };
+    unsafe { check_fill(p, bsize, if zero { "calloc" } else { "malloc" }) };
     // The first word held the block's free-list link (encoded): cleared, so a program that
     // reads a fresh block learns nothing of the heap from it.
     // SAFETY: the block is the caller's, 16 bytes at least.
@@ -287,7 +287,7 @@ unsafe fn check_fill(p: usize, bsize: usize, call: &str) {
             .at(at)
             .in_block(at, p, Some(old))
             .text(match call {
-                "malloc" => " (found when the freed block was reused)",
+                "malloc" | "calloc" => " (found when the freed block was reused)",
                 report::AT_EXIT => " (found at exit)",
                 _ => " (found when the freed block left the quarantine)",
             })

@@ -603,20 +603,26 @@ unsafe fn free_fast(p: *mut u8, claimed: usize, align: usize, call: &'static str
         {
             // SAFETY: the owner test passed: the span is a slab of this thread's heap, and
             // the boundary test makes `p` one of its blocks.
-            return unsafe { free_local(heap, s, p, &PageLayer) };
+            return unsafe { free_local(heap, s, p, &PageLayer, call) };
         }
     }
     // SAFETY: free_slow's contract is free's, which the caller keeps.
     unsafe { free_slow(p, claimed, align, call) }
 }
 
-/// Pushes a block onto its span's local free list.
+/// Pushes a block onto its span's local free list; `call` names the free in reports.
 ///
 /// # Safety
 /// `heap` is the calling thread's heap, `s` one of its slabs (from `src`) and `p` a block of
 /// it that is not free.
 #[inline(always)]
-unsafe fn free_local(heap: *mut Heap, s: *mut Span, p: *mut u8, src: &impl SpanSource) {
+unsafe fn free_local(
+    heap: *mut Heap,
+    s: *mut Span,
+    p: *mut u8,
+    src: &impl SpanSource,
+    call: &'static str,
+) {
     // SAFETY: `s` is a slab of the calling thread's heap (the caller's contract), so its list
     // and counts are this thread's alone.
     let span = unsafe { &mut *s };
@@ -631,7 +637,7 @@ unsafe fn free_local(heap: *mut Heap, s: *mut Span, p: *mut u8, src: &impl SpanS
     unsafe { h.counters.free.get_unchecked(span.class as usize).bump() };
     if slab::needs_attention(span.used) {
         // SAFETY: `s` is a live slab of `h` (from `src`), and `h` is this thread's heap.
-        unsafe { span_attention(h, s, src) };
+        unsafe { span_attention(h, s, src, call) };
     }
 }
 
@@ -688,13 +694,13 @@ unsafe fn free_slow(p: *mut u8, claimed: usize, align: usize, call: &'static str
                     if out != 0 {
                         // SAFETY: a block the quarantine held: retired, given up; `me` is
                         // the calling thread's heap.
-                        unsafe { release_retired(me, out as *mut u8, true) };
+                        unsafe { release_retired(me, out as *mut u8, true, call) };
                     }
                     return;
                 }
                 // SAFETY: the block was just retired (checked, filled); `me` is the calling
                 // thread's heap (or a sentinel).
-                return unsafe { release_retired(me, p, false) };
+                return unsafe { release_retired(me, p, false, call) };
             } else {
                 if !claim_matches(claimed, align, span.class as usize) {
                     size_mismatch(p, call);
@@ -713,12 +719,12 @@ unsafe fn free_slow(p: *mut u8, claimed: usize, align: usize, call: &'static str
                     }
                     // SAFETY: a carved block of our own span (the lookup), not the head of
                     // its free list.
-                    return unsafe { free_local(owner, s.as_ptr(), p, &PageLayer) };
+                    return unsafe { free_local(owner, s.as_ptr(), p, &PageLayer, call) };
                 }
             }
             count_remote_free(span.class as usize);
             // SAFETY: a slab's owner heap lives for ever (heaps are recycled, never unmapped).
-            unsafe { remote_push(owner, p) };
+            unsafe { remote_push(owner, p, call) };
         }
         Block::Zero => crate::check::zero::free(p as usize, claimed, call),
         Block::Large(s) => {
@@ -769,7 +775,7 @@ unsafe fn free_slow(p: *mut u8, claimed: usize, align: usize, call: &'static str
 /// `p` is a retired block of a live slab with redzones, given up by the caller (a block in
 /// use keeps its span from being emptied, so the span is live); `me` is the calling
 /// thread's heap (or a sentinel), passed in so that a caller holding it keeps one path to it.
-unsafe fn release_retired(me: *mut Heap, p: *mut u8, check: bool) {
+unsafe fn release_retired(me: *mut Heap, p: *mut u8, check: bool, call: &'static str) {
     let Some(s) = MAP.span_of(p as usize) else {
         fatal(
             "internal-error",
@@ -786,11 +792,11 @@ unsafe fn release_retired(me: *mut Heap, p: *mut u8, check: bool) {
     let owner = owner_heap(span.owner.load(Ordering::Relaxed));
     if owner == me {
         // SAFETY: our own span's block, retired (so not free already).
-        return unsafe { free_local(owner, s.as_ptr(), p, &PageLayer) };
+        return unsafe { free_local(owner, s.as_ptr(), p, &PageLayer, call) };
     }
     count_remote_free(span.class as usize);
     // SAFETY: a slab's owner heap lives for ever (heaps are recycled, never unmapped).
-    unsafe { remote_push(owner, p) };
+    unsafe { remote_push(owner, p, call) };
 }
 
 /// Whether the spans of owner word `word` are out of reach of every running thread but the
@@ -873,10 +879,11 @@ fn count_remote_free(class: usize) {
 }
 
 /// Pushes a block onto another heap's remote list: one CAS (retried under contention).
+/// `call` names the free in a report (the same block pushed twice in a row).
 ///
 /// # Safety
 /// `owner` is a heap and `p` a block of one of its spans, no longer used by the caller.
-unsafe fn remote_push(owner: *mut Heap, p: *mut u8) {
+unsafe fn remote_push(owner: *mut Heap, p: *mut u8, call: &str) {
     // SAFETY: heaps are never unmapped.
     let remote = unsafe { &(*owner).remote };
     let mut head = remote.load(Ordering::Relaxed);
@@ -885,7 +892,7 @@ unsafe fn remote_push(owner: *mut Heap, p: *mut u8) {
             // The same block pushed twice in a row: it would link to itself.
             report::on_call(
                 ErrorKind::DoubleFree,
-                "free",
+                call,
                 "of a block that is already free",
                 p as usize,
             );
@@ -912,13 +919,13 @@ unsafe fn remote_key(owner: *const Heap, b: usize) -> usize {
 }
 
 /// A free made a span empty or un-full: move it between the heap's lists, or back to the
-/// page layer.
+/// page layer. `call` names the free in a report (a span freed more often than allocated).
 ///
 /// # Safety
 /// `s` is a live slab (from `src`) owned by `h`, the calling thread's heap.
 #[cold]
 #[inline(never)]
-unsafe fn span_attention(h: &mut Heap, s: *mut Span, src: &impl SpanSource) {
+unsafe fn span_attention(h: &mut Heap, s: *mut Span, src: &impl SpanSource, call: &str) {
     // SAFETY: `s` is a live slab of `h`, the calling thread's heap (the caller's contract).
     let span = unsafe { &mut *s };
     let class = span.class as usize;
@@ -939,7 +946,7 @@ unsafe fn span_attention(h: &mut Heap, s: *mut Span, src: &impl SpanSource) {
             // was freed twice.
             report::on_call(
                 ErrorKind::DoubleFree,
-                "free",
+                call,
                 "of a block of a span whose blocks were freed more often than allocated",
                 span.addr,
             );
@@ -973,6 +980,8 @@ unsafe fn retire(s: *mut Span, src: &impl SpanSource) {
 /// # Safety
 /// `h` is owned by the calling thread, and its spans came from `src`.
 unsafe fn collect_remote(h: &mut Heap, src: &impl SpanSource) {
+    // Reports of a double free found here name `free`: a remote free went wrong, found later.
+    let call = "free";
     let mut b = h.remote.swap(0, Ordering::Acquire);
     while b != 0 {
         // SAFETY: remote blocks are blocks of this heap's spans, linked through their first word.
@@ -995,14 +1004,14 @@ unsafe fn collect_remote(h: &mut Heap, src: &impl SpanSource) {
             if !ptr::eq(owner, h) {
                 // Pushed here by a thread that read the span's owner just before another
                 // heap took the span over: send it on.
-                remote_push(owner, b as *mut u8);
+                remote_push(owner, b as *mut u8, call);
                 b = next;
                 continue;
             }
             if span.free as usize == b {
                 report::on_call(
                     ErrorKind::DoubleFree,
-                    "free",
+                    call,
                     "of a block that is already free",
                     b,
                 );
@@ -1011,7 +1020,7 @@ unsafe fn collect_remote(h: &mut Heap, src: &impl SpanSource) {
             span.free = b as *mut u8;
             span.used -= 1;
             if slab::needs_attention(span.used) {
-                span_attention(h, s, src);
+                span_attention(h, s, src, call);
             }
             b = next;
         }

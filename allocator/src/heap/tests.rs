@@ -70,7 +70,7 @@ fn alloc_n(h: &mut Heap, class: usize, n: usize, src: &FakeSpans) -> Vec<*mut u8
 fn free_own(h: &mut Heap, p: *mut u8, src: &FakeSpans) {
     let s = src.span_of(p as usize).expect("a block of ours").as_ptr();
     // SAFETY: `p` is a live block of `s`, a slab of `h` from `src`.
-    unsafe { free_local(h, s, p, src) };
+    unsafe { free_local(h, s, p, src, "free") };
 }
 
 #[test]
@@ -115,7 +115,7 @@ fn remote_frees_are_collected_on_the_slow_path() {
     // Another thread's frees: pushes onto the owner's remote list.
     for &p in &blocks {
         // SAFETY: live blocks of `owner`'s spans, given up here.
-        unsafe { remote_push(&mut *owner, p) };
+        unsafe { remote_push(&mut *owner, p, "free") };
     }
     assert_ne!(owner.remote.load(Ordering::Relaxed), 0);
     // The owner's next slow-path allocation collects them, and reuses one.
