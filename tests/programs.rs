@@ -27,9 +27,10 @@
 //! it fails. Every child runs under a watchdog that kills it and fails the test if it hangs;
 //! nothing here measures or asserts a time.
 //!
-//! sqlite3, git, perl and gcc also run in rampart's hardened mode (`RAMPART_HARDEN=1`), with
-//! the same checks: a correct program must give the same results and no report (a false
-//! positive would abort it).
+//! sqlite3, git, perl and gcc also run in rampart's hardened mode (`RAMPART_HARDEN=1`), and
+//! sqlite3 and git in `RAMPART_GUARD=sample` with every eligible block guarded, with the same
+//! checks: a correct program must give the same results and no report (a false positive
+//! would abort it).
 
 #[global_allocator]
 static GLOBAL: rampart::Rampart = rampart::Rampart;
@@ -117,6 +118,9 @@ enum Malloc {
     /// rampart's hardened mode: the same, with `RAMPART_HARDEN=1` (correct programs must
     /// run clean and give the same results: no false positive).
     Hardened,
+    /// rampart's `sample` guard mode with every eligible block guarded
+    /// (`RAMPART_GUARD=sample RAMPART_GUARD_SAMPLE=1`): no false positive either.
+    Sampled,
 }
 
 impl Malloc {
@@ -125,6 +129,7 @@ impl Malloc {
             Malloc::Glibc => "glibc",
             Malloc::Rampart => "rampart",
             Malloc::Hardened => "rampart-hardened",
+            Malloc::Sampled => "rampart-sampled",
         }
     }
 }
@@ -138,6 +143,10 @@ fn command(program: &Path, malloc: Malloc, scratch: &Scratch) -> Command {
     }
     if malloc == Malloc::Hardened {
         cmd.env("RAMPART_HARDEN", "1");
+    }
+    if malloc == Malloc::Sampled {
+        cmd.env("RAMPART_GUARD", "sample")
+            .env("RAMPART_GUARD_SAMPLE", "1");
     }
     cmd
 }
@@ -370,6 +379,9 @@ struct Stats {
     kib: BTreeMap<String, u64>,
     heaps_created: u64,
     heaps_reused: u64,
+    /// `guarded blocks  allocated N`: blocks of the guard pool (where every block is
+    /// guarded, a program may never map a chunk).
+    guarded: u64,
 }
 
 impl Stats {
@@ -397,7 +409,14 @@ fn parse_stats(stderr: &str) -> Vec<Stats> {
         };
         while let Some(row) = lines.next_if(|l| l.starts_with("  ")) {
             let row = row.trim();
-            if let Some(rest) = row.strip_prefix("thread heaps") {
+            if let Some(rest) = row.strip_prefix("guarded blocks") {
+                block.guarded = rest
+                    .trim()
+                    .strip_prefix("allocated ")
+                    .and_then(|r| r.split(',').next())
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0);
+            } else if let Some(rest) = row.strip_prefix("thread heaps") {
                 // "N created, M reused after their thread exited"
                 let numbers: Vec<u64> = rest
                     .split(|c: char| !c.is_ascii_digit())
@@ -420,8 +439,9 @@ fn parse_stats(stderr: &str) -> Vec<Stats> {
     blocks
 }
 
-/// The statistics block of the run's own process, which must exist and show chunks mapped:
-/// the proof that rampart was this process's malloc.
+/// The statistics block of the run's own process, which must exist and show chunks mapped
+/// (or, where every block is guarded, guarded blocks): the proof that rampart was this
+/// process's malloc.
 fn served(run: &Finished) -> Stats {
     let blocks = parse_stats(&run.stderr);
     let Some(block) = blocks.into_iter().find(|b| b.pid == run.pid) else {
@@ -437,8 +457,9 @@ fn served(run: &Finished) -> Stats {
         );
     };
     assert!(
-        block.kib("chunks mapped") > 0,
-        "{}: rampart's statistics show no chunks mapped, so it served no allocation: \
+        block.kib("chunks mapped") > 0 || block.guarded > 0,
+        "{}: rampart's statistics show no chunks mapped and no guarded block, so it served \
+         no allocation: \
          {block:?}\n{}",
         run.label,
         run.output_tails()
@@ -913,7 +934,12 @@ fn sqlite3_100k_rows() {
     fs::write(&script, sql).expect("write orders.sql");
 
     let mut outputs = Vec::new();
-    for malloc in [Malloc::Glibc, Malloc::Rampart, Malloc::Hardened] {
+    for malloc in [
+        Malloc::Glibc,
+        Malloc::Rampart,
+        Malloc::Hardened,
+        Malloc::Sampled,
+    ] {
         let db = scratch.join(&format!("orders-{}.db", malloc.name()));
         let mut cmd = command(&sqlite3, malloc, &scratch);
         cmd.args(["-batch", "-bail"]).arg(&db);
@@ -937,6 +963,11 @@ fn sqlite3_100k_rows() {
     );
     assert_same_text("sqlite3 queries", &outputs[0], rampart);
     assert_same_text("sqlite3 queries (hardened)", &outputs[0], &outputs[2]);
+    assert_same_text(
+        "sqlite3 queries (sample, every block)",
+        &outputs[0],
+        &outputs[3],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1112,6 +1143,8 @@ fn git_repository() {
     assert_same_text("git session", &glibc, &rampart);
     let hardened = git_session(&git, Malloc::Hardened, &scratch);
     assert_same_text("git session (hardened)", &glibc, &hardened);
+    let sampled = git_session(&git, Malloc::Sampled, &scratch);
+    assert_same_text("git session (sample, every block)", &glibc, &sampled);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1201,7 +1234,9 @@ fn perl_large_text() {
             // On rampart through the launcher (`rampart --stats -- perl ...`), which execs perl
             // with the preload: the pid stays the same.
             let mut cmd = match malloc {
-                Malloc::Glibc | Malloc::Hardened => command(&perl, malloc, &scratch),
+                Malloc::Glibc | Malloc::Hardened | Malloc::Sampled => {
+                    command(&perl, malloc, &scratch)
+                }
                 Malloc::Rampart => {
                     let mut cmd = Command::new(&launcher);
                     base_env(&mut cmd, &scratch);
