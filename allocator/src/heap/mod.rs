@@ -352,6 +352,11 @@ pub fn sample_tick(w: usize) -> u8 {
         h.sample_left -= w;
         return 0;
     }
+    if h.sample_set == 1 && h.guard_left == 1 && h.profile_left == isize::MAX {
+        // Every allocation diverted (redzones, the hardened mode, `all`) and nothing
+        // profiled: each is due, and the countdown stays as it is.
+        return SAMPLE_GUARD;
+    }
     // What ran since the countdown was set, this allocation included.
     let ran = (h.sample_set as usize)
         .wrapping_sub(h.sample_left)
