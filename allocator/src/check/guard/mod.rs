@@ -56,8 +56,11 @@ const ALL_QUARANTINE: usize = 256 << 20;
 /// Default quarantine in `sample` mode: 256 one-page slots, so the pool's records and page
 /// tables stay small (each slot ever made costs a record of about 300 bytes).
 const SAMPLE_QUARANTINE: usize = 1 << 20;
-/// Default quarantine in the hardened mode (which guards every block above 32 KiB).
+/// Default quarantine in the hardened mode (which guards every block above 32 KiB), and
+/// the most slots it holds (without `RAMPART_QUARANTINE`): sampled small blocks are a page
+/// each, and every slot made keeps a record.
 const HARDEN_QUARANTINE: usize = 64 << 20;
+const HARDEN_QUARANTINE_SLOTS: usize = 1024;
 /// Alignments above this are never guarded (the slot would waste too much).
 const MAX_GUARDED_ALIGN: usize = 1 << 20;
 /// Return addresses kept per stack.
@@ -186,6 +189,11 @@ struct Pool {
     q_tail: u32,
     q_bytes: usize,
     q_limit: usize,
+    /// Slots in the quarantine, and the most it holds (the hardened mode's bound: each slot
+    /// ever made keeps a record of about 300 bytes, and sampled small blocks are one page
+    /// each).
+    q_count: usize,
+    q_max: usize,
     /// The most mappings the pool may have made, and where it stops making more.
     vmas: usize,
     vma_limit: usize,
@@ -210,6 +218,8 @@ static POOL: FutexLock<Pool> = FutexLock::new(Pool {
     q_tail: 0,
     q_bytes: 0,
     q_limit: 0,
+    q_count: 0,
+    q_max: usize::MAX,
     vmas: 0,
     vma_limit: 0,
     warned: false,
@@ -250,10 +260,13 @@ pub fn init_options() {
         _ if config::harden() => (ALL_POOL_BYTES, HARDEN_QUARANTINE),
         _ => (SAMPLE_POOL_BYTES, SAMPLE_QUARANTINE),
     };
-    if !POOL
-        .lock()
-        .setup(want, config::quarantine().unwrap_or(quarantine))
-    {
+    let mut pool = POOL.lock();
+    if mode != GuardMode::All && config::harden() && config::quarantine().is_none() {
+        pool.q_max = HARDEN_QUARANTINE_SLOTS;
+    }
+    let ok = pool.setup(want, config::quarantine().unwrap_or(quarantine));
+    drop(pool);
+    if !ok {
         warn("could not reserve address space for guarded blocks; guard mode off");
         return;
     }
@@ -696,6 +709,7 @@ impl Pool {
         let slot = unsafe { &mut *self.slots.add(idx) };
         slot.next = 0;
         self.q_bytes += slot.pages * PAGE_SIZE;
+        self.q_count += 1;
         if self.q_tail == 0 {
             self.q_head = idx as u32 + 1;
         } else {
@@ -703,7 +717,7 @@ impl Pool {
             unsafe { (*self.slots.add(self.q_tail as usize - 1)).next = idx as u32 + 1 };
         }
         self.q_tail = idx as u32 + 1;
-        while self.q_bytes > self.q_limit && self.release_oldest() {}
+        while (self.q_bytes > self.q_limit || self.q_count > self.q_max) && self.release_oldest() {}
     }
 
     /// Moves the oldest quarantined slot to its class's free list; `false` if none.
@@ -719,6 +733,7 @@ impl Pool {
             self.q_tail = 0;
         }
         self.q_bytes -= slot.pages * PAGE_SIZE;
+        self.q_count -= 1;
         self.push_free(idx);
         true
     }
