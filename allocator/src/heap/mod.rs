@@ -572,9 +572,10 @@ pub fn claim_matches(claimed: usize, align: usize, class: usize) -> bool {
     claimed == 0 || class_of_aligned(claimed, align.max(MIN_ALIGN)) == Some(class)
 }
 
-/// Whether a page run of `npages` pages is what a request of `claimed` bytes gets (0 claims
-/// nothing); the redzone mode serves requests too large for a redzoned class, at least
-/// [`SMALL_CLASSES_MAX`] + 1 bytes, as runs of that many bytes' pages.
+/// Whether a page run (or huge block) of `npages` pages is what a request of `claimed`
+/// bytes gets (0 claims nothing); the redzone mode serves requests too large for a
+/// redzoned class, at least [`SMALL_CLASSES_MAX`] + 1 bytes, as runs of that many bytes'
+/// pages.
 pub fn claim_matches_run(claimed: usize, npages: usize) -> bool {
     let pages = |n: usize| n.max(1).div_ceil(os::PAGE_SIZE);
     claimed == 0
@@ -677,9 +678,8 @@ unsafe fn free_slow(p: *mut u8, claimed: usize, align: usize, call: &'static str
         Block::Small(s) => {
             // SAFETY: the lookup found `p` to be a carved block of the live slab `s`.
             let span = unsafe { s.as_ref() };
-            let word = span.owner.load(Ordering::Relaxed);
-            let owner = owner_heap(word);
-            if word & 1 != 0 {
+            let me = current_heap();
+            if has_redzones(span) {
                 // Redzones: check the block (canary, double free, claimed size) and fill it.
                 // SAFETY: a carved block of a marked span, being freed by the caller.
                 unsafe {
@@ -691,7 +691,6 @@ unsafe fn free_slow(p: *mut u8, claimed: usize, align: usize, call: &'static str
                         p as usize != span.addr,
                     )
                 };
-                let me = current_heap();
                 if crate::config::harden() && me != EMPTY_HEAP_PTR && me != EXITING_HEAP_PTR {
                     // The hardened mode holds it back; another block leaves for reuse.
                     // SAFETY: the calling thread's own heap.
@@ -699,37 +698,30 @@ unsafe fn free_slow(p: *mut u8, claimed: usize, align: usize, call: &'static str
                     if out != 0 {
                         // SAFETY: a block the quarantine held: retired, given up; `me` is
                         // the calling thread's heap.
-                        unsafe { release_retired(me, out as *mut u8, true, call) };
+                        unsafe { release_quarantined(me, out as *mut u8, call) };
                     }
                     return;
                 }
-                // SAFETY: the block was just retired (checked, filled); `me` is the calling
-                // thread's heap (or a sentinel).
-                return unsafe { release_retired(me, p, false, call) };
             } else {
                 if !claim_matches(claimed, align, span.class as usize) {
                     size_mismatch(p, call);
                 }
-                if owner == current_heap() {
-                    // A block of our own span that the fast path refused: it is the block
-                    // most recently freed to the span, or its claim was one the fast path
-                    // leaves to the check above (aligned, or above the size table).
-                    if span.free == p {
-                        report::on_call(
-                            ErrorKind::DoubleFree,
-                            call,
-                            "of a block that is already free",
-                            p as usize,
-                        );
-                    }
-                    // SAFETY: a carved block of our own span (the lookup), not the head of
-                    // its free list.
-                    return unsafe { free_local(owner, s.as_ptr(), p, &PageLayer, call) };
+                // A block of our own span that the fast path refused is the block most
+                // recently freed to the span, or its claim was one the fast path leaves to
+                // the check above (aligned, or above 1 MiB).
+                if owner_heap(span.owner.load(Ordering::Relaxed)) == me && span.free == p {
+                    report::on_call(
+                        ErrorKind::DoubleFree,
+                        call,
+                        "of a block that is already free",
+                        p as usize,
+                    );
                 }
             }
-            count_remote_free(span.class as usize);
-            // SAFETY: a slab's owner heap lives for ever (heaps are recycled, never unmapped).
-            unsafe { remote_push(owner, p, call) };
+            // SAFETY: a carved block of the live slab `s` (the lookup), given up by the
+            // caller: retired if it has a redzone, else not the head of its span's list;
+            // `me` is the calling thread's heap (or a sentinel).
+            unsafe { release_to_span(me, s, p, call) };
         }
         Block::Zero => crate::check::zero::free(p as usize, claimed, call),
         Block::Large(s) => {
@@ -756,7 +748,7 @@ unsafe fn free_slow(p: *mut u8, claimed: usize, align: usize, call: &'static str
         Block::Huge(h) => {
             // SAFETY: the lookup found `p` to be the start of the live huge block `h`.
             let (size, sample) = unsafe { (h.as_ref().size, h.as_ref().sample) };
-            if claimed != 0 && claimed.div_ceil(os::PAGE_SIZE) != size.div_ceil(os::PAGE_SIZE) {
+            if !claim_matches_run(claimed, size.div_ceil(os::PAGE_SIZE)) {
                 size_mismatch(p, call);
             }
             if sample != 0 {
@@ -771,16 +763,15 @@ unsafe fn free_slow(p: *mut u8, claimed: usize, align: usize, call: &'static str
     }
 }
 
-/// Frees a retired block of a span with redzones (checked and filled by
-/// `redzone::retire`, maybe held in a quarantine since) to its span: the span's list if the
-/// calling thread owns it, else the owner's remote list. With `check` (a block leaving the
-/// quarantine), its fill is checked first: a write after free is reported before reuse.
+/// Frees a block leaving the hardened mode's quarantine (checked and filled by
+/// `redzone::retire` when it was freed) to its span ([`release_to_span`]), after checking
+/// its fill: a write after free is reported before the block can be reused.
 ///
 /// # Safety
 /// `p` is a retired block of a live slab with redzones, given up by the caller (a block in
 /// use keeps its span from being emptied, so the span is live); `me` is the calling
 /// thread's heap (or a sentinel), passed in so that a caller holding it keeps one path to it.
-unsafe fn release_retired(me: *mut Heap, p: *mut u8, check: bool, call: &'static str) {
+unsafe fn release_quarantined(me: *mut Heap, p: *mut u8, call: &'static str) {
     let Some(s) = MAP.span_of(p as usize) else {
         fatal(
             "internal-error",
@@ -788,15 +779,25 @@ unsafe fn release_retired(me: *mut Heap, p: *mut u8, check: bool, call: &'static
             p as usize,
         );
     };
-    // SAFETY: the page map names live chunks; `p`'s span is a live slab (the contract).
+    // SAFETY: the page map names live chunks; `p`'s span is a live slab (the contract), and
+    // `p` a retired block of it, of its block size, not reused yet.
+    unsafe { crate::check::redzone::check_retired(p as usize, s.as_ref().block_size as usize) };
+    // SAFETY: a retired block (so not free in its list) of the live slab `s`, given up.
+    unsafe { release_to_span(me, s, p, call) };
+}
+
+/// Gives a block back to its span `s`: the span's list if `me` (the calling thread's heap)
+/// owns it, else the owner's remote list (one CAS).
+///
+/// # Safety
+/// `p` is a carved block of the live slab `s`, given up by the caller and not free in its
+/// span's list; `me` is the calling thread's heap or a sentinel.
+unsafe fn release_to_span(me: *mut Heap, s: NonNull<Span>, p: *mut u8, call: &'static str) {
+    // SAFETY: `s` is a live slab (the contract).
     let span = unsafe { s.as_ref() };
-    if check {
-        // SAFETY: a retired block of the span, of its block size, not reused yet.
-        unsafe { crate::check::redzone::check_retired(p as usize, span.block_size as usize) };
-    }
     let owner = owner_heap(span.owner.load(Ordering::Relaxed));
     if owner == me {
-        // SAFETY: our own span's block, retired (so not free already).
+        // SAFETY: a block of our own span, not free (the contract).
         return unsafe { free_local(owner, s.as_ptr(), p, &PageLayer, call) };
     }
     count_remote_free(span.class as usize);
@@ -903,7 +904,7 @@ unsafe fn remote_push(owner: *mut Heap, p: *mut u8, call: &str) {
             );
         }
         // SAFETY: the block is ours to write until published; heaps are never unmapped.
-        unsafe { *(p as *mut usize) = head ^ remote_key(owner, p as usize) };
+        unsafe { slab::write_link(p, head as *mut u8, remote_key(owner, p as usize)) };
         match remote.compare_exchange_weak(head, p as usize, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => return,
             Err(now) => head = now,
@@ -991,7 +992,7 @@ unsafe fn collect_remote(h: &mut Heap, src: &impl SpanSource) {
     while b != 0 {
         // SAFETY: remote blocks are blocks of this heap's spans, linked through their first word.
         unsafe {
-            let next = *(b as *const usize) ^ remote_key(h, b);
+            let next = slab::read_link(b as *mut u8, remote_key(h, b)) as usize;
             let Some(s) = src.span_of(b) else {
                 fatal("internal-error", "remote block outside any chunk", b);
             };

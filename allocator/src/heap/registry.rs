@@ -315,7 +315,7 @@ pub(super) unsafe fn take_over_abandoned(h: &mut Heap) -> bool {
         // as a raw pointer (the path `free_local` takes to it).
         let heap_ptr: *mut Heap = h;
         o.quarantine
-            .drain(|b| release_retired(heap_ptr, b as *mut u8, true, "free"));
+            .drain(|b| release_quarantined(heap_ptr, b as *mut u8, "free"));
         let mut r = REGISTRY.lock();
         o.next_abandoned = r.spare;
         r.spare = old;
