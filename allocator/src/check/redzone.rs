@@ -65,6 +65,13 @@ fn freed_word_size(w: usize, p: usize) -> Option<usize> {
     (w & ((1 << ADDR_BITS) - 1) == 0).then_some(w >> ADDR_BITS)
 }
 
+/// The size a live block at `p` of `bsize` bytes holds, if `trailer` (its last word) is
+/// the trailer of one: a size that leaves room for the canary, and its check.
+fn live_size(trailer: u64, p: usize, bsize: usize) -> Option<usize> {
+    let size = (trailer & 0xffff_ffff) as usize;
+    (size + 1 + TRAILER <= bsize && trailer >> 32 == check_of(p, size)).then_some(size)
+}
+
 /// The check half of a trailer.
 fn check_of(p: usize, size: usize) -> u64 {
     let mut z = (p ^ size.rotate_left(40)) as u64 ^ 0x2545_f491_4f6c_dd1d;
@@ -147,8 +154,7 @@ pub unsafe fn check_live(p: usize, bsize: usize, call: &str) -> usize {
     // SAFETY: `p` starts a carved block of `bsize` bytes (check_live's contract), at least
     // 16 (the smallest class): its last TRAILER bytes are inside it, readable.
     let trailer = unsafe { ((p + bsize - TRAILER) as *const u64).read_unaligned() };
-    let size = (trailer & 0xffff_ffff) as usize;
-    if size + 1 + TRAILER <= bsize && trailer >> 32 == check_of(p, size) {
+    if let Some(size) = live_size(trailer, p, bsize) {
         // SAFETY: the live block's canary lies inside it (`size + 1 + TRAILER <= bsize`,
         // tested just above), readable (check_live's contract).
         if let Some(i) = unsafe { canary_damage(p, size, bsize) } {
@@ -243,9 +249,8 @@ unsafe fn trailer_intact(p: usize, bsize: usize) -> bool {
     // One read, every test on it: the block's owner may be re-arming it meanwhile (a freed
     // mark becoming a live trailer), and two reads could see one state each.
     let trailer = unsafe { ((p + bsize - TRAILER) as *const u64).read_volatile() };
-    let size = (trailer & 0xffff_ffff) as usize;
     trailer == 0
-        || (size + 1 + TRAILER <= bsize && trailer >> 32 == check_of(p, size))
+        || live_size(trailer, p, bsize).is_some()
         || freed_word_size(trailer as usize, p).is_some()
 }
 
@@ -341,9 +346,7 @@ pub fn check_all(quiet: impl Fn(usize) -> bool) {
                     // against the trailer read here, and damage found is reported only if
                     // the trailer is still that value (else the block changed hands).
                     let trailer = ((p + bsize - TRAILER) as *const u64).read_volatile();
-                    let size = (trailer & 0xffff_ffff) as usize;
-                    let live = size + 1 + TRAILER <= bsize && trailer >> 32 == check_of(p, size);
-                    if live {
+                    if let Some(size) = live_size(trailer, p, bsize) {
                         if canary_damage(p, size, bsize).is_some()
                             && ((p + bsize - TRAILER) as *const u64).read_volatile() == trailer
                         {

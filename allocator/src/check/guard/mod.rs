@@ -123,14 +123,13 @@ impl Slot {
 }
 
 /// Checks the slack of a guarded block (live, or being freed): a write there is an underflow (before it) or an
-/// overflow (after it) that did not reach a guard page. Reports and aborts on damage; `when`
-/// says when it was found ("freed", "checked at exit").
+/// overflow (after it) that did not reach a guard page. Reports and aborts on damage.
+/// `call` is the call that frees the block (its stack is printed where the slot recorded
+/// none: the hardened mode's large blocks), or `report::AT_EXIT` for the exit check.
 ///
 /// # Safety
 /// `slot` is live or being freed (its data pages are read-write).
-/// `call` is the call that frees the block (its stack is printed where the slot recorded
-/// none: the hardened mode's large blocks), or `report::AT_EXIT`.
-unsafe fn check_slack(slot: &Slot, when: &str, call: &str) {
+unsafe fn check_slack(slot: &Slot, call: &str) {
     let (head, tail) = slot.slack();
     // SAFETY: `slot` is live or being freed (check_slack's contract), so its data pages are
     // read-write, and both slack ranges lie in them (up to the data end).
@@ -148,8 +147,10 @@ unsafe fn check_slack(slot: &Slot, when: &str, call: &str) {
             .map(|i| (ErrorKind::HeapBufferOverflow, tail.start + i))
     };
     if let Some((kind, at)) = damage {
+        let at_exit = call == report::AT_EXIT;
+        let when = if at_exit { "checked at exit" } else { "freed" };
         report_access(kind, Some(true), at, slot, None, Some(when));
-        if slot.free_frames_len == 0 && call != report::AT_EXIT {
+        if slot.free_frames_len == 0 && !at_exit {
             report::print_call_stack(call);
         }
         os::abort();
@@ -164,7 +165,7 @@ pub fn check_all() {
         let slot = unsafe { &*pool.slots.add(idx) };
         if slot.state == SlotState::Live {
             // SAFETY: a live slot, and we hold the lock.
-            unsafe { check_slack(slot, "checked at exit", report::AT_EXIT) };
+            unsafe { check_slack(slot, report::AT_EXIT) };
         }
     }
 }
@@ -526,7 +527,7 @@ pub unsafe fn free(p: usize, claimed: usize, call: &str) {
     slot.free_frames_len = nframes as u8;
     drop(pool);
     // SAFETY: the slot's data pages are still read-write, and ours.
-    unsafe { check_slack(slot, "freed", call) };
+    unsafe { check_slack(slot, call) };
     // SAFETY: the slot's data pages are ours and hold nothing needed any more.
     unsafe { protect_freed(slot.data, slot.pages * PAGE_SIZE) };
     POOL.lock().quarantine(idx);
