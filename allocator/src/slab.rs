@@ -119,26 +119,51 @@ pub unsafe fn carve(s: &mut Span, key: usize) -> bool {
     let n = (CARVE_BYTES / size).clamp(1, left);
     let marked = s.owner.load(core::sync::atomic::Ordering::Relaxed) & 1 != 0;
     let base = s.addr + start * size;
-    // Link blocks in address order (block i points to block i + 1, the last to null), or in
-    // the hardened mode in a random order, so that which block comes next is not known.
-    let shuffled = marked && crate::config::harden();
-    let mut order = [0u16; MAX_CARVE];
-    if shuffled {
+    // Blocks are linked in address order, or in the hardened mode in a random order, so
+    // that which block comes next is not known; only then is there an order to build.
+    s.free = if marked && crate::config::harden() {
+        let mut order = [0u16; MAX_CARVE];
         for (i, o) in order.iter_mut().enumerate().take(n) {
             *o = i as u16;
         }
-        let mut x = (key as u64 ^ base as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut rng = (key as u64 ^ base as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         for i in (1..n).rev() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            order.swap(i, (x % (i as u64 + 1)) as usize);
+            order.swap(
+                i,
+                (crate::util::xorshift64(&mut rng) % (i as u64 + 1)) as usize,
+            );
         }
-    }
-    let block = |i: usize| {
-        let slot = if shuffled { order[i] as usize } else { i };
-        (base + slot * size) as *mut u8
+        // SAFETY: blocks `0..n` from `base` are the span's never-used range, ours (carve's
+        // contract); `order` is a permutation of `0..n`.
+        unsafe { link_blocks(base, size, n, key, marked, |i| order[i] as usize) }
+    } else {
+        // SAFETY: as above; the identity is one to one.
+        unsafe { link_blocks(base, size, n, key, marked, |i| i) }
     };
+    s.bump.store((start + n) as u16, Ordering::Relaxed);
+    true
+}
+
+/// Links `n` blocks of `size` bytes from `base` into a free list, the `i`-th on it being
+/// block `slot(i)` (the last links to null), its links encoded with `key`; returns the
+/// list's head. With `marked` (a span with redzones), each block's last word is cleared so
+/// that stale bytes there (from an earlier slab on these pages) never look like the mark of
+/// a freed block to the redzone checks (see `redzone`); elsewhere it is left alone, so
+/// carving never touches more than the link's page.
+///
+/// # Safety
+/// Blocks `0..n` from `base` lie in a never-used range of a slab the caller owns, and
+/// `slot` maps `0..n` onto `0..n` one to one.
+#[inline(always)]
+unsafe fn link_blocks(
+    base: usize,
+    size: usize,
+    n: usize,
+    key: usize,
+    marked: bool,
+    slot: impl Fn(usize) -> usize,
+) -> *mut u8 {
+    let block = |i: usize| (base + slot(i) * size) as *mut u8;
     for i in 0..n {
         let b = block(i);
         let next = if i + 1 < n {
@@ -146,11 +171,7 @@ pub unsafe fn carve(s: &mut Span, key: usize) -> bool {
         } else {
             ptr::null_mut()
         };
-        // SAFETY: the block (16 bytes at least) lies inside the span's never-used range,
-        // which we own. In a span with redzones, its last word is cleared so that stale
-        // bytes there (from an earlier slab on these pages) never look like the mark of a
-        // freed block to the redzone checks (see `redzone`); elsewhere it is left alone, so
-        // carving never touches more than the link's page.
+        // SAFETY: the block (16 bytes at least) is one of the caller's never-used blocks.
         unsafe {
             write_link(b, next, key);
             if marked {
@@ -158,9 +179,7 @@ pub unsafe fn carve(s: &mut Span, key: usize) -> bool {
             }
         }
     }
-    s.free = block(0);
-    s.bump.store((start + n) as u16, Ordering::Relaxed);
-    true
+    block(0)
 }
 
 /// Whether the offset `off` into a slab is a multiple of its block size (Lemire's

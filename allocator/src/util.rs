@@ -42,6 +42,18 @@ pub fn splitmix64(state: &core::sync::atomic::AtomicU64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The next number of Marsaglia's xorshift64 generator over `state` (a zero state is
+/// taken as 1): cheap draws for a thread's own shuffles, unpredictable to a program that
+/// never sees the state (seeded from a heap's secret key), not for secrets themselves.
+pub fn xorshift64(state: &mut u64) -> u64 {
+    let mut x = (*state).max(1);
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *state = x;
+    x
+}
+
 /// A mutual-exclusion lock that never allocates: a spin phase, then `futex` sleeps
 /// (Drepper's three-state mutex: 0 free, 1 locked, 2 locked with waiters).
 ///

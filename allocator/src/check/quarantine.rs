@@ -40,17 +40,6 @@ impl Quarantine {
         self.rng = seed | 1;
     }
 
-    fn next_random(&mut self) -> u64 {
-        // xorshift64 (Marsaglia): enough to make the order unpredictable to a program
-        // that never sees the state.
-        let mut x = self.rng.max(1);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
-    }
-
     /// Holds the freed block `p` back and returns the block that leaves the quarantine for
     /// reuse now, or 0 while it is filling up.
     pub fn push(&mut self, p: usize) -> usize {
@@ -62,7 +51,7 @@ impl Quarantine {
         }
         let oldest = core::mem::replace(&mut self.fifo[self.head as usize], p);
         self.head = (self.head + 1) % FIFO as u32;
-        let i = (self.next_random() % POOL as u64) as usize;
+        let i = (crate::util::xorshift64(&mut self.rng) % POOL as u64) as usize;
         core::mem::replace(&mut self.pool[i], oldest)
     }
 
